@@ -1,0 +1,89 @@
+"""Entry point: ``python -m llmgw --config config.lua``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from llmgw.config import ConfigError, ConfigLoader
+from llmgw.server import GatewayServer
+
+logger = logging.getLogger("llmgw")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="llmgw", description=__doc__)
+    parser.add_argument("-c", "--config", required=True, help="Lua configuration file")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--check-config", action="store_true", help="validate the config, print a summary, exit")
+    return parser.parse_args(argv)
+
+
+async def serve(config_path: str) -> int:
+    config = ConfigLoader(config_path).load()
+    gateway = GatewayServer(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            new_config = await asyncio.to_thread(ConfigLoader(config_path).load)
+        except ConfigError as exc:
+            logger.error("reload refused, keeping the running config: %s", exc)
+            return
+        await gateway.reload(new_config)
+
+    def on_hup() -> None:
+        logger.info("SIGHUP: reloading %s", config_path)
+        task = asyncio.ensure_future(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def on_stop(signame: str) -> None:
+        logger.info("%s: shutting down", signame)
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await gateway.start()
+        logger.info("llmgw ready: %d model(s): %s", len(config.models), ", ".join(config.model_names()))
+        await stop.wait()
+    finally:
+        await gateway.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    logger.info("llmgw stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if args.check_config:
+        try:
+            print(ConfigLoader(args.config).load().summary())
+        except ConfigError as exc:
+            print(f"llmgw: invalid config: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    try:
+        return asyncio.run(serve(args.config))
+    except ConfigError as exc:
+        print(f"llmgw: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"llmgw: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""HTTP plumbing to engines: an abortable client and a pull-style streaming upstream call.
+
+Tornado has no public way to cancel a fetch (tornado issues #157, #3289). Closing the
+connection's stream is the only thing that makes llama-server drop the task at once, so
+:class:`EngineHTTPClient` keeps a handle on each connection it opens. This uses
+``SimpleAsyncHTTPClient._connection_class`` and ``_HTTPConnection._handle_exception``
+(private API, pinned by ``tornado>=6.6,<6.7`` and covered by the disconnect tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tornado import httputil
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.simple_httpclient import HTTPStreamClosedError, SimpleAsyncHTTPClient, _HTTPConnection
+
+logger = logging.getLogger(__name__)
+
+# Chunks buffered between the upstream socket and the client writer; small, so a slow
+# client slows the engine down instead of filling the gateway's memory.
+_STREAM_QUEUE_CHUNKS = 16
+
+
+class UpstreamError(Exception):
+    """The engine could not be reached, or the connection broke mid-response."""
+
+
+class _AbortableConnection(_HTTPConnection):
+    def __init__(self, client: SimpleAsyncHTTPClient | None, request: HTTPRequest, *args: Any) -> None:
+        call = getattr(request, "llmgw_call", None)
+        if call is not None:
+            call._connection = self
+        super().__init__(client, request, *args)
+
+    def abort(self) -> None:
+        if self.final_callback is not None:
+            self._handle_exception(HTTPStreamClosedError, HTTPStreamClosedError("aborted by gateway"), None)
+
+
+class EngineHTTPClient(SimpleAsyncHTTPClient):
+    """One per gateway: no request timeout, no redirects, no decompression, no client cap."""
+
+    def initialize(self, max_clients: int = 100_000, **kwargs: Any) -> None:  # type: ignore[override]
+        # max_body_size: a generation stream has no natural size bound.
+        super().initialize(max_clients=max_clients, max_body_size=2**62, **kwargs)
+
+    def _connection_class(self) -> type:
+        return _AbortableConnection
+
+    @classmethod
+    def create(cls) -> EngineHTTPClient:
+        client = cls(
+            force_instance=True,
+            defaults={
+                "connect_timeout": 10.0,
+                "request_timeout": 0.0,
+                "follow_redirects": False,
+                "decompress_response": False,
+            },
+        )
+        assert isinstance(client, EngineHTTPClient)
+        return client
+
+    async def json_call(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> tuple[int, Any]:
+        """Small JSON request/response (health, props, counting). Raises UpstreamError if unreachable."""
+        body = None if payload is None else json.dumps(payload).encode()
+        request = HTTPRequest(
+            url,
+            method="GET" if body is None else "POST",
+            body=body,
+            headers={"Content-Type": "application/json"} if body is not None else None,
+            request_timeout=timeout,
+            connect_timeout=min(timeout, 10.0),
+        )
+        try:
+            response: HTTPResponse = await self.fetch(request, raise_error=False)
+        except (OSError, HTTPClientError) as exc:
+            raise UpstreamError(f"{url}: {exc}") from exc
+        if response.code == 599:
+            raise UpstreamError(f"{url}: {response.error}")
+        try:
+            data = json.loads(response.body) if response.body else None
+        except ValueError:
+            data = None
+        return response.code, data
+
+
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+        "Content-Encoding",
+        "Server",
+        "Date",
+    )
+)
+
+
+def relay_headers(headers: httputil.HTTPHeaders) -> list[tuple[str, str]]:
+    """Headers worth passing to the client (the gateway sets framing headers itself)."""
+    return [(k, v) for k, v in headers.get_all() if k.lower() not in _HOP_BY_HOP]
+
+
+class UpstreamCall:
+    """One proxied request: await :meth:`head`, then iterate the body chunks as they arrive.
+
+    Pull-style so the caller can look at the status before deciding to relay anything
+    (the context-overflow retry needs that), and so backpressure is natural: the engine
+    is read no faster than the client is written.
+    """
+
+    def __init__(self, http: EngineHTTPClient, url: str, body: bytes, headers: dict[str, str]) -> None:
+        self._http = http
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(_STREAM_QUEUE_CHUNKS)
+        self._head: asyncio.Future[tuple[int, httputil.HTTPHeaders]] = asyncio.get_running_loop().create_future()
+        self._status = 0
+        self._headers = httputil.HTTPHeaders()
+        self._connection: _AbortableConnection | None = None
+        self._aborted = False
+        self.error: UpstreamError | None = None
+        request = HTTPRequest(
+            url,
+            method="POST",
+            body=body,
+            headers=headers,
+            header_callback=self._on_header_line,
+            streaming_callback=self._on_chunk,
+        )
+        request.llmgw_call = self  # type: ignore[attr-defined]
+        self._task = asyncio.ensure_future(self._run(request))
+
+    def _on_header_line(self, line: str) -> None:
+        line = line.rstrip("\r\n")
+        if not line:
+            # End of a header block; 1xx blocks are followed by the real one.
+            if self._status >= 200 and not self._head.done():
+                self._head.set_result((self._status, self._headers))
+            return
+        if line.startswith("HTTP/"):
+            self._status = httputil.parse_response_start_line(line).code
+            self._headers = httputil.HTTPHeaders()
+        else:
+            self._headers.parse_line(line)
+
+    async def _on_chunk(self, chunk: bytes) -> None:
+        if self._aborted:
+            raise HTTPStreamClosedError("aborted by gateway")
+        await self._queue.put(chunk)
+
+    async def _run(self, request: HTTPRequest) -> None:
+        try:
+            response = await self._http.fetch(request, raise_error=False)
+            if response.code == 599:
+                self.error = UpstreamError(str(response.error))
+        except (OSError, HTTPClientError) as exc:
+            self.error = UpstreamError(str(exc))
+        except Exception as exc:  # anything else from tornado is still an upstream failure
+            self.error = UpstreamError(f"{type(exc).__name__}: {exc}")
+        finally:
+            if not self._head.done():
+                if self.error is None:
+                    self.error = UpstreamError("engine closed the connection without a response")
+                self._head.set_exception(self.error)
+            if not self._aborted:
+                await self._queue.put(None)
+
+    async def head(self) -> tuple[int, httputil.HTTPHeaders]:
+        """Status and headers; raises UpstreamError if the engine failed before answering."""
+        return await asyncio.shield(self._head)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body chunks in order; raises UpstreamError if the body was cut short."""
+        while True:
+            chunk = await self._queue.get()
+            if chunk is None:
+                break
+            yield chunk
+        if self.error is not None:
+            raise self.error
+
+    async def read_body(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks()]
+        return b"".join(parts)
+
+    def abort(self) -> None:
+        """Close the upstream connection now; the engine sees the disconnect and drops the task."""
+        if self._aborted:
+            return
+        self._aborted = True
+        if self._connection is not None:
+            self._connection.abort()
+        if self.error is None:
+            self.error = UpstreamError("aborted by gateway")
+        # Unblock a streaming callback waiting on a full queue, and a reader waiting on an empty one.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+        if not self._head.done():
+            self._head.set_exception(UpstreamError("aborted by gateway"))
+            self._head.exception()  # mark retrieved: nobody may be waiting any more
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._task)

@@ -1,0 +1,91 @@
+"""Errors that reach a client, each carrying its HTTP status and OpenAI error type/code.
+
+Lower layers raise these; the server layer turns any of them into
+``{"error": {"message", "type", "code"}}`` without knowing where they came from.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status = 500
+    error_type = "server_error"
+    code: str | None = "internal_error"
+    retry_after: float | None = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class ContextTooLarge(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "context_length_exceeded"
+
+    def __init__(self, model: str, needed: int, largest: int) -> None:
+        super().__init__(
+            f"model {model!r} needs {needed} tokens of context for this request "
+            f"(prompt plus completion budget), but its largest variant has {largest}"
+        )
+        self.needed = needed
+        self.largest = largest
+
+
+class QueueTimeout(GatewayError):
+    status = 503
+    error_type = "server_error"
+    code = "queue_timeout"
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    error_type = "server_error"
+    code = "shutting_down"
+    retry_after = 5.0
+
+
+class EngineStartError(GatewayError):
+    """The engine exited or refused to start (port taken, bad binary, crash while loading)."""
+
+    status = 503
+    error_type = "server_error"
+    code = "engine_start_failed"
+
+
+class EngineStartTimeout(GatewayError):
+    status = 504
+    error_type = "server_error"
+    code = "engine_startup_timeout"
+
+
+class EngineUnavailable(GatewayError):
+    """The engine could not be reached or died while serving a request."""
+
+    status = 502
+    error_type = "server_error"
+    code = "engine_unavailable"
+
+
+class TokenCountError(GatewayError):
+    """Counting the request's tokens failed: never guess, report it."""
+
+    status = 502
+    error_type = "server_error"
+    code = "token_count_failed"

@@ -1,0 +1,157 @@
+"""GatewayServer: owns the listeners, the engine manager and the upstream HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from tornado import httpserver, netutil, web
+
+from llmgw.config import Config
+from llmgw.engine import EngineHTTPClient, EngineManager
+from llmgw.models import ModelSelector
+from llmgw.server import ops_handlers
+from llmgw.server.metrics import GatewayMetrics
+from llmgw.server.proxy import ChatProxy
+from llmgw.server.request_handler import (
+    ChatCompletionsHandler,
+    HealthHandler,
+    ModelsHandler,
+    NotFoundHandler,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.created = int(time.time())
+        self._servers: list[httpserver.HTTPServer] = []
+        self._stopped = asyncio.Event()
+        self.http: EngineHTTPClient | None = None
+        self.ports: list[int] = []
+        routes: list[tuple[str, type[web.RequestHandler]]] = [
+            ("/v1/chat/completions", ChatCompletionsHandler),
+            ("/v1/models", ModelsHandler),
+            ("/health", HealthHandler),
+            ("/running", ops_handlers.RunningHandler),
+            ("/unload", ops_handlers.UnloadHandler),
+            ("/load", ops_handlers.LoadHandler),
+            ("/metrics", ops_handlers.MetricsHandler),
+        ]
+        self.known_routes = frozenset(path for path, _ in routes)
+        self.app = web.Application(
+            [(path, handler, {"gateway": self}) for path, handler in routes],
+            default_handler_class=NotFoundHandler,
+            default_handler_args={"gateway": self},
+            compress_response=False,
+        )
+
+    # Built in start(), inside the running loop (Tornado clients must not be made at import time).
+    manager: EngineManager
+    selector: ModelSelector
+    proxy: ChatProxy
+
+    async def start(self) -> None:
+        self.http = EngineHTTPClient.create()
+        self.manager = EngineManager(self.config, self.http)
+        self.manager.on_switch = self.metrics.observe_switch
+        self.manager.on_engine_started = self.metrics.observe_start
+        self.selector = ModelSelector(self.manager, self.config)
+        self.selector.on_counted = self.metrics.observe_count
+        self.proxy = ChatProxy(self.selector)
+        for host, port in self.config.server.listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sockets = netutil.bind_sockets(port, address=host, family=family)
+            server = httpserver.HTTPServer(
+                self.app,
+                max_body_size=self.config.server.max_body_bytes,
+                idle_connection_timeout=3600,
+                xheaders=False,
+            )
+            server.add_sockets(sockets)
+            self._servers.append(server)
+            for sock in sockets:
+                self.ports.append(sock.getsockname()[1])
+                logger.info("listening on %s", _format_addr(sock.getsockname()))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish for ``grace`` seconds, stop the engine."""
+        grace = self.config.server.shutdown_grace if grace is None else grace
+        for server in self._servers:
+            server.stop()
+        if hasattr(self, "manager"):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while self.manager.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if self.manager.in_flight:
+                logger.warning("shutdown: aborting %d request(s) still in flight", self.manager.in_flight)
+                self.proxy.abort_all()
+            await self.manager.shutdown()
+        for server in self._servers:
+            await server.close_all_connections()
+        self._servers.clear()
+        if self.http is not None:
+            self.http.close()
+            self.http = None
+        self._stopped.set()
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopped.wait()
+
+    async def reload(self, config: Config) -> None:
+        """Apply a new, already validated config (SIGHUP)."""
+        if config.server.listen != self.config.server.listen:
+            logger.warning("reload: listen addresses changed; restart the gateway to apply them")
+        self.config = config
+        self.selector.cfg = config
+        await self.manager.adopt_config(config)
+        logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
+
+    # ----------------------------------------------------------- views
+
+    def models_list(self) -> dict[str, Any]:
+        data = []
+        for model in self.config.models:
+            contexts = [self.manager.effective_context(model, v) for v in model.variants]
+            data.append(
+                {
+                    "id": model.name,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "llmgw",
+                    "context_length": max(contexts),
+                    "meta": {"n_ctx": max(contexts), "variants": sorted(contexts)},
+                }
+            )
+        return {"object": "list", "data": data}
+
+    def engine_summary(self) -> dict[str, Any]:
+        cur = self.manager.current
+        engine = None
+        if cur is not None:
+            engine = {
+                "model": cur.model.name,
+                "variant": cur.variant.index,
+                "context": cur.n_ctx,
+                "pid": cur.process.pid,
+                "status": cur.process.get_status(),
+                "uptime": round(cur.process.uptime, 3),
+            }
+        return {"engine": engine, "in_flight": self.manager.in_flight, "queued": self.manager.queued}
+
+    def refresh_gauges(self) -> None:
+        self.metrics.in_flight.set(self.manager.in_flight)
+        self.metrics.queued.set(self.manager.queued)
+
+
+def _format_addr(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

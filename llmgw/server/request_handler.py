@@ -1,0 +1,250 @@
+"""Tornado handlers: parse, validate, call the plain classes, shape errors the OpenAI way."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from tornado import iostream, web
+
+from llmgw.engine import UpstreamCall
+from llmgw.errors import BadRequest, GatewayError
+from llmgw.server.proxy import ClientGone
+
+if TYPE_CHECKING:
+    from llmgw.server.gateway_server import GatewayServer
+
+logger = logging.getLogger(__name__)
+
+_STATUS_ERRORS = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+}
+
+
+class RequestHandler(web.RequestHandler):
+    """Base of every gateway route: API keys, JSON errors, no tracebacks to clients."""
+
+    gateway: GatewayServer
+    public = False  # True: no API key needed (health)
+
+    def initialize(self, gateway: GatewayServer) -> None:
+        self.gateway = gateway
+
+    def prepare(self) -> None:
+        keys = self.gateway.config.server.api_keys
+        if keys and not self.public and not self._key_ok(keys):
+            self.send_json_error(401, "missing or invalid API key (use 'Authorization: Bearer KEY' or 'x-api-key')")
+            return
+
+    def _key_ok(self, keys: tuple[str, ...]) -> bool:
+        auth = self.request.headers.get("Authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else self.request.headers.get("x-api-key", "")
+        given_b = given.encode()
+        # Compare against every key, constant time each, so timing tells nothing about which matched.
+        return sum(hmac.compare_digest(given_b, key.encode()) for key in keys) > 0
+
+    def send_json_error(
+        self,
+        status: int,
+        message: str,
+        error_type: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        default_type, default_code = _STATUS_ERRORS.get(status, ("server_error", "internal_error"))
+        self.clear()
+        self.set_status(status)
+        if retry_after is not None:
+            self.set_header("Retry-After", str(max(1, round(retry_after))))
+        self.set_header("Content-Type", "application/json")
+        self.finish(
+            json.dumps(
+                {
+                    "error": {
+                        "message": message,
+                        "type": error_type or default_type,
+                        "code": code or default_code,
+                    }
+                }
+            )
+        )
+
+    def send_gateway_error(self, exc: GatewayError) -> None:
+        self.send_json_error(exc.status, exc.message, exc.error_type, exc.code, exc.retry_after)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Reached for Tornado's own errors (405, malformed requests) and unexpected exceptions.
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info[1] if exc_info else None
+        if isinstance(exc, GatewayError):
+            self.send_gateway_error(exc)
+            return
+        if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code == 405:
+            message = f"method {self.request.method} is not allowed on {self.request.path}"
+        elif status_code >= 500:
+            message = "internal gateway error (see the gateway log)"
+        else:
+            message = self._reason
+        self.send_json_error(status_code, message)
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(payload))
+
+    def on_finish(self) -> None:
+        self.gateway.metrics.observe_request(
+            self._route(), getattr(self, "model_name", ""), self.get_status(), self.request.request_time()
+        )
+
+    def _route(self) -> str:
+        return self.request.path if self.request.path in self.gateway.known_routes else "other"
+
+
+class NotFoundHandler(RequestHandler):
+    def prepare(self) -> None:
+        self.send_json_error(404, f"no route {self.request.method} {self.request.path}")
+
+
+class HealthHandler(RequestHandler):
+    public = True
+
+    def get(self) -> None:
+        self.write_json({"status": "ok", **self.gateway.engine_summary()})
+
+
+class ModelsHandler(RequestHandler):
+    def get(self) -> None:
+        self.write_json(self.gateway.models_list())
+
+
+def parse_chat_request(body: bytes) -> dict[str, Any]:
+    """Validate what the gateway itself relies on; the engine validates the rest."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty array")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequest(f"messages[{i}].content must be a string, an array of parts or null")
+    if "stream" in data and not isinstance(data["stream"], bool):
+        raise BadRequest("'stream' must be a boolean")
+    if "tools" in data and data["tools"] is not None and not isinstance(data["tools"], list):
+        raise BadRequest("'tools' must be an array")
+    return data
+
+
+@web.stream_request_body
+class ChatCompletionsHandler(RequestHandler):
+    """POST /v1/chat/completions, relayed to the engine chosen for it. Implements ClientSink."""
+
+    def initialize(self, gateway: GatewayServer) -> None:
+        super().initialize(gateway)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._gone = False
+        self._call: UpstreamCall | None = None
+        self.model_name = ""
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self._finished:
+            return
+        limit = self.gateway.config.server.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            self._send_too_large(int(length))
+
+    def _send_too_large(self, size: int) -> None:
+        limit = self.gateway.config.server.max_body_bytes
+        self.send_json_error(413, f"request body of {size} bytes is over the limit of {limit} bytes (max_body_size)")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.gateway.config.server.max_body_bytes:
+            self._too_large = True
+            self._chunks.clear()
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    async def post(self) -> None:
+        if self._too_large:
+            self._send_too_large(self._size)
+            return
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        started = time.monotonic()
+        try:
+            data = parse_chat_request(body)
+            self.model_name = data["model"]
+            await self.gateway.proxy.forward(self.request.path, body, data, self)
+        except ClientGone:
+            logger.info("client left during a %r request after %.3f s", self.model_name, time.monotonic() - started)
+            return
+        except GatewayError as exc:
+            if self._gone:
+                return
+            if self._headers_written:
+                logger.warning("error after the response started: %s", exc.message)
+            else:
+                level = logging.WARNING if exc.status >= 500 else logging.INFO
+                logger.log(level, "%s %s -> %d %s", self.request.method, self.request.path, exc.status, exc.message)
+                self.send_gateway_error(exc)
+                return
+        if not self._finished and not self._gone:
+            self.finish()
+
+    # ClientSink
+    @property
+    def gone(self) -> bool:
+        return self._gone
+
+    def watch(self, call: UpstreamCall | None) -> None:
+        self._call = call
+
+    def start_response(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.set_status(status)
+        for name, value in headers:
+            self.set_header(name, value)
+        if "text/event-stream" in self._headers.get("Content-Type", ""):
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+
+    async def send(self, chunk: bytes) -> None:
+        if self._gone:
+            raise ClientGone()
+        self.write(chunk)
+        try:
+            await self.flush()
+        except iostream.StreamClosedError:
+            self._client_left()
+            raise ClientGone() from None
+
+    def on_connection_close(self) -> None:
+        self._client_left()
+
+    def _client_left(self) -> None:
+        self._gone = True
+        if self._call is not None:
+            self._call.abort()
