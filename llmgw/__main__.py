@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from llmgw.config import ConfigError, ConfigLoader
+from llmgw.demo import DemoUnavailable, demo_config_path, demo_environment
 from llmgw.server import GatewayServer
 
 logger = logging.getLogger("llmgw")
@@ -16,7 +18,11 @@ logger = logging.getLogger("llmgw")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="llmgw", description=__doc__)
-    parser.add_argument("-c", "--config", required=True, help="Lua configuration file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-c", "--config", help="Lua configuration file")
+    source.add_argument(
+        "--demo", action="store_true", help="built-in demo: real llama-server + gemma-3 270M (needs llmgw[real])"
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--check-config", action="store_true", help="validate the config, print a summary, exit")
     return parser.parse_args(argv)
@@ -64,6 +70,13 @@ async def serve(config_path: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.demo:
+        try:
+            os.environ.update(demo_environment())
+        except DemoUnavailable as exc:
+            print(f"llmgw: {exc}", file=sys.stderr)
+            return 2
+        args.config = demo_config_path()
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

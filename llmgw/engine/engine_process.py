@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -22,6 +23,10 @@ from enum import StrEnum
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# llama-server writes all its log to stderr, tagged "0.01.234.567 I ..." with a level letter;
+# honour that tag so normal progress is not logged as a warning.
+_LLAMA_LEVEL = re.compile(rb"^\d+\.\d+\.\d+\.\d+ ([DIWE]) ")
+_LEVELS = {b"D": logging.DEBUG, b"I": logging.INFO, b"W": logging.WARNING, b"E": logging.ERROR}
 
 
 class EngineStatus(StrEnum):
@@ -122,11 +127,15 @@ class EngineProcess:
             self._line(pending, level)
 
     def _line(self, raw: bytes, level: int) -> None:
+        """stdout -> INFO, stderr -> WARNING, unless the line carries llama-server's own level tag."""
         line = raw.decode("utf-8", "replace").rstrip("\r")
         if not line:
             return
         if level >= logging.WARNING:
             self._tail.append(line)
+            tagged = _LLAMA_LEVEL.match(raw)
+            if tagged is not None:
+                level = _LEVELS[tagged.group(1)]
         self._out_log.log(level, "[%s] %s", self.name, line)
         self.output_event.set()
 

@@ -1,0 +1,179 @@
+"""Shared fixtures: configs that use the fake engine, a running gateway, and the leak guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from llmgw.config import Config, ConfigLoader
+from llmgw.server import GatewayServer
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_ENGINE = str(ROOT / "fake_engine" / "fake_llama_server.py")
+FAKE_TOKENIZE = str(ROOT / "fake_engine" / "fake_llama_tokenize.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def lua(value: Any) -> str:
+    """Python value -> Lua literal (enough for configs)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "{" + ", ".join(lua(v) for v in value) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{json.dumps(k)}] = {lua(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+@dataclass
+class FakeModel:
+    """A model whose variants are fake engines; ``events`` records what the engines saw."""
+
+    name: str
+    contexts: list[int]
+    port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)
+    events: Path | None = None
+    tokenization: bool = False
+    model_extra: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> dict[str, Any]:
+        variants = []
+        for ctx in self.contexts:
+            args = [FAKE_ENGINE, "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx), "-m", self.name]
+            if self.events is not None:
+                args += ["--fake-events", str(self.events)]
+            variants.append({"binary": sys.executable, "args": args + self.extra_args, "context": ctx})
+        table: dict[str, Any] = {
+            "name": self.name,
+            "engine": "llama.cpp",
+            "connect": f"http://127.0.0.1:{self.port}",
+            "variants": variants,
+            **self.model_extra,
+        }
+        if self.tokenization:
+            table["tokenization"] = {
+                "binary": sys.executable,
+                "base_args": [FAKE_TOKENIZE],
+                "extra_args": ["-m", self.name],
+                "extra_tokens_per_message": 2,
+                "extra_tokens": 2,
+            }
+        return table
+
+    def read_events(self) -> list[dict[str, Any]]:
+        assert self.events is not None
+        if not self.events.exists():
+            return []
+        return [json.loads(line) for line in self.events.read_text().splitlines() if line.strip()]
+
+
+def write_config(path: Path, models: list[FakeModel], port: int, **server: Any) -> Config:
+    server_table = {
+        "listen_v4": f"127.0.0.1:{port}",
+        "listen_v6": "none",
+        "health_check_timeout": 2,
+        "engine_startup_timeout": 20,
+        "engine_idle_timeout": 0,
+        "engine_stop_timeout": 5,
+        **server,
+    }
+    text = f"server = {lua(server_table)}\nmodels = {lua([m.table() for m in models])}\n"
+    path.write_text(text)
+    return ConfigLoader(str(path)).load()
+
+
+@pytest.fixture
+def make_model(tmp_path: Path) -> Callable[..., FakeModel]:
+    counter = iter(range(1000))
+
+    def make(name: str, contexts: list[int], **kwargs: Any) -> FakeModel:
+        return FakeModel(name, contexts, events=tmp_path / f"events-{name}-{next(counter)}.jsonl", **kwargs)
+
+    return make
+
+
+@dataclass
+class Gateway:
+    server: GatewayServer
+    port: int
+    config: Config
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def start_gateway(io_loop: Any, tmp_path: Path) -> Iterator[Callable[..., Awaitable[Gateway]]]:
+    """``await start_gateway(models)`` in a test; stopped (engine included) at teardown."""
+    started: list[GatewayServer] = []
+
+    async def start(models: list[FakeModel], **server: Any) -> Gateway:
+        port = free_port()
+        config = write_config(tmp_path / "config.lua", models, port, **server)
+        gateway = GatewayServer(config)
+        started.append(gateway)
+        await gateway.start()
+        return Gateway(gateway, port, config)
+
+    yield start
+    for gateway in started:
+        io_loop.run_sync(lambda g=gateway: g.stop(grace=1.0), timeout=30)
+
+
+def _leftovers() -> list[psutil.Process]:
+    me = psutil.Process()
+    found = []
+    for child in me.children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_engine_left_behind() -> Iterator[None]:
+    """Every test must stop every process it started."""
+    yield
+    deadline = time.monotonic() + 5.0
+    leftovers = _leftovers()
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leftovers = _leftovers()
+    if leftovers:
+        described = [f"{p.pid}: {' '.join(p.cmdline()[:4])}" for p in leftovers]
+        for proc in leftovers:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+        pytest.fail(f"processes outlived the test: {described}")
+
+
+def chat_body(model: str, words: int = 3, **extra: Any) -> dict[str, Any]:
+    """A chat request whose prompt is ``words`` words (see fake_engine's counting rule)."""
+    content = " ".join(f"w{i}" for i in range(words))
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}

@@ -1,0 +1,111 @@
+"""The entry point as users run it: python -m llmgw."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from conftest import FakeModel, chat_body, free_port, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_llmgw(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmgw", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+
+
+def test_check_config_prints_summary(tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path / "c.lua", [FakeModel("alpha", [4096, 1024])], port)
+    result = run_llmgw("--config", str(tmp_path / "c.lua"), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "alpha" in result.stdout and "1024, 4096" in result.stdout
+    assert f"127.0.0.1:{port}" in result.stdout
+
+
+def test_check_config_error_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.lua"
+    path.write_text('server = { listen_v4 = "127.0.0.1:7777", listen_v6 = "none" }\nmodels = {}\n')
+    result = run_llmgw("-c", str(path), "--check-config")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "models" in result.stderr
+
+
+def test_missing_config_file_is_reported(tmp_path: Path) -> None:
+    result = run_llmgw("-c", str(tmp_path / "nope.lua"))
+    assert result.returncode != 0
+    assert "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def _get(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[str]) -> None:
+    for _ in range(200):  # up to ~20 s
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            _get(url + "/health")
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise AssertionError("gateway did not come up")
+
+
+def test_sigterm_stops_gateway_and_engine(tmp_path: Path) -> None:
+    port = free_port()
+    write_config(tmp_path / "c.lua", [FakeModel("alpha", [1024])], port)
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(tmp_path / "c.lua")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc)
+        answer = _get(url + "/v1/chat/completions", chat_body("alpha", 3, max_tokens=4))
+        assert answer["usage"]["completion_tokens"] == 4
+        engine_pid = _get(url + "/running")["engine"]["pid"]
+        assert psutil.pid_exists(engine_pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not psutil.pid_exists(engine_pid) or psutil.Process(engine_pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_engine_dies_with_a_sigkilled_gateway(tmp_path: Path) -> None:
+    """Parent-death signal: even SIGKILL of the gateway leaves no engine holding the GPU."""
+    port = free_port()
+    write_config(tmp_path / "c.lua", [FakeModel("alpha", [1024])], port)
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(tmp_path / "c.lua")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, proc)
+        _get(url + "/load", {"model": "alpha"})
+        engine_pid = _get(url + "/running")["engine"]["pid"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        for _ in range(100):  # up to ~10 s
+            if not psutil.pid_exists(engine_pid):
+                break
+            time.sleep(0.1)
+        assert not psutil.pid_exists(engine_pid), "engine outlived its SIGKILLed gateway"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
