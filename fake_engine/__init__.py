@@ -1,0 +1,1 @@
+"""Fake llama.cpp engine binaries (llama-server, llama-tokenize) for the tests."""
