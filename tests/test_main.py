@@ -49,6 +49,13 @@ def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     assert "not found" in result.stderr and "Traceback" not in result.stderr
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _get(url: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as response:
@@ -87,10 +94,23 @@ def test_sigterm_stops_gateway_and_engine(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_engine_dies_with_a_sigkilled_gateway(tmp_path: Path) -> None:
-    """Parent-death signal: even SIGKILL of the gateway leaves no engine holding the GPU."""
+def _child_pid(events: Path) -> int:
+    for _ in range(100):
+        if events.exists():
+            for line in events.read_text().splitlines():
+                event = json.loads(line)
+                if event["event"] == "child":
+                    return int(event["pid"])
+        time.sleep(0.05)
+    raise AssertionError("the fake engine recorded no child")
+
+
+def test_engine_and_its_children_die_with_a_sigkilled_gateway(tmp_path: Path) -> None:
+    """Even SIGKILL of the gateway leaves no engine (nor a process it spawned) holding the GPU."""
     port = free_port()
-    write_config(tmp_path / "c.lua", [FakeModel("alpha", [1024])], port)
+    events = tmp_path / "events.jsonl"
+    model = FakeModel("alpha", [1024], extra_args=["--fake-spawn-child"], events=events)
+    write_config(tmp_path / "c.lua", [model], port)
     proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(tmp_path / "c.lua")], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -98,13 +118,16 @@ def test_engine_dies_with_a_sigkilled_gateway(tmp_path: Path) -> None:
         _wait_ready(url, proc)
         _get(url + "/load", {"model": "alpha"})
         engine_pid = _get(url + "/running")["engine"]["pid"]
+        child_pid = _child_pid(events)
+        assert psutil.pid_exists(child_pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         for _ in range(100):  # up to ~10 s
-            if not psutil.pid_exists(engine_pid):
+            if not _alive(engine_pid) and not _alive(child_pid):
                 break
             time.sleep(0.1)
-        assert not psutil.pid_exists(engine_pid), "engine outlived its SIGKILLed gateway"
+        assert not _alive(engine_pid), "engine outlived its SIGKILLed gateway"
+        assert not _alive(child_pid), "the engine's child outlived the SIGKILLed gateway"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from llmgw.config import LLAMACPP, Config, ModelConfig, Variant
 from llmgw.engine.engine_client import EngineClient
 from llmgw.engine.engine_process import EngineProcess, EngineStatus
+from llmgw.engine.guard import ProcessGuard
 from llmgw.engine.http import EngineHTTPClient
 from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.errors import (
@@ -67,9 +68,10 @@ class _Ticket:
 
 
 class EngineManager:
-    def __init__(self, config: Config, http: EngineHTTPClient) -> None:
+    def __init__(self, config: Config, http: EngineHTTPClient, guard: ProcessGuard | None = None) -> None:
         self.config = config
         self.http = http
+        self.guard = guard
         self.current: RunningEngine | None = None
         self._in_flight = 0
         self._queue: collections.deque[_Ticket] = collections.deque()
@@ -259,6 +261,7 @@ class EngineManager:
             name=f"{model.name}#{variant.index}",
             env=dict(variant.env),
             on_exit=self._on_engine_exit,
+            guard=self.guard,
         )
         logger.info("starting model %r variant %d (context %d)", model.name, variant.index, variant.context)
         t0 = time.monotonic()

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 
+from llmgw.engine.guard import ProcessGuard
+
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -56,6 +58,7 @@ class EngineProcess:
         env: Mapping[str, str] | None = None,
         tail_lines: int = 40,
         on_exit: Callable[[EngineProcess], None] | None = None,
+        guard: ProcessGuard | None = None,
     ) -> None:
         self.binary_path = binary_path
         self.args = list(args)
@@ -69,6 +72,7 @@ class EngineProcess:
         self._stopping = False
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._on_exit = on_exit
+        self._guard = guard
         self.output_event = asyncio.Event()  # set whenever a line arrives (readiness probes react to it)
         self.exited = asyncio.Event()
         self.start_time: float | None = None
@@ -104,6 +108,8 @@ class EngineProcess:
             asyncio.create_task(self._pump(self._proc.stdout, logging.INFO)),
             asyncio.create_task(self._pump(self._proc.stderr, logging.WARNING)),
         ]
+        if self._guard is not None:
+            self._guard.add(self._proc.pid)
         self._waiter = asyncio.create_task(self._wait_exit())
 
     async def _pump(self, stream: asyncio.StreamReader, level: int) -> None:
@@ -181,6 +187,8 @@ class EngineProcess:
                 logger.warning("[%s] pid %d ignored SIGTERM for %.1f s; killing it", self.name, proc.pid, timeout)
         # Kill the group even after a clean exit: children of the engine may still be alive.
         self._signal_group(proc.pid, signal.SIGKILL)
+        if self._guard is not None:
+            self._guard.remove(proc.pid)
         await self.exited.wait()
         for reader in self._readers:
             try:

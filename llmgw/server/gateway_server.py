@@ -12,6 +12,7 @@ from tornado import httpserver, netutil, web
 
 from llmgw.config import Config
 from llmgw.engine import EngineHTTPClient, EngineManager
+from llmgw.engine.guard import ProcessGuard
 from llmgw.models import ModelSelector
 from llmgw.server import ops_handlers
 from llmgw.server.metrics import GatewayMetrics
@@ -34,6 +35,7 @@ class GatewayServer:
         self._servers: list[httpserver.HTTPServer] = []
         self._stopped = asyncio.Event()
         self.http: EngineHTTPClient | None = None
+        self.guard = ProcessGuard()
         self.ports: list[int] = []
         routes: list[tuple[str, type[web.RequestHandler]]] = [
             ("/v1/chat/completions", ChatCompletionsHandler),
@@ -59,7 +61,8 @@ class GatewayServer:
 
     async def start(self) -> None:
         self.http = EngineHTTPClient.create()
-        self.manager = EngineManager(self.config, self.http)
+        self.guard.start()
+        self.manager = EngineManager(self.config, self.http, self.guard)
         self.manager.on_switch = self.metrics.observe_switch
         self.manager.on_engine_started = self.metrics.observe_start
         self.selector = ModelSelector(self.manager, self.config)
@@ -100,6 +103,7 @@ class GatewayServer:
         if self.http is not None:
             self.http.close()
             self.http = None
+        self.guard.stop()
         self._stopped.set()
 
     async def run(self) -> None:
