@@ -6,8 +6,11 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,3 +180,21 @@ def chat_body(model: str, words: int = 3, **extra: Any) -> dict[str, Any]:
     """A chat request whose prompt is ``words`` words (see fake_engine's counting rule)."""
     content = " ".join(f"w{i}" for i in range(words))
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def get_json(url: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST ``body``) with urllib, for tests that run the gateway as a subprocess."""
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_gateway_ready(url: str, proc: subprocess.Popen[Any]) -> None:
+    for _ in range(200):  # up to ~20 s
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            get_json(url + "/health")
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise AssertionError("gateway did not come up")

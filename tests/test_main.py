@@ -8,14 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psutil
 
-from conftest import FakeModel, chat_body, free_port, write_config
+from conftest import FakeModel, chat_body, free_port, get_json, wait_gateway_ready, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,23 +53,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _get(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30) as response:
-        return json.loads(response.read())
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[str]) -> None:
-    for _ in range(200):  # up to ~20 s
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            _get(url + "/health")
-            return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    raise AssertionError("gateway did not come up")
-
-
 def test_sigterm_stops_gateway_and_engine(tmp_path: Path) -> None:
     port = free_port()
     write_config(tmp_path / "c.lua", [FakeModel("alpha", [1024])], port)
@@ -80,10 +60,10 @@ def test_sigterm_stops_gateway_and_engine(tmp_path: Path) -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc)
-        answer = _get(url + "/v1/chat/completions", chat_body("alpha", 3, max_tokens=4))
+        wait_gateway_ready(url, proc)
+        answer = get_json(url + "/v1/chat/completions", chat_body("alpha", 3, max_tokens=4))
         assert answer["usage"]["completion_tokens"] == 4
-        engine_pid = _get(url + "/running")["engine"]["pid"]
+        engine_pid = get_json(url + "/running")["engine"]["pid"]
         assert psutil.pid_exists(engine_pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -115,9 +95,9 @@ def test_engine_and_its_children_die_with_a_sigkilled_gateway(tmp_path: Path) ->
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, proc)
-        _get(url + "/load", {"model": "alpha"})
-        engine_pid = _get(url + "/running")["engine"]["pid"]
+        wait_gateway_ready(url, proc)
+        get_json(url + "/load", {"model": "alpha"})
+        engine_pid = get_json(url + "/running")["engine"]["pid"]
         child_pid = _child_pid(events)
         assert psutil.pid_exists(child_pid)
         os.kill(proc.pid, signal.SIGKILL)

@@ -12,12 +12,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
 import subprocess
 import sys
 
 logger = logging.getLogger(__name__)
+
+# The guard process itself: stdlib only, run with -I -S so it starts in a few milliseconds.
+_GUARD_SCRIPT = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for raw in sys.stdin.buffer:
+    line = raw.strip()
+    if len(line) < 2 or line[:1] not in (b"+", b"-") or not line[1:].isdigit():
+        continue
+    pgid = int(line[1:])
+    if line[:1] == b"+":
+        groups.add(pgid)
+    else:
+        groups.discard(pgid)
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
 
 
 class ProcessGuard:
@@ -28,7 +47,7 @@ class ProcessGuard:
         if self._proc is not None:
             return
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "llmgw.engine.guard"],
+            [sys.executable, "-I", "-S", "-c", _GUARD_SCRIPT],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
@@ -65,25 +84,3 @@ class ProcessGuard:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def main() -> None:
-    """Guard process: track process groups from stdin; on EOF kill those left."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    groups: set[int] = set()
-    for raw in sys.stdin.buffer:
-        line = raw.strip()
-        if len(line) < 2 or line[:1] not in (b"+", b"-") or not line[1:].isdigit():
-            continue
-        pgid = int(line[1:])
-        if line[:1] == b"+":
-            groups.add(pgid)
-        else:
-            groups.discard(pgid)
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,152 @@
+"""Bad input never gets a 500 or a traceback, never leaks a process, and the gateway keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tornado.httpclient import AsyncHTTPClient
+
+from conftest import FakeModel, Gateway, chat_body
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@pytest.fixture
+def fuzz_gateway(io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]],
+                 make_model: Callable[..., FakeModel]) -> Gateway:
+    model = make_model("alpha", [128, 512])
+    return io_loop.run_sync(lambda: start_gateway([model], max_body_size=200_000))
+
+
+def _post(io_loop: Any, gateway: Gateway, body: bytes) -> tuple[int, bytes]:
+    async def go() -> tuple[int, bytes]:
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(gateway.url + "/v1/chat/completions", method="POST", body=body,
+                                          raise_error=False, request_timeout=30)
+            return response.code, response.body
+        finally:
+            client.close()
+
+    return io_loop.run_sync(go, timeout=60)
+
+
+def _assert_clean(status: int, body: bytes) -> None:
+    assert status != 599, "no answer"
+    assert status < 500, (status, body[:300])
+    assert b"Traceback" not in body
+    if status >= 400:
+        error = json.loads(body)["error"]
+        assert isinstance(error["message"], str) and error["message"]
+        assert isinstance(error["type"], str) and "code" in error
+
+
+def _still_serves(io_loop: Any, gateway: Gateway) -> None:
+    status, body = _post(io_loop, gateway, json.dumps(chat_body("alpha", 3, max_tokens=2)).encode())
+    assert status == 200, body
+
+
+@FUZZ
+@given(body=json_values)
+def test_random_json_bodies(io_loop: Any, fuzz_gateway: Gateway, body: Any) -> None:
+    _assert_clean(*_post(io_loop, fuzz_gateway, json.dumps(body).encode()))
+
+
+@FUZZ
+@given(body=st.binary(max_size=300))
+def test_random_bytes(io_loop: Any, fuzz_gateway: Gateway, body: bytes) -> None:
+    _assert_clean(*_post(io_loop, fuzz_gateway, body))
+
+
+@FUZZ
+@given(
+    model=st.sampled_from(["alpha", "nope", ""]) | json_values,
+    messages=st.just([{"role": "user", "content": "hi there"}]) | json_values,
+    field=st.sampled_from(["max_tokens", "max_completion_tokens", "stream", "tools", "temperature", "stop"]),
+    value=json_values,
+)
+def test_wrong_types_in_fields(io_loop: Any, fuzz_gateway: Gateway, model: Any, messages: Any, field: str,
+                               value: Any) -> None:
+    body = {"model": model, "messages": messages, field: value}
+    if field not in ("max_tokens", "max_completion_tokens"):
+        body["max_tokens"] = 4
+    _assert_clean(*_post(io_loop, fuzz_gateway, json.dumps(body).encode()))
+
+
+@FUZZ
+@given(content=st.text(min_size=0, max_size=2000) | st.sampled_from(["\ud800", "a\udfffb", "\x00", "\u202e" * 50]))
+def test_odd_unicode_content(io_loop: Any, fuzz_gateway: Gateway, content: str) -> None:
+    body = {"model": "alpha", "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+    status, answer = _post(io_loop, fuzz_gateway, json.dumps(body).encode())
+    _assert_clean(status, answer)
+    assert status in (200, 400)
+
+
+def test_huge_content_is_refused_or_served(io_loop: Any, fuzz_gateway: Gateway) -> None:
+    over_limit = json.dumps(chat_body("alpha", 60_000)).encode()  # > max_body_size
+    status, body = _post(io_loop, fuzz_gateway, over_limit)
+    assert status == 413
+    _assert_clean(status, body)
+    over_context = json.dumps(chat_body("alpha", 5000, max_tokens=1)).encode()  # fits the body limit, not 512
+    status, body = _post(io_loop, fuzz_gateway, over_context)
+    assert status == 400 and json.loads(body)["error"]["code"] == "context_length_exceeded"
+    _still_serves(io_loop, fuzz_gateway)
+
+
+def test_random_disconnect_points(io_loop: Any, fuzz_gateway: Gateway) -> None:
+    """Clients that vanish at random points (mid-headers, mid-body, while waiting, mid-stream)."""
+    rng = random.Random(1234)
+    body = json.dumps(chat_body("alpha", 20, max_tokens=50, stream=True)).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+    async def vanish(cut: int, linger: float) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", fuzz_gateway.port)
+        writer.write(request[:cut])
+        await writer.drain()
+        if linger:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(200), linger)
+        writer.close()
+
+    async def storm() -> None:
+        await asyncio.gather(*(vanish(rng.randrange(1, len(request) + 1), rng.choice([0, 0.005, 0.05]))
+                               for _ in range(40)))
+
+    io_loop.run_sync(storm, timeout=60)
+    _still_serves(io_loop, fuzz_gateway)
+    running = json.loads(_get_running(io_loop, fuzz_gateway))
+    assert running["in_flight"] == 0 and running["queued"] == 0
+
+
+def _get_running(io_loop: Any, gateway: Gateway) -> bytes:
+    async def go() -> bytes:
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            for _ in range(100):  # leases are released as the aborted requests unwind
+                body = (await client.fetch(gateway.url + "/running")).body
+                if json.loads(body)["in_flight"] == 0:
+                    return body
+                await asyncio.sleep(0.05)
+            return body
+        finally:
+            client.close()
+
+    return io_loop.run_sync(go, timeout=30)

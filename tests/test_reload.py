@@ -1,0 +1,68 @@
+"""SIGHUP re-reads the config without dropping a running engine that did not change."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from conftest import ROOT, FakeModel, free_port, get_json, wait_gateway_ready, write_config
+
+
+def _wait_for(predicate: object, what: str, seconds: float = 15.0) -> None:
+    assert callable(predicate)
+    for _ in range(int(seconds / 0.05)):
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sighup_keeps_unchanged_engine_refuses_broken_config_and_applies_changes(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "c.lua"
+    alpha = FakeModel("alpha", [1024, 4096])
+    write_config(config, [alpha], port)
+    log = (tmp_path / "gateway.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(config)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_gateway_ready(url, proc)
+        get_json(url + "/load", {"model": "alpha"})
+        pid = get_json(url + "/running")["engine"]["pid"]
+
+        # 1. A new model added, alpha untouched: the engine keeps running, the new model is listed.
+        write_config(config, [alpha, FakeModel("beta", [2048])], port)
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "beta" in [m["id"] for m in get_json(url + "/v1/models")["data"]], "beta to be listed")
+        assert get_json(url + "/running")["engine"]["pid"] == pid
+
+        # 2. A broken config is refused; the old one keeps serving.
+        config.write_text("server = { listen_v4 = \n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "reload refused" in (tmp_path / "gateway.log").read_text(), "the refusal to be logged")
+        assert [m["id"] for m in get_json(url + "/v1/models")["data"]] == ["alpha", "beta"]
+        assert get_json(url + "/running")["engine"]["pid"] == pid
+
+        # 3. alpha's running variant changed: its engine is stopped (the next request starts the new one).
+        write_config(config, [FakeModel("alpha", [1024, 4096], port=alpha.port, extra_args=["-np", "1"])], port)
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: get_json(url + "/running")["engine"] is None, "the changed engine to be unloaded")
+        _wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                  "the old engine to exit")
+        assert [m["id"] for m in get_json(url + "/v1/models")["data"]] == ["alpha"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    assert proc.returncode == 0
