@@ -64,7 +64,7 @@ class _Ticket:
 
     model: ModelConfig | None
     min_ctx: int
-    enqueued: float = field(default_factory=time.monotonic)
+    error: GatewayError | None = None  # set when the switch this ticket waited for failed
 
 
 class EngineManager:
@@ -173,6 +173,8 @@ class EngineManager:
             while True:
                 if self._closed:
                     raise ShuttingDown("the gateway is shutting down")
+                if ticket.error is not None:
+                    raise ticket.error
                 if self._queue[0] is ticket and not self._switching:
                     if self._fits(ticket):
                         self._queue.popleft()
@@ -220,15 +222,18 @@ class EngineManager:
         self._switching = True
         started = time.monotonic()
         old = self.current.model.name if self.current is not None else None
+        variant: Variant | None = None
         try:
             await self._stop_current_engine()
             if ticket.model is not None:
                 variant = self.variant_for(ticket.model, ticket.min_ctx)
                 await self._start_new_engine(ticket.model, variant)
-        except BaseException:
+        except BaseException as exc:
             # The ticket that asked for this switch gets the error; the queue moves on.
             if self._queue and self._queue[0] is ticket:
                 self._queue.popleft()
+            if isinstance(exc, GatewayError) and ticket.model is not None and variant is not None:
+                self._fail_waiting(ticket.model, variant, exc)
             raise
         finally:
             self._switching = False
@@ -236,6 +241,22 @@ class EngineManager:
         new = self.current.model.name if self.current is not None else None
         if self.on_switch is not None:
             self.on_switch(old, new, time.monotonic() - started)
+
+    def _fail_waiting(self, model: ModelConfig, variant: Variant, error: GatewayError) -> None:
+        """Requests already queued for the engine that just failed to start get the same error.
+
+        Retrying a broken engine once per queued request would make the last one wait
+        (queue length x start-up timeout); requests that arrive later try again.
+        """
+        for waiting in list(self._queue):
+            if waiting.model is not None and waiting.model.name == model.name and waiting.error is None:
+                try:
+                    same = self.variant_for(waiting.model, waiting.min_ctx) is variant
+                except GatewayError:
+                    same = False
+                if same:
+                    waiting.error = error
+                    self._queue.remove(waiting)
 
     # ----------------------------------------------------------------- lifecycle
 

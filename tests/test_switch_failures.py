@@ -1,0 +1,52 @@
+"""A failing engine start is not retried once per queued request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import FakeModel, free_port, write_config
+from llmgw.engine import EngineHTTPClient, EngineManager
+from llmgw.errors import EngineStartTimeout
+
+
+async def test_queued_requests_for_a_failing_engine_share_its_error(
+    tmp_path: Path, make_model: Callable[..., FakeModel]
+) -> None:
+    model = make_model("broken", [1024], extra_args=["--fake-never-healthy"])
+    config = write_config(tmp_path / "c.lua", [model], free_port(), engine_startup_timeout=1.0)
+    http = EngineHTTPClient.create()
+    manager = EngineManager(config, http)
+    model_config = config.model("broken")
+    assert model_config is not None
+
+    async def attempt() -> BaseException | None:
+        try:
+            async with manager.lease(model_config):
+                return None
+        except EngineStartTimeout as exc:
+            return exc
+
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(attempt() for _ in range(4))), 30)
+    finally:
+        await manager.shutdown()
+        http.close()
+    assert all(isinstance(r, EngineStartTimeout) for r in results), results
+    starts = [e for e in model.read_events() if e["event"] == "start"]
+    assert len(starts) == 1, "the broken engine was started once per queued request"
+
+    # A later request tries again (the failure is not sticky).
+    manager2 = EngineManager(config, EngineHTTPClient.create())
+    try:
+        with pytest.raises(EngineStartTimeout):
+            async with manager2.lease(model_config):
+                pass
+    finally:
+        await manager2.shutdown()
+        manager2.http.close()
+    assert len([e for e in model.read_events() if e["event"] == "start"]) == 2
+
