@@ -23,9 +23,9 @@ from tornado.httpclient import AsyncHTTPClient
 
 from conftest import FakeModel, Gateway, chat_body
 
-pytestmark = pytest.mark.soak
-
 SECONDS = float(os.environ.get("LLMGW_SOAK_SECONDS", "120"))
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(seconds=SECONDS + 120)]  # pytest-tornasync's hang guard
+
 CLIENTS = 6
 # Bounds once traffic has stopped, relative to the state after warm-up.
 MAX_FD_GROWTH = 16

@@ -36,6 +36,8 @@ class _AbortableConnection(_HTTPConnection):
         if call is not None:
             call._connection = self
         super().__init__(client, request, *args)
+        if call is not None and call._aborted:
+            self.abort()  # aborted before the connection existed: it closes as soon as it connects
 
     def abort(self) -> None:
         if self.final_callback is not None:

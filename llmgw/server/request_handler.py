@@ -9,8 +9,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tornado import iostream, web
+from tornado.http1connection import HTTP1Connection
 
-from llmgw.engine import UpstreamCall
+from llmgw.engine import UpstreamCall, completion_budget
 from llmgw.errors import BadRequest, GatewayError
 from llmgw.server.proxy import ClientGone
 
@@ -102,9 +103,10 @@ class RequestHandler(web.RequestHandler):
         self.finish(json.dumps(payload))
 
     def on_finish(self) -> None:
-        self.gateway.metrics.observe_request(
-            self._route(), getattr(self, "model_name", ""), self.get_status(), self.request.request_time()
-        )
+        model = getattr(self, "model_name", "")
+        if model and self.gateway.config.model(model) is None:
+            model = "unknown"  # keep label cardinality bounded whatever clients send
+        self.gateway.metrics.observe_request(self._route(), model, self.get_status(), self.request.request_time())
 
     def _route(self) -> str:
         return self.request.path if self.request.path in self.gateway.known_routes else "other"
@@ -151,6 +153,8 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         raise BadRequest("'stream' must be a boolean")
     if "tools" in data and data["tools"] is not None and not isinstance(data["tools"], list):
         raise BadRequest("'tools' must be an array")
+    # Checked here too (not only when counting) so a bad limit is refused before any engine starts.
+    completion_budget(data, 0)
     return data
 
 
@@ -175,6 +179,10 @@ class ChatCompletionsHandler(RequestHandler):
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > limit:
             self._send_too_large(int(length))
+        elif length is None and isinstance(self.request.connection, HTTP1Connection):
+            # A chunked body is measured in data_received, which answers 413 itself; the
+            # connection's own cap (same limit) would cut it first with a bare "400 Bad Request".
+            self.request.connection.set_max_body_size(2**62)
 
     def _send_too_large(self, size: int) -> None:
         limit = self.gateway.config.server.max_body_bytes
@@ -182,16 +190,19 @@ class ChatCompletionsHandler(RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
+        if self._too_large:
+            return
         if self._size > self.gateway.config.server.max_body_bytes:
             self._too_large = True
             self._chunks.clear()
-        elif not self._too_large:
+            # Answer now: Tornado then closes the connection instead of reading the rest.
+            self._send_too_large(self._size)
+        else:
             self._chunks.append(chunk)
 
     async def post(self) -> None:
         if self._too_large:
-            self._send_too_large(self._size)
-            return
+            return  # answered by data_received
         body = b"".join(self._chunks)
         self._chunks.clear()
         started = time.monotonic()

@@ -1,0 +1,102 @@
+-- llmgw example configuration: shows every key.
+--
+-- This file is plain Lua, run by llmgw before it starts. Only two globals are read back:
+-- `server` and `models`. Anything else (local variables, helper functions) is yours.
+-- Available helpers, defined by llmgw before this file runs:
+--   presets.engines.llamacpp   the engine name "llama.cpp"
+--   concat_arrays(a, b)        new array: the elements of a, then those of b
+--   merge_tables(t1, t2)       copy of t1 with t2's keys overriding, t2's array items appended
+--   loader.workdir             directory of this config file, with a trailing slash
+--   os.getenv("NAME")          environment variables, as in any Lua script
+-- Keys llmgw does not know are ignored with a warning, so LLM-GW configs still load.
+-- Check a config without starting anything: llmgw --check-config path/to/config.lua
+
+local llama_server = "/opt/llama.cpp/bin/llama-server"
+local models_dir = "/srv/models/"
+
+-- Builds the llama-server command line for one model file, port and context size.
+-- Numbers may be given as numbers: llmgw turns them into text (4096 -> "4096").
+local function llama_args(model_file, port, context, extra)
+  local args = {
+    "-m", models_dir .. model_file,
+    "--host", "127.0.0.1",
+    "--port", port,
+    "-c", context,
+    "-np", 1, -- one slot: the gateway sends one request at a time to an engine
+    "--no-webui",
+  }
+  return concat_arrays(args, extra or {})
+end
+
+server = {
+  -- Where the gateway listens. A string is one address, a table a list of addresses,
+  -- "none" disables the family. At least one address overall.
+  listen_v4 = "127.0.0.1:7777", -- IPv4 address (or localhost) and port
+  listen_v6 = { "[::1]:7777" }, -- IPv6 addresses go in brackets
+
+  -- Timeouts in seconds. Models and variants may override each one (variant > model > server).
+  health_check_timeout = 5, -- one GET /health probe of an engine
+  engine_startup_timeout = 120, -- from spawning an engine until it reports healthy
+  engine_idle_timeout = 0, -- stop an engine idle for this long; 0 keeps it running
+  engine_stop_timeout = 15, -- SIGTERM, then SIGKILL after this grace
+
+  max_body_size = 64 * 1024 * 1024, -- largest accepted request body, in bytes
+  queue_timeout = 600, -- longest wait for a variant switch or a queue slot before a 503
+  completion_reserve = 1024, -- tokens kept for the answer when a request sets no max_tokens
+  shutdown_grace = 5, -- on SIGTERM, in-flight requests get this long to finish
+
+  -- Bearer tokens clients must send ("Authorization: Bearer KEY"). Empty or absent: no auth.
+  -- Keep real keys out of the file, for example: api_keys = { os.getenv("LLMGW_API_KEY") },
+  api_keys = {},
+}
+
+-- A model with two variants: the gateway starts the smallest context that fits the request
+-- and switches to the bigger one only when a prompt needs it.
+local qwen = {
+  name = "qwen3-8b", -- the "model" clients ask for
+  engine = presets.engines.llamacpp, -- the only engine for now: "llama.cpp"
+  connect = "http://127.0.0.1:7778", -- where the engine answers; variants may override it
+  engine_idle_timeout = 600, -- overrides server.engine_idle_timeout for this model
+  completion_reserve = 2048, -- overrides server.completion_reserve for this model
+  variants = {
+    {
+      binary = llama_server, -- executable to launch
+      args = llama_args("Qwen3-8B-Q4_K_M.gguf", 7778, 8192, { "-ngl", 99 }),
+      context = 8192, -- tokens this variant holds: must match what args ask for
+      env = { CUDA_VISIBLE_DEVICES = "0" }, -- added to the engine's environment
+    },
+    {
+      binary = llama_server,
+      args = llama_args("Qwen3-8B-Q4_K_M.gguf", 7778, 32768, { "-ngl", 99, "-ctk", "q8_0", "-ctv", "q8_0" }),
+      context = 32768,
+      engine_startup_timeout = 300, -- a big context takes longer to allocate
+      health_check_timeout = 10,
+      engine_stop_timeout = 30,
+    },
+  },
+}
+
+-- A model with its own tokenizer: llama-tokenize counts prompt tokens without starting an
+-- engine, so the right variant is chosen before anything is loaded.
+local gemma_file = models_dir .. "gemma-3-4b-it-Q4_K_M.gguf"
+local gemma = {
+  name = "gemma-3-4b",
+  engine = presets.engines.llamacpp,
+  tokenization = {
+    binary = "/opt/llama.cpp/bin/llama-tokenize",
+    base_args = { "--log-disable", "--stdin", "--ids" }, -- the default, shown for completeness
+    extra_args = { "-m", gemma_file }, -- appended to base_args
+    extra_tokens_per_message = 8, -- chat template overhead added per message
+    extra_tokens = 16, -- added once per request
+  },
+  variants = {
+    {
+      binary = llama_server,
+      args = { "-m", gemma_file, "--host", "127.0.0.1", "--port", "7779", "-c", "16384", "-np", "1" },
+      context = 16384,
+      connect = "http://127.0.0.1:7779", -- set on the variant here instead of on the model
+    },
+  },
+}
+
+models = { qwen, gemma }
