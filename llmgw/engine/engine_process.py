@@ -157,6 +157,10 @@ class EngineProcess:
             if not wait.done():
                 wait.cancel()
         self.returncode = self._proc.returncode
+        # Let the readers take the last lines, so the crash report below has them
+        # (bounded: a grandchild may keep the pipes open).
+        if self._readers:
+            await asyncio.wait(self._readers, timeout=1.0)
         if self._stopping:
             self._status = EngineStatus.STOPPED
         else:

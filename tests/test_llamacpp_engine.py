@@ -1,0 +1,297 @@
+"""LlamaCppEngine against the fake llama-server: exact counting, its fallback, health, context."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from conftest import FAKE_ENGINE, chat_body, free_port
+from fake_engine.fake_llama_server import count_prompt_tokens, render_template, tokenize
+from llmgw.engine.http import EngineHTTPClient
+from llmgw.engine.llamacpp_engine import LlamaCppEngine
+from llmgw.errors import BadRequest, TokenCountError
+
+HANG = 10.0
+RESERVE = 77
+
+TOOLS_BODY: dict[str, Any] = {
+    "model": "m",
+    "messages": [
+        {"role": "system", "content": "answer with a tool call"},
+        {"role": "user", "content": [{"type": "text", "text": "weather in Paris please"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny 21 C"},
+    ],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "description": "current weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ],
+}
+
+
+def health_status(port: int) -> int | None:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2.0)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., str]]:
+    """``fake_server(*args, status=200)`` starts a fake llama-server, waits until /health answers
+    ``status``, and returns its base URL; every server is killed (process group) at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, status: int = 200) -> str:
+        port = free_port()
+        argv = [sys.executable, FAKE_ENGINE, "--host", "127.0.0.1", "--port", str(port), "-m", "m", *args]
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + HANG
+        while health_status(port) != status:
+            assert proc.poll() is None, f"fake engine exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"fake engine never answered /health {status}"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=HANG)
+
+
+@pytest.fixture
+def http_client(io_loop: Any) -> Iterator[EngineHTTPClient]:
+    client = EngineHTTPClient.create()
+    yield client
+    client.close()
+
+
+def unreachable_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+async def test_estimate_is_exact_count_plus_budget(
+    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
+) -> None:
+    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    for words in (1, 5, 40):
+        body = chat_body("m", words)
+        assert await engine.count_prompt_tokens(body) == words + 3
+        assert await engine.estimate_tokens(chat_body("m", words, max_tokens=100)) == words + 3 + 100
+        assert await engine.estimate_tokens(body) == words + 3 + RESERVE
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({"max_completion_tokens": 10, "max_tokens": 100}, 10),  # the newer name wins
+        ({"max_completion_tokens": None, "max_tokens": 100}, 100),
+        ({"max_tokens": 0}, 0),
+        ({"max_tokens": -1}, RESERVE),  # llama.cpp's "until the context is full"
+        ({"max_tokens": None}, RESERVE),
+        ({"n_predict": 5}, 5),
+    ]
+    for extra, budget in cases:
+        assert await engine.estimate_tokens(chat_body("m", 5, **extra)) == 8 + budget, extra
+
+
+async def test_tools_and_parts_count_as_the_engine_counts(
+    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
+) -> None:
+    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    without_tools = {k: v for k, v in TOOLS_BODY.items() if k != "tools"}
+    with_tools = await engine.count_prompt_tokens(TOOLS_BODY)
+    assert with_tools == count_prompt_tokens(TOOLS_BODY)
+    assert await engine.count_prompt_tokens(without_tools) == count_prompt_tokens(without_tools)
+    assert with_tools > count_prompt_tokens(without_tools)  # the tools are counted, not dropped
+    assert await engine.estimate_tokens({**TOOLS_BODY, "max_tokens": 9}) == with_tools + 9
+
+
+async def test_apply_template_fallback_gives_the_same_count(
+    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
+) -> None:
+    url = fake_server()
+    exact = LlamaCppEngine(url, http_client, RESERVE)
+    fallback = LlamaCppEngine(url, http_client, RESERVE)
+    fallback._has_input_tokens = False
+    for body in (chat_body("m", 1), chat_body("m", 17), TOOLS_BODY):
+        assert await fallback.count_prompt_tokens(body) == await exact.count_prompt_tokens(body)
+        assert await fallback.count_prompt_tokens(body) == count_prompt_tokens(body)
+    assert exact._has_input_tokens  # the flag is per engine
+
+
+class _OldServer:
+    """A llama-server without ``/v1/chat/completions/input_tokens`` (answers ``input_status``)."""
+
+    def __init__(self, input_status: int = 404) -> None:
+        self.hits: dict[str, int] = {}
+        self.input_status = input_status
+        server = self
+
+        class Handler(tornado.web.RequestHandler):
+            def post(self) -> None:
+                path = self.request.path
+                server.hits[path] = server.hits.get(path, 0) + 1
+                body = json.loads(self.request.body)
+                self.set_header("Content-Type", "application/json")
+                if path == "/apply-template":
+                    self.finish({"prompt": render_template(body)})
+                elif path == "/tokenize":
+                    assert body["add_special"] is True
+                    self.finish({"tokens": tokenize(body["content"], add_special=True)})
+                else:
+                    self.set_status(server.input_status)
+                    message = "File Not Found" if server.input_status == 404 else "boom"
+                    self.finish({"error": {"code": server.input_status, "message": message, "type": "x"}})
+
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        self.http = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/.*", Handler)]))
+        self.http.add_sockets(sockets)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.http.stop()
+
+
+async def test_404_on_input_tokens_switches_to_fallback(io_loop: Any, http_client: EngineHTTPClient) -> None:
+    server = _OldServer(404)
+    try:
+        engine = LlamaCppEngine(server.url, http_client, RESERVE)
+        assert await engine.count_prompt_tokens(chat_body("m", 6)) == 9
+        assert await engine.count_prompt_tokens(TOOLS_BODY) == count_prompt_tokens(TOOLS_BODY)
+        assert await engine.estimate_tokens(chat_body("m", 6)) == 9 + RESERVE
+        # Learned once: the missing endpoint is not asked again.
+        assert server.hits == {"/v1/chat/completions/input_tokens": 1, "/apply-template": 3, "/tokenize": 3}
+    finally:
+        server.stop()
+
+
+async def test_engine_errors_while_counting_are_not_guessed(io_loop: Any, http_client: EngineHTTPClient) -> None:
+    server = _OldServer(500)
+    try:
+        engine = LlamaCppEngine(server.url, http_client, RESERVE)
+        with pytest.raises(TokenCountError) as info:
+            await engine.count_prompt_tokens(chat_body("m", 3))
+        assert "500" in info.value.message and "boom" in info.value.message
+        assert engine._has_input_tokens  # a failure is not a missing endpoint
+        assert "/apply-template" not in server.hits
+    finally:
+        server.stop()
+
+
+async def test_engine_rejection_is_bad_request(
+    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
+) -> None:
+    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    with pytest.raises(BadRequest) as info:
+        await engine.count_prompt_tokens({"model": "m", "messages": "not a list"})
+    assert "'messages' must be a list" in info.value.message
+    assert info.value.status == 400
+
+
+async def test_unreachable_engine_raises_token_count_error(io_loop: Any, http_client: EngineHTTPClient) -> None:
+    for has_input_tokens in (True, False):
+        engine = LlamaCppEngine(unreachable_url(), http_client, RESERVE)
+        engine._has_input_tokens = has_input_tokens
+        with pytest.raises(TokenCountError) as info:
+            await engine.estimate_tokens(chat_body("m", 3, max_tokens=10))
+        assert "unreachable" in info.value.message
+        assert info.value.status == 502
+
+
+async def test_bad_max_tokens_is_bad_request(
+    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
+) -> None:
+    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    bad: list[dict[str, Any]] = [
+        {"max_tokens": -5},
+        {"max_tokens": "10"},
+        {"max_tokens": True},
+        {"max_tokens": 1.5},
+        {"max_completion_tokens": -2, "max_tokens": 10},
+        {"n_predict": [3]},
+    ]
+    for extra in bad:
+        with pytest.raises(BadRequest) as info:
+            await engine.estimate_tokens(chat_body("m", 3, **extra))
+        assert info.value.status == 400
+        assert next(iter(extra)) in info.value.message
+
+
+# ----------------------------------------------------------------------------- health, context, forwarding
+
+
+async def test_check_health(io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient) -> None:
+    healthy = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client, RESERVE)
+    assert await healthy.check_health(2.0) is True
+    assert await loading.check_health(2.0) is False
+    assert await LlamaCppEngine(unreachable_url(), http_client, RESERVE).check_health(2.0) is False
+
+
+async def test_check_health_does_not_hang_on_a_silent_engine(io_loop: Any, http_client: EngineHTTPClient) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        assert await LlamaCppEngine(url, http_client, RESERVE).check_health(0.3) is False
+        assert time.monotonic() - started < HANG
+
+
+async def test_context_size_reads_props(
+    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
+) -> None:
+    assert await LlamaCppEngine(fake_server("-c", "3000"), http_client, RESERVE).context_size() == 3000
+    assert await LlamaCppEngine(fake_server("-c", "4096", "-np", "2"), http_client, RESERVE).context_size() == 2048
+    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client, RESERVE)
+    assert await loading.context_size() is None
+    assert await LlamaCppEngine(unreachable_url(), http_client, RESERVE).context_size() is None
+
+
+async def test_forward_request(io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient) -> None:
+    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    body = json.dumps(chat_body("m", 4, max_tokens=3)).encode()
+    with pytest.raises(BadRequest):
+        engine.forward_request("/v1/completions", body, {})
+    call = engine.forward_request("/v1/chat/completions", body, {"Content-Type": "application/json"})
+    status, _ = await call.head()
+    reply = json.loads(await call.read_body())
+    assert status == 200
+    assert reply["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
