@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -10,7 +11,7 @@ from typing import Any
 
 from llmgw.config import Config, ModelConfig
 from llmgw.engine import EngineManager, RunningEngine, StandaloneTokenizer, completion_budget
-from llmgw.errors import ContextTooLarge, ModelNotFound
+from llmgw.errors import ContextTooLarge, ModelNotFound, TokenCountError
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,19 @@ class ModelSelector:
             estimate += completion_budget(request_data, self._reserve(model))
             # Only a hint: the exact count below has the last word.
             min_ctx = max(min_ctx, min(estimate, largest))
-        for _ in range(len(model.variants) + 1):
+        restarted = False
+        for _ in range(len(model.variants) + 2):
             async with manager.lease(model, min_ctx) as engine:
-                needed = await engine.client.estimate_tokens(request_data)
+                try:
+                    needed = await engine.client.estimate_tokens(request_data)
+                except TokenCountError:
+                    # The engine may have just died (a crash is noticed a moment after its socket
+                    # closes): then the next lease restarts it, once, instead of failing the request.
+                    if restarted or not await _has_exited(engine):
+                        raise
+                    logger.warning("model %r: engine died before counting; restarting it", model.name)
+                    restarted = True
+                    continue
                 if self.on_counted is not None:
                     self.on_counted(model.name, needed)
                 if needed <= engine.n_ctx:
@@ -94,3 +105,10 @@ class ModelSelector:
         if model.name not in self._tokenizers:
             self._tokenizers[model.name] = StandaloneTokenizer(model.tokenization)
         return self._tokenizers[model.name]
+
+
+async def _has_exited(engine: RunningEngine, grace: float = 1.0) -> bool:
+    """True when the engine's process is gone (waiting ``grace`` s for its exit to be noticed)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(engine.process.exited.wait(), grace)
+    return engine.process.exited.is_set()
