@@ -9,7 +9,12 @@ EXTRAS="${1:-}"
 # pyenv machines: make every supported interpreter visible (tox runs all three).
 if command -v pyenv >/dev/null 2>&1 && [ -z "${PYENV_VERSION:-}" ]; then
   versions=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(11|12|13)\.[0-9]+$' | sort -V -r | awk -F. '!seen[$1"."$2]++' | sort -V | paste -sd: - || true)
-  if [ -n "$versions" ]; then export PYENV_VERSION="$versions"; fi
+  if [ -n "$versions" ]; then
+    export PYENV_VERSION="$versions"
+    # tox's interpreter discovery runs pyenv shims without PYENV_VERSION: put the real bin dirs first.
+    for v in ${versions//:/ }; do PATH="$(pyenv root)/versions/$v/bin:$PATH"; done
+    export PATH
+  fi
 fi
 
 have_lua() {
