@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tornado import httputil
+from tornado import httputil, netutil
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.simple_httpclient import HTTPStreamClosedError, SimpleAsyncHTTPClient, _HTTPConnection
 
@@ -44,6 +45,19 @@ class _AbortableConnection(_HTTPConnection):
             self._handle_exception(HTTPStreamClosedError, HTTPStreamClosedError("aborted by gateway"), None)
 
 
+class _LiteralResolver(netutil.DefaultLoopResolver):
+    """Engines are usually at an IP literal: answer those at once instead of a thread-pool getaddrinfo."""
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        if netutil.is_valid_ip(host):
+            if ":" in host:
+                return [(socket.AF_INET6, (host, port, 0, 0))]
+            return [(socket.AF_INET, (host, port))]
+        return await super().resolve(host, port, family)
+
+
 class EngineHTTPClient(SimpleAsyncHTTPClient):
     """One per gateway: no request timeout, no redirects, no decompression, no client cap."""
 
@@ -58,6 +72,7 @@ class EngineHTTPClient(SimpleAsyncHTTPClient):
     def create(cls) -> EngineHTTPClient:
         client = cls(
             force_instance=True,
+            resolver=_LiteralResolver(),
             defaults={
                 "connect_timeout": 10.0,
                 "request_timeout": 0.0,
