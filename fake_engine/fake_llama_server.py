@@ -148,6 +148,17 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+_STARTED = time.monotonic()
+
+
+def log_tagged(message: str, level: str = "I") -> None:
+    """A line in llama-server's own format ("0.01.234.567 I ..."), whose level tag the gateway honours."""
+    elapsed_us = int((time.monotonic() - _STARTED) * 1_000_000)
+    minutes, rest = divmod(elapsed_us, 60_000_000)
+    seconds, rest = divmod(rest, 1_000_000)
+    print(f"{minutes}.{seconds:02d}.{rest // 1000:03d}.{rest % 1000:03d} {level} {message}", file=sys.stderr, flush=True)
+
+
 class EventLog:
     """Appends one JSON line per event to the ``--fake-events`` file (one write per line)."""
 
@@ -443,7 +454,7 @@ class ChatCompletionsHandler(BaseHandler):
 
     def _cancelled(self, reply: Reply, tokens: int) -> None:
         self.engine.events.emit("cancelled", id=reply.id, tokens=tokens)
-        log("srv  cancel_tasks: task cancelled")
+        log_tagged("srv  cancel_tasks: task cancelled")
 
     def _done(self, reply: Reply) -> None:
         self.engine.events.emit("done", id=reply.id, tokens=reply.n_tokens)
@@ -518,7 +529,7 @@ def crash(reason: str) -> NoReturn:
 def log_request(handler: tornado.web.RequestHandler) -> None:
     request = handler.request
     status = handler.get_status()
-    log(f"srv  log_server_r: request: {request.method} {request.uri} {request.remote_ip} {status}")
+    log_tagged(f"srv  log_server_r: request: {request.method} {request.uri} {request.remote_ip} {status}")
 
 
 def make_app(engine: Engine) -> tornado.web.Application:

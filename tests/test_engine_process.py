@@ -124,6 +124,26 @@ async def test_output_is_logged_with_levels_and_tag(
     assert process.stderr_tail() == "to-stderr"
 
 
+async def test_llama_server_level_tags_are_honoured(
+    io_loop: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llama-server logs everything to stderr with a level letter; routine lines must not be warnings."""
+    caplog.set_level(logging.DEBUG)
+    lines = ["0.00.001.000 I slot launch", "0.00.002.000 W srv  warn", "0.00.003.000 E srv  boom", "plain"]
+    script = "import sys\nfor line in %r: print(line, file=sys.stderr, flush=True)" % (lines,)
+    process = EngineProcess(sys.executable, ["-c", script], name="lv#1")
+    await process.start()
+    try:
+        await asyncio.wait_for(process.exited.wait(), HANG)
+        await wait_for(lambda: len(output_records(caplog, "lv#1")) >= 4, what="the four lines")
+    finally:
+        await process.stop(timeout=1.0)
+    levels = {r.getMessage().split("] ", 1)[1]: r.levelno for r in output_records(caplog, "lv#1")}
+    assert levels == {lines[0]: logging.INFO, lines[1]: logging.WARNING, lines[2]: logging.ERROR,
+                      "plain": logging.WARNING}
+    assert process.stderr_tail().splitlines() == lines  # the tail keeps every stderr line
+
+
 async def test_fake_engine_output_is_logged(io_loop: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     process, _ = await start_fake(tmp_path, name="m#1")

@@ -472,23 +472,28 @@ async def test_api_keys(start_gateway, make_model, http) -> None:
 async def test_variant_follows_prompt_size_and_bigger_engine_is_kept(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048, 8192])
     gw = await start_gateway([m])
+    answers = []
     # 6 + 1024 (completion reserve) tokens: the small variant.
-    assert (await post(http, gw.url + CHAT, chat_body("m", 3))).code == 200
+    answers.append(await post(http, gw.url + CHAT, chat_body("m", 3)))
     info = await running(http, gw)
     assert info["engine"]["context"] == 2048
     # 1503 + 1024 tokens: only the big variant holds it.
-    resp = await post(http, gw.url + CHAT, chat_body("m", 1500))
-    assert resp.code == 200, resp.body
+    answers.append(await post(http, gw.url + CHAT, chat_body("m", 1500)))
     info = await running(http, gw)
     assert info["engine"]["context"] == 8192
     big_pid = info["engine"]["pid"]
     # A small prompt again: the big engine serves it, no switch back.
-    assert (await post(http, gw.url + CHAT, chat_body("m", 3))).code == 200
+    answers.append(await post(http, gw.url + CHAT, chat_body("m", 3)))
     info = await running(http, gw)
     assert info["engine"]["pid"] == big_pid and info["engine"]["context"] == 8192
-    assert [e["n_ctx"] for e in events_of(m, "start")] == [2048, 8192]
-    served_by = [e["prompt_tokens"] for e in events_of(m, "request")]
-    assert served_by == [6, 1503, 6]
+    assert all(a.code == 200 for a in answers), [a.body for a in answers]
+    starts = events_of(m, "start")
+    assert [e["n_ctx"] for e in starts] == [2048, 8192]
+    # Which engine answered each request: the completion id is the fake's request id.
+    requests = {e["id"]: e for e in events_of(m, "request")}
+    served = [requests[json.loads(a.body)["id"]] for a in answers]
+    assert [e["prompt_tokens"] for e in served] == [6, 1503, 6]
+    assert [e["t"] > starts[1]["t"] for e in served] == [False, True, True]
 
 
 async def test_unordered_contexts_pick_smallest_fitting(start_gateway, make_model, http) -> None:

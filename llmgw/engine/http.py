@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from tornado import httputil, netutil
@@ -228,6 +228,10 @@ class UpstreamCall:
         if not self._head.done():
             self._head.set_exception(UpstreamError("aborted by gateway"))
             self._head.exception()  # mark retrieved: nobody may be waiting any more
+
+    def add_done_callback(self, callback: Callable[[UpstreamCall], None]) -> None:
+        """Called once the upstream exchange is over (complete, failed or aborted)."""
+        self._task.add_done_callback(lambda _: callback(self))
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._task)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from llmgw.config import Config, ModelConfig
-from llmgw.engine import EngineManager, RunningEngine, StandaloneTokenizer, completion_budget
+from llmgw.engine import EngineManager, RunningEngine, StandaloneTokenizer, UpstreamCall, completion_budget
 from llmgw.errors import ContextTooLarge, ModelNotFound, TokenCountError
 
 logger = logging.getLogger(__name__)
@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 class Selection:
     engine: RunningEngine
     tokens_needed: int  # prompt tokens (exact) + completion budget
+    call: UpstreamCall | None = None  # the request, already sent while counting (see ``prefetch``)
+
+
+Prefetch = Callable[[RunningEngine], UpstreamCall]
 
 
 class ModelSelector:
@@ -40,7 +44,7 @@ class ModelSelector:
 
     @contextlib.asynccontextmanager
     async def select_variant(
-        self, model_name: str, request_data: dict[str, Any], min_ctx: int = 0
+        self, model_name: str, request_data: dict[str, Any], min_ctx: int = 0, prefetch: Prefetch | None = None
     ) -> AsyncIterator[Selection]:
         """Lease the smallest engine of the model that holds the request, for the whole block.
 
@@ -49,6 +53,10 @@ class ModelSelector:
         otherwise the smallest variant starts (same tokenizer as the big ones). Then the
         engine's exact count decides, and only a count that does not fit moves to a bigger
         variant: the big one is never loaded just to count.
+
+        ``prefetch`` sends the request to the leased engine while it counts, so the count costs
+        no round trip of its own; the engine's answer is only relayed once the count says it
+        fits, and a request that does not fit is aborted (the engine drops it at once).
         """
         model = self.model(model_name)
         manager = self.engine_manager
@@ -63,9 +71,11 @@ class ModelSelector:
         restarted = False
         for _ in range(len(model.variants) + 2):
             async with manager.lease(model, min_ctx) as engine:
+                call = prefetch(engine) if prefetch is not None else None
                 try:
                     needed = await engine.client.estimate_tokens(request_data)
                 except TokenCountError:
+                    _abort(call)
                     # The engine may have just died (a crash is noticed a moment after its socket
                     # closes): then the next lease restarts it, once, instead of failing the request.
                     if restarted or not await _has_exited(engine):
@@ -73,6 +83,9 @@ class ModelSelector:
                     logger.warning("model %r: engine died before counting; restarting it", model.name)
                     restarted = True
                     continue
+                except BaseException:
+                    _abort(call)
+                    raise
                 if self.on_counted is not None:
                     self.on_counted(model.name, needed)
                 if needed <= engine.n_ctx:
@@ -83,8 +96,9 @@ class ModelSelector:
                         engine.variant.index,
                         engine.n_ctx,
                     )
-                    yield Selection(engine, needed)
+                    yield Selection(engine, needed, call)
                     return
+                _abort(call)
             largest = manager.largest_context(model)
             if needed > largest:
                 raise ContextTooLarge(model.name, needed, largest)
@@ -105,6 +119,11 @@ class ModelSelector:
         if model.name not in self._tokenizers:
             self._tokenizers[model.name] = StandaloneTokenizer(model.tokenization)
         return self._tokenizers[model.name]
+
+
+def _abort(call: UpstreamCall | None) -> None:
+    if call is not None:
+        call.abort()
 
 
 async def _has_exited(engine: RunningEngine, grace: float = 1.0) -> bool:

@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any, Protocol
 
-from llmgw.engine import UpstreamCall, UpstreamError, relay_headers
+from llmgw.engine import RunningEngine, UpstreamCall, UpstreamError, relay_headers
 from llmgw.errors import EngineUnavailable, GatewayError
 from llmgw.models import ModelSelector
 
@@ -52,16 +52,23 @@ class ChatProxy:
         """Serve one request. Raises GatewayError only while nothing has been sent to the client."""
         model_name: str = request_data["model"]
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+        def send_upstream(engine: RunningEngine) -> UpstreamCall:
+            # Sent while the selector counts; relayed only if the count says it fits.
+            call = engine.client.forward_request(path, body, headers)
+            self.active.add(call)
+            call.add_done_callback(self.active.discard)
+            sink.watch(call)
+            return call
+
         min_ctx = 0
         for attempt in (1, 2):
-            async with self.selector.select_variant(model_name, request_data, min_ctx) as selection:
-                if sink.gone:
-                    return
-                engine = selection.engine
-                call = engine.client.forward_request(path, body, headers)
-                self.active.add(call)
-                sink.watch(call)
+            async with self.selector.select_variant(model_name, request_data, min_ctx, send_upstream) as selection:
+                engine, call = selection.engine, selection.call
+                assert call is not None
                 try:
+                    if sink.gone:
+                        return
                     try:
                         status, upstream_headers = await call.head()
                     except UpstreamError as exc:
@@ -89,7 +96,6 @@ class ChatProxy:
                     return
                 finally:
                     sink.watch(None)
-                    self.active.discard(call)
                     call.abort()  # no-op when complete; closes the upstream on any early exit
 
     async def _read_all(self, call: UpstreamCall, model_name: str) -> bytes:
