@@ -156,7 +156,8 @@ def log_tagged(message: str, level: str = "I") -> None:
     elapsed_us = int((time.monotonic() - _STARTED) * 1_000_000)
     minutes, rest = divmod(elapsed_us, 60_000_000)
     seconds, rest = divmod(rest, 1_000_000)
-    print(f"{minutes}.{seconds:02d}.{rest // 1000:03d}.{rest % 1000:03d} {level} {message}", file=sys.stderr, flush=True)
+    stamp = f"{minutes}.{seconds:02d}.{rest // 1000:03d}.{rest % 1000:03d}"
+    print(f"{stamp} {level} {message}", file=sys.stderr, flush=True)
 
 
 class EventLog:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,33 +18,11 @@ from typing import Any
 import psutil
 import pytest
 
+from fake_engine.configs import FAKE_ENGINE, FAKE_TOKENIZE, free_port, lua
 from llmgw.config import Config, ConfigLoader
 from llmgw.server import GatewayServer
 
 ROOT = Path(__file__).resolve().parent.parent
-FAKE_ENGINE = str(ROOT / "fake_engine" / "fake_llama_server.py")
-FAKE_TOKENIZE = str(ROOT / "fake_engine" / "fake_llama_tokenize.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def lua(value: Any) -> str:
-    """Python value -> Lua literal (enough for configs)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "{" + ", ".join(lua(v) for v in value) + "}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"[{json.dumps(k)}] = {lua(v)}" for k, v in value.items()) + "}"
-    raise TypeError(value)
 
 
 @dataclass

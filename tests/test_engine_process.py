@@ -130,7 +130,7 @@ async def test_llama_server_level_tags_are_honoured(
     """llama-server logs everything to stderr with a level letter; routine lines must not be warnings."""
     caplog.set_level(logging.DEBUG)
     lines = ["0.00.001.000 I slot launch", "0.00.002.000 W srv  warn", "0.00.003.000 E srv  boom", "plain"]
-    script = "import sys\nfor line in %r: print(line, file=sys.stderr, flush=True)" % (lines,)
+    script = f"import sys\nfor line in {lines!r}: print(line, file=sys.stderr, flush=True)"
     process = EngineProcess(sys.executable, ["-c", script], name="lv#1")
     await process.start()
     try:

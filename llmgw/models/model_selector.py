@@ -23,7 +23,7 @@ class Selection:
     call: UpstreamCall | None = None  # the request, already sent while counting (see ``prefetch``)
 
 
-Prefetch = Callable[[RunningEngine], UpstreamCall]
+Prefetch = Callable[[RunningEngine], UpstreamCall | None]
 
 
 class ModelSelector:

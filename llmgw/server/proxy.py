@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any, Protocol
 
-from llmgw.engine import RunningEngine, UpstreamCall, UpstreamError, relay_headers
+from llmgw.engine import RunningEngine, UpstreamCall, UpstreamError, completion_budget, relay_headers
 from llmgw.errors import EngineUnavailable, GatewayError
 from llmgw.models import ModelSelector
 
@@ -54,18 +54,25 @@ class ChatProxy:
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
         def send_upstream(engine: RunningEngine) -> UpstreamCall:
-            # Sent while the selector counts; relayed only if the count says it fits.
             call = engine.client.forward_request(path, body, headers)
             self.active.add(call)
             call.add_done_callback(self.active.discard)
             sink.watch(call)
             return call
 
+        def send_while_counting(engine: RunningEngine) -> UpstreamCall | None:
+            # Speculate only when the request surely fits (text takes at least a byte per token):
+            # an aborted request makes llama-server linger ~1 s on the SIGTERM of a switch.
+            budget = completion_budget(request_data, engine.client.completion_reserve)
+            return send_upstream(engine) if len(body) + budget <= engine.n_ctx else None
+
         min_ctx = 0
         for attempt in (1, 2):
-            async with self.selector.select_variant(model_name, request_data, min_ctx, send_upstream) as selection:
-                engine, call = selection.engine, selection.call
-                assert call is not None
+            async with self.selector.select_variant(
+                model_name, request_data, min_ctx, send_while_counting
+            ) as selection:
+                engine = selection.engine
+                call = selection.call or send_upstream(engine)
                 try:
                     if sink.gone:
                         return

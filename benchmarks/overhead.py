@@ -1,0 +1,131 @@
+"""3. Per-request overhead on a loaded fake engine: small requests via the gateway vs direct.
+
+Each iteration sends, in a rotating order, one of each probe below on keep-alive connections
+(one per probe and path), so drift and noise hit both sides alike:
+
+* ``nonstream``: a small chat request (8 tokens, not streamed), total time;
+* ``stream_ttft``: the same streamed, time to the first generated text;
+* ``count``: what the gateway adds per request to count the prompt exactly: one direct
+  ``POST /v1/chat/completions/input_tokens``, on a keep-alive connection and on a new
+  connection each time (the gateway's engine client opens one per call);
+* ``health``: ``GET /health`` (the gateway's own floor: Tornado, no engine involved).
+
+Added = gateway - direct, for the median and for the p99 of each repeat. A final block of
+gateway-only requests measures the gateway's CPU time per request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from benchmarks.client import Connection, Response, fetch
+from benchmarks.common import Ctx, chat
+from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, free_port
+from benchmarks.stats import ms, spread, summary
+
+PATH = "/v1/chat/completions"
+COUNT_PATH = "/v1/chat/completions/input_tokens"
+
+
+@dataclass
+class OverheadParams:
+    requests: int = 300  # per probe and path, per repeat
+    repeats: int = 3
+    cpu_requests: int = 300
+
+
+def _check(resp: Response, stream: bool) -> float:
+    if resp.status != 200:
+        raise RuntimeError(f"request failed: {resp.status} {resp.body[:200]!r}")
+    if stream:
+        if not resp.done or resp.ttft is None:
+            raise RuntimeError("stream ended without text or [DONE]")
+        return resp.ttft
+    return resp.total
+
+
+async def run_overhead(ctx: Ctx, params: OverheadParams) -> dict[str, Any]:
+    spec = fake_engine(free_port(), 4096, "O")
+    gw = GatewayProc(ctx.workdir, [ModelSpec("O", [spec])], name="gw-overhead", profile=ctx.profile_path("overhead"))
+    small = chat("O", "Hello there, how are you?", max_tokens=8)
+    streamed = dict(small, stream=True)
+    count_body = {"messages": small["messages"]}
+    await gw.start()
+    repeats: list[dict[str, Any]] = []
+    try:
+        await gw.load("O")
+        gw_proc = psutil.Process(gw.proc.pid)
+        conns = {
+            ("nonstream", "gateway"): gw.connection(),
+            ("nonstream", "direct"): Connection(HOST, spec.port),
+            ("stream_ttft", "gateway"): gw.connection(),
+            ("stream_ttft", "direct"): Connection(HOST, spec.port),
+            ("count", "direct"): Connection(HOST, spec.port),
+            ("health", "gateway"): gw.connection(),
+            ("health", "direct"): Connection(HOST, spec.port),
+        }
+
+        async def probe(name: str, path: str) -> float:
+            conn = conns[(name, path)]
+            if name == "nonstream":
+                return _check(await conn.request("POST", PATH, small, timeout=30), False)
+            if name == "stream_ttft":
+                return _check(await conn.request("POST", PATH, streamed, timeout=30), True)
+            if name == "count":
+                return _check(await conn.request("POST", COUNT_PATH, count_body, timeout=30), False)
+            return _check(await conn.request("GET", "/health", timeout=30), False)
+
+        async def count_new_connection() -> float:
+            t0 = time.perf_counter()
+            resp = await fetch(HOST, spec.port, "POST", COUNT_PATH, count_body, timeout=30)
+            _check(resp, False)
+            return time.perf_counter() - t0
+
+        probes = [*conns, ("count_new_conn", "direct")]
+        try:
+            for _ in range(20):  # warm-up
+                for name, path in conns:
+                    await probe(name, path)
+            for r in range(params.repeats):
+                ctx.log(f"overhead: repeat {r + 1}/{params.repeats}")
+                samples: dict[tuple[str, str], list[float]] = {p: [] for p in probes}
+                for i in range(params.requests):
+                    k = i % len(probes)
+                    for name, path in probes[k:] + probes[:k]:
+                        if name == "count_new_conn":
+                            samples[(name, path)].append(await count_new_connection())
+                        else:
+                            samples[(name, path)].append(await probe(name, path))
+                repeats.append({f"{n}/{p}": summary([ms(x) for x in v], 4) for (n, p), v in samples.items()})
+            # Gateway CPU per request: a block of gateway-only small requests.
+            conn = conns[("nonstream", "gateway")]
+            c0, t0 = gw_proc.cpu_times(), time.perf_counter()
+            for _ in range(params.cpu_requests):
+                await probe("nonstream", "gateway")
+            c1, wall = gw_proc.cpu_times(), time.perf_counter() - t0
+        finally:
+            for conn in conns.values():
+                await conn.close()
+    finally:
+        await gw.stop()
+    cpu = (c1.user + c1.system - c0.user - c0.system) / params.cpu_requests
+    result: dict[str, Any] = {"requests_per_repeat": params.requests, "repeats": params.repeats, "probes": {}}
+    for key in repeats[0]:
+        result["probes"][key] = {
+            stat: spread([rep[key][stat] for rep in repeats], 4) for stat in ("median", "p99", "min", "max")
+        }
+    for name in ("nonstream", "stream_ttft", "health"):
+        result[f"added_{name}_ms"] = {
+            stat: spread([rep[f"{name}/gateway"][stat] - rep[f"{name}/direct"][stat] for rep in repeats], 4)
+            for stat in ("median", "p99")
+        }
+    result["count_direct_ms"] = result["probes"]["count/direct"]
+    result["count_new_conn_ms"] = result["probes"]["count_new_conn/direct"]
+    result["gateway_cpu_ms_per_request"] = round(cpu * 1000, 4)
+    result["gateway_requests_per_s_sequential"] = round(params.cpu_requests / wall, 1)
+    result["all_ok"] = True  # _check raises on any failure
+    return result

@@ -1,0 +1,50 @@
+"""Small statistics helpers: every figure is a median with its spread."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, ``q`` in [0, 100]."""
+    if not values:
+        return math.nan
+    data = sorted(values)
+    if len(data) == 1:
+        return float(data[0])
+    pos = (len(data) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return float(data[lo] + (data[hi] - data[lo]) * (pos - lo))
+
+
+def summary(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
+    """median / p99 / min / max / n of a sample (NaN-free)."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return {"median": None, "p99": None, "min": None, "max": None, "n": 0}
+    return {
+        "median": round(statistics.median(vals), digits),
+        "p99": round(percentile(vals, 99), digits),
+        "min": round(min(vals), digits),
+        "max": round(max(vals), digits),
+        "n": len(vals),
+    }
+
+
+def spread(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
+    """A figure over repeats: median with min/max."""
+    s = summary(values, digits)
+    return {"median": s["median"], "min": s["min"], "max": s["max"], "n": s["n"]}
+
+
+def median(values: Sequence[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(statistics.median(vals)) if vals else math.nan
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0

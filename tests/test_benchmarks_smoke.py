@@ -1,0 +1,102 @@
+"""A tiny run of every fake-engine benchmark, through the suite's own code, so it cannot rot."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.common import Ctx  # noqa: E402
+from benchmarks.harness import kill_all  # noqa: E402
+from benchmarks.runner import SMOKE, run_suite  # noqa: E402
+
+FAKE_BENCHMARKS = ["switch_fake", "streaming", "overhead", "concurrency"]
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("bench")
+    ctx = Ctx(workdir=work, quiet=True)
+    try:
+        results, errors = asyncio.run(asyncio.wait_for(run_suite(ctx, SMOKE, FAKE_BENCHMARKS), 120))
+    finally:
+        kill_all()
+    assert not errors, errors
+    data = {"meta": {}, "benchmarks": results, "skipped": {}, "errors": errors}
+    data["targets"] = report.targets(data)
+    return data
+
+
+def _positive(spread: dict[str, Any]) -> bool:
+    return spread["n"] > 0 and spread["median"] is not None and spread["median"] > 0
+
+
+def test_switch_shape(smoke_results: dict[str, Any]) -> None:
+    sw = smoke_results["benchmarks"]["switch_fake"]
+    assert set(sw["direct"]) == set(sw["gateway"]) == {"cold", "model_switch", "variant_switch"}
+    for kind, g in sw["gateway"].items():
+        assert g["all_ok"], kind
+        assert g["samples"] > 0
+        assert _positive(g["latency_ms"])
+        d = sw["direct"][kind]
+        assert d["all_ok"]
+        assert _positive(d["spawn_to_healthy_ms"]) and _positive(d["request_ms"])
+    assert all(r["status"] == 200 for path in sw["raw"].values() for r in path)
+    assert "router" not in sw  # real engine only
+
+
+def test_streaming_shape(smoke_results: dict[str, Any]) -> None:
+    st = smoke_results["benchmarks"]["streaming"]
+    assert st["all_ok"]
+    for path in ("direct", "gateway"):
+        assert st[path]["chunks"]["median"] >= st["tokens"]
+        assert _positive(st[path]["chunks_per_s"])
+    assert st["ratio_chunks_per_s"]["median"] > 0
+
+
+def test_overhead_shape(smoke_results: dict[str, Any]) -> None:
+    ov = smoke_results["benchmarks"]["overhead"]
+    assert ov["all_ok"]
+    for key in ("nonstream", "stream_ttft", "health", "count", "count_new_conn"):
+        for path in ("direct", "gateway"):
+            probe = ov["probes"].get(f"{key}/{path}")
+            if probe is not None:
+                assert probe["median"]["median"] > 0
+    assert ov["added_nonstream_ms"]["median"]["median"] is not None
+    assert ov["gateway_cpu_ms_per_request"] > 0
+
+
+def test_concurrency_and_memory_shape(smoke_results: dict[str, Any]) -> None:
+    cc = smoke_results["benchmarks"]["concurrency"]
+    assert cc["all_ok"]
+    assert [row["clients"] for row in cc["levels"]] == [1, 2]
+    for row in cc["levels"]:
+        assert _positive(row["direct_wall_ms"]) and _positive(row["gateway_wall_ms"])
+        assert _positive(row["gateway_chunks_per_s"])
+    memory = cc["memory"]
+    assert memory["idle_no_engine_mb"] > 5
+    assert memory["peak_under_load_mb"] >= memory["idle_no_engine_mb"] * 0.5
+
+
+def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
+    data = dict(smoke_results)
+    data["meta"] = {
+        "machine": {"cpu_model": "x", "logical_cpus": 2, "physical_cores": 2, "memory_gb": 1, "os": "os",
+                    "python": "3", "tornado": "6", "llama_server": "none", "model": None},
+        "git": "abc", "command": "python -m benchmarks", "mode": "smoke", "started": "now", "duration_s": 1,
+    }
+    path = report.write(data, tmp_path, "-smoke")
+    text = path.read_text()
+    for heading in ("## Targets", "## 1. Switch time", "## 2. Streaming", "## 3. Per-request", "## 5. Concurrency",
+                    "## 6. Memory"):
+        assert heading in text
+    assert {t["benchmark"] for t in data["targets"]} >= {"2. streaming", "3. overhead", "5. concurrency"}
+    assert "counting" not in report.compare(data, data)
