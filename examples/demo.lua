@@ -1,0 +1,1 @@
+../llmgw/demo.lua
