@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -175,3 +176,25 @@ def wait_gateway_ready(url: str, proc: subprocess.Popen[Any]) -> None:
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.1)
     raise AssertionError("gateway did not come up")
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll a plain condition from an async test (bounded: a hang guard, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_until(condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0) -> None:
+    """Poll an async condition (bounded: a hang guard, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def events_of(model: FakeModel, kind: str) -> list[dict[str, Any]]:
+    return [e for e in model.read_events() if e["event"] == kind]

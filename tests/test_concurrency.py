@@ -17,7 +17,7 @@ import psutil
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import FakeModel, Gateway, chat_body
+from conftest import FakeModel, Gateway, chat_body, events_of, wait_until
 
 CHAT = "/v1/chat/completions"
 GUARD = 15.0  # hang guard for polls; never a performance claim
@@ -43,18 +43,6 @@ async def post(http: AsyncHTTPClient, url: str, payload: dict[str, Any]) -> HTTP
 
 def sse_data(body: bytes) -> list[str]:
     return [line[5:].strip() for line in body.decode().split("\n") if line.startswith("data:")]
-
-
-def events_of(model: FakeModel, kind: str) -> list[dict[str, Any]]:
-    return [e for e in model.read_events() if e["event"] == kind]
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], what: str, timeout: float = GUARD) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def running(http: AsyncHTTPClient, gw: Gateway) -> dict[str, Any]:
@@ -103,9 +91,9 @@ async def test_other_model_waits_for_running_request_then_switches(start_gateway
     b = make_model("b", [2048])
     gw = await start_gateway([a, b])
     first = asyncio.ensure_future(post(http, gw.url + CHAT, chat_body("a", stream=True)))
-    await wait_until(has_event(a, "request"), "a's request to reach its engine")
+    await wait_until(has_event(a, "request"), "a's request to reach its engine", timeout=GUARD)
     second = asyncio.ensure_future(post(http, gw.url + CHAT, chat_body("b")))
-    await wait_until(queued(http, gw, 1), "b's request to queue")
+    await wait_until(queued(http, gw, 1), "b's request to queue", timeout=GUARD)
     assert not events_of(a, "done")  # b really waits while a is still generating
     ra, rb = await asyncio.wait_for(asyncio.gather(first, second), GUARD)
     assert ra.code == 200 and sse_data(ra.body)[-1] == "[DONE]"
@@ -122,12 +110,12 @@ async def test_queue_is_fair_across_models(start_gateway, make_model, http) -> N
     b = make_model("b", [2048])
     gw = await start_gateway([a, b])
     a1 = asyncio.ensure_future(post(http, gw.url + CHAT, chat_body("a", stream=True)))
-    await wait_until(has_event(a, "request"), "a1 to reach its engine")
+    await wait_until(has_event(a, "request"), "a1 to reach its engine", timeout=GUARD)
     b1 = asyncio.ensure_future(post(http, gw.url + CHAT, chat_body("b")))
-    await wait_until(queued(http, gw, 1), "b1 to queue")
+    await wait_until(queued(http, gw, 1), "b1 to queue", timeout=GUARD)
     # a's engine runs and could serve a2 at once, but b1 asked first: a2 lines up behind it.
     a2 = asyncio.ensure_future(post(http, gw.url + CHAT, chat_body("a", 4, max_tokens=2)))
-    await wait_until(queued(http, gw, 2), "a2 to queue")
+    await wait_until(queued(http, gw, 2), "a2 to queue", timeout=GUARD)
     assert not events_of(a, "done")
     results = await asyncio.wait_for(asyncio.gather(a1, b1, a2), GUARD)
     for resp in results:
@@ -147,7 +135,7 @@ async def test_queue_timeout_is_503_with_retry_after(start_gateway, make_model, 
     b = make_model("b", [2048])
     gw = await start_gateway([a, b], queue_timeout=0.5)
     first = asyncio.ensure_future(post(http, gw.url + CHAT, chat_body("a", stream=True)))
-    await wait_until(has_event(a, "request"), "a's request to reach its engine")
+    await wait_until(has_event(a, "request"), "a's request to reach its engine", timeout=GUARD)
     rb = await post(http, gw.url + CHAT, chat_body("b"))
     assert rb.code == 503, rb.body
     assert int(rb.headers["Retry-After"]) >= 1

@@ -18,7 +18,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from conftest import FakeModel, free_port, write_config
+from conftest import FakeModel, free_port, wait_for, write_config
 from llmgw.config import Config
 from llmgw.engine.engine_manager import EngineManager, RunningEngine
 from llmgw.engine.engine_process import EngineStatus
@@ -27,14 +27,6 @@ from llmgw.errors import EngineStartError, EngineStartTimeout, QueueTimeout, Shu
 
 HANG = 10.0  # generous bound for things that take well under a second
 MakeModel = Callable[..., FakeModel]
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = HANG, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def pid_gone(pid: int) -> bool:

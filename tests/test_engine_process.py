@@ -10,25 +10,16 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from conftest import FAKE_ENGINE, free_port
+from conftest import FAKE_ENGINE, free_port, wait_for
 from llmgw.engine.engine_process import EngineProcess, EngineStatus
 
 HANG = 10.0  # generous bound for anything that should take well under a second
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = HANG, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import FAKE_ENGINE, FakeModel, Gateway, chat_body
+from conftest import FAKE_ENGINE, FakeModel, Gateway, chat_body, events_of, wait_until
 
 CHAT = "/v1/chat/completions"
 GUARD = 10.0  # hang guard for polls; never a performance claim
@@ -81,10 +81,6 @@ def sse_data(body: bytes) -> list[str]:
     return events
 
 
-def events_of(model: FakeModel, kind: str) -> list[dict[str, Any]]:
-    return [e for e in model.read_events() if e["event"] == kind]
-
-
 async def wait_event(
     model: FakeModel, kind: str, where: Callable[[dict[str, Any]], bool] = lambda e: True, timeout: float = GUARD
 ) -> dict[str, Any]:
@@ -95,14 +91,6 @@ async def wait_event(
                 return event
         if time.monotonic() > deadline:
             raise AssertionError(f"no {kind!r} event within {timeout} s: {model.read_events()}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_until(condition: Callable[[], Any], what: str, timeout: float = GUARD) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -570,7 +558,7 @@ async def _assert_cancelled(m: FakeModel, request: dict[str, Any], http: AsyncHT
     async def lease_released() -> bool:
         return (await running(http, gw))["in_flight"] == 0
 
-    await wait_until(lease_released, "the lease of the abandoned request to be released")
+    await wait_until(lease_released, "the lease of the abandoned request to be released", timeout=GUARD)
     # The gateway goes on serving.
     resp = await post(http, gw.url + CHAT, chat_body("m", max_tokens=2))
     assert resp.code == 200, resp.body
