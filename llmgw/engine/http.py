@@ -232,6 +232,3 @@ class UpstreamCall:
     def add_done_callback(self, callback: Callable[[UpstreamCall], None]) -> None:
         """Called once the upstream exchange is over (complete, failed or aborted)."""
         self._task.add_done_callback(lambda _: callback(self))
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._task)

@@ -36,7 +36,6 @@ class GatewayServer:
         self._stopped = asyncio.Event()
         self.http: EngineHTTPClient | None = None
         self.guard = ProcessGuard()
-        self.ports: list[int] = []
         routes: list[tuple[str, type[web.RequestHandler]]] = [
             ("/v1/chat/completions", ChatCompletionsHandler),
             ("/v1/models", ModelsHandler),
@@ -80,7 +79,6 @@ class GatewayServer:
             server.add_sockets(sockets)
             self._servers.append(server)
             for sock in sockets:
-                self.ports.append(sock.getsockname()[1])
                 logger.info("listening on %s", _format_addr(sock.getsockname()))
 
     async def stop(self, grace: float | None = None) -> None:

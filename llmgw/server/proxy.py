@@ -43,6 +43,11 @@ def sse_error_event(error: GatewayError) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def _engine_failed(model_name: str, exc: UpstreamError, when: str = "") -> EngineUnavailable:
+    """``when``: "" or a suffix such as " mid-stream"."""
+    return EngineUnavailable(f"engine of model {model_name!r} failed{when}: {exc}")
+
+
 class ChatProxy:
     def __init__(self, selector: ModelSelector) -> None:
         self.selector = selector
@@ -81,7 +86,7 @@ class ChatProxy:
                     except UpstreamError as exc:
                         if sink.gone:
                             return
-                        raise EngineUnavailable(f"engine of model {model_name!r} failed: {exc}") from exc
+                        raise _engine_failed(model_name, exc) from exc
                     if status == 400 and attempt == 1:
                         error_body = await self._read_all(call, model_name)
                         if _OVERFLOW_MARK in error_body and engine.n_ctx < self.selector.engine_manager.largest_context(
@@ -109,7 +114,7 @@ class ChatProxy:
         try:
             return await call.read_body()
         except UpstreamError as exc:
-            raise EngineUnavailable(f"engine of model {model_name!r} failed: {exc}") from exc
+            raise _engine_failed(model_name, exc) from exc
 
     async def _relay(self, call: UpstreamCall, status: int, headers: Any, sink: ClientSink, model_name: str) -> None:
         streaming = "text/event-stream" in headers.get("Content-Type", "")
@@ -127,8 +132,7 @@ class ChatProxy:
             if sink.gone:
                 return
             logger.warning("model %r: engine stream broke: %s", model_name, exc)
-            error = EngineUnavailable(f"engine of model {model_name!r} failed mid-stream: {exc}")
-            await sink.send(sse_error_event(error))
+            await sink.send(sse_error_event(_engine_failed(model_name, exc, " mid-stream")))
 
     def abort_all(self) -> None:
         for call in list(self.active):
