@@ -71,7 +71,9 @@ def test_overhead_shape(smoke_results: dict[str, Any]) -> None:
             if probe is not None:
                 assert probe["median"]["median"] > 0
     assert ov["added_nonstream_ms"]["median"]["median"] is not None
-    assert ov["gateway_cpu_ms_per_request"] > 0
+    # A CPU-time figure: its value belongs to the benchmark report, the test checks that it is there.
+    cpu = ov["gateway_cpu_ms_per_request"]
+    assert isinstance(cpu, float) and cpu >= 0
 
 
 def test_concurrency_and_memory_shape(smoke_results: dict[str, Any]) -> None:
