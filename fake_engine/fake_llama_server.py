@@ -8,7 +8,8 @@ matched exactly, as ``--flag VALUE`` or ``--flag=VALUE``; any other flag (and it
 ignored. Test knobs: ``--fake-load-delay S``, ``--fake-never-healthy``,
 ``--fake-exit-at-startup CODE``, ``--fake-tokens N`` (8), ``--fake-token-delay S``,
 ``--fake-prompt-delay S``, ``--fake-exit-after-chunks N``, ``--fake-ignore-sigterm``,
-``--fake-shutdown-delay S``, ``--fake-spawn-child``, ``--fake-events FILE`` (see README.md).
+``--fake-shutdown-delay S``, ``--fake-spawn-child``, ``--fake-memory-mb N``, ``--fake-events FILE``
+(see README.md).
 
 Tokenization (see ``fake_llama_tokenize``): the tokens of a text are its whitespace-separated
 pieces, the id of a piece is ``zlib.crc32(piece.encode()) % 32000 + 10``, BOS is 2. A chat body
@@ -76,6 +77,7 @@ class Options:
     fake_ignore_sigterm: bool = False
     fake_shutdown_delay: float = 0.0
     fake_spawn_child: bool = False
+    fake_memory_mb: int = 0
     fake_events: str | None = None
 
     @property
@@ -105,6 +107,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "--fake-ignore-sigterm": ("fake_ignore_sigterm", None),
     "--fake-shutdown-delay": ("fake_shutdown_delay", float),
     "--fake-spawn-child": ("fake_spawn_child", None),
+    "--fake-memory-mb": ("fake_memory_mb", int),
     "--fake-events": ("fake_events", str),
 }
 
@@ -588,6 +591,8 @@ async def serve(options: Options, sockets: list[socket.socket]) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, shutdown.request)
     port = sockets[0].getsockname()[1]
+    # Written, not just allocated, so the pages count in the process's RSS like loaded weights.
+    ballast = b"\x01" * (max(0, options.fake_memory_mb) << 20)
     engine = Engine(options, port)
     server = tornado.httpserver.HTTPServer(make_app(engine))
     server.add_sockets(sockets)
@@ -604,6 +609,7 @@ async def serve(options: Options, sockets: list[socket.socket]) -> int:
             f"main: server is listening on http://{options.host}:{port} - starting the main loop",
         )
     await shutdown.stopped.wait()
+    del ballast
     server.stop()
     engine.events.emit("exit")
     log("main: exiting")
