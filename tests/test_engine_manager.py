@@ -20,10 +20,10 @@ import tornado.web
 
 from conftest import FakeModel, free_port, wait_for, write_config
 from llmgw.config import Config
-from llmgw.engine.engine_manager import EngineManager, RunningEngine
-from llmgw.engine.engine_process import EngineStatus
 from llmgw.engine.http import EngineHTTPClient
 from llmgw.errors import EngineStartError, EngineStartTimeout, QueueTimeout, ShuttingDown
+from llmgw.runtime import EngineStatus, ProcessRuntime, RunningEngine
+from llmgw.scheduling import EngineManager
 
 HANG = 10.0  # generous bound for things that take well under a second
 MakeModel = Callable[..., FakeModel]
@@ -90,7 +90,7 @@ class Harness:
 
     def manager(self, models: list[FakeModel], **server: Any) -> EngineManager:
         http = EngineHTTPClient.create()
-        manager = EngineManager(self.config(models, **server), http)
+        manager = EngineManager(self.config(models, **server), ProcessRuntime(http))
         self.made.append((manager, http))
         return manager
 

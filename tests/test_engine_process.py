@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from conftest import FAKE_ENGINE, free_port, wait_for
-from llmgw.engine.engine_process import EngineProcess, EngineStatus
+from llmgw.runtime.engine_process import EngineProcess, EngineStatus
 
 HANG = 10.0  # generous bound for anything that should take well under a second
 

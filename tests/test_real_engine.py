@@ -13,7 +13,9 @@ from tornado.httpclient import AsyncHTTPClient
 from conftest import free_port, lua
 from llmgw.config import ConfigLoader
 from llmgw.demo import DemoUnavailable, RealEngine, real_engine
-from llmgw.engine import EngineHTTPClient, EngineManager, LlamaCppEngine
+from llmgw.engine import EngineHTTPClient, LlamaCppEngine
+from llmgw.runtime import ProcessRuntime
+from llmgw.scheduling import EngineManager
 from llmgw.server import GatewayServer
 
 pytestmark = pytest.mark.real_engine
@@ -68,7 +70,7 @@ async def test_real_engine_starts_counts_exactly_and_stops(io_loop: Any, tmp_pat
                                                            engine_files: RealEngine) -> None:
     config = real_config(tmp_path, engine_files, free_port(), free_port())
     http = EngineHTTPClient.create()
-    manager = EngineManager(config, http)
+    manager = EngineManager(config, ProcessRuntime(http))
     model = config.model("gemma")
     assert model is not None
     body = {"messages": [{"role": "system", "content": "Be brief."},

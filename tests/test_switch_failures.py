@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeModel, free_port, write_config
-from llmgw.engine import EngineHTTPClient, EngineManager
+from llmgw.engine import EngineHTTPClient
 from llmgw.errors import EngineStartTimeout
+from llmgw.runtime import ProcessRuntime
+from llmgw.scheduling import EngineManager
 
 
 async def test_queued_requests_for_a_failing_engine_share_its_error(
@@ -19,7 +21,7 @@ async def test_queued_requests_for_a_failing_engine_share_its_error(
     model = make_model("broken", [1024], extra_args=["--fake-never-healthy"])
     config = write_config(tmp_path / "c.lua", [model], free_port(), engine_startup_timeout=1.0)
     http = EngineHTTPClient.create()
-    manager = EngineManager(config, http)
+    manager = EngineManager(config, ProcessRuntime(http))
     model_config = config.model("broken")
     assert model_config is not None
 
@@ -40,13 +42,14 @@ async def test_queued_requests_for_a_failing_engine_share_its_error(
     assert len(starts) == 1, "the broken engine was started once per queued request"
 
     # A later request tries again (the failure is not sticky).
-    manager2 = EngineManager(config, EngineHTTPClient.create())
+    http2 = EngineHTTPClient.create()
+    manager2 = EngineManager(config, ProcessRuntime(http2))
     try:
         with pytest.raises(EngineStartTimeout):
             async with manager2.lease(model_config):
                 pass
     finally:
         await manager2.shutdown()
-        manager2.http.close()
+        http2.close()
     assert len([e for e in model.read_events() if e["event"] == "start"]) == 2
 

@@ -1,8 +1,6 @@
-"""Engine layer: processes, their HTTP clients, and the manager that schedules them."""
+"""Engine layer: HTTP to engines (abortable calls, exact counting) and the standalone tokenizer."""
 
 from llmgw.engine.engine_client import EngineClient, completion_budget
-from llmgw.engine.engine_manager import EngineManager, RunningEngine
-from llmgw.engine.engine_process import EngineProcess, EngineStatus
 from llmgw.engine.http import EngineHTTPClient, UpstreamCall, UpstreamError, relay_headers
 from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.engine.standalone_tokenizer import StandaloneTokenizer
@@ -10,11 +8,7 @@ from llmgw.engine.standalone_tokenizer import StandaloneTokenizer
 __all__ = [
     "EngineClient",
     "EngineHTTPClient",
-    "EngineManager",
-    "EngineProcess",
-    "EngineStatus",
     "LlamaCppEngine",
-    "RunningEngine",
     "StandaloneTokenizer",
     "UpstreamCall",
     "UpstreamError",

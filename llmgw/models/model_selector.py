@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmgw.config import Config, ModelConfig
-from llmgw.engine import EngineManager, RunningEngine, StandaloneTokenizer, UpstreamCall, completion_budget
+from llmgw.engine import StandaloneTokenizer, UpstreamCall, completion_budget
 from llmgw.errors import ContextTooLarge, ModelNotFound, TokenCountError
+from llmgw.runtime import RunningEngine
+from llmgw.scheduling import EngineManager
 
 logger = logging.getLogger(__name__)
 

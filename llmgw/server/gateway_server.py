@@ -11,9 +11,10 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from llmgw.config import Config
-from llmgw.engine import EngineHTTPClient, EngineManager
-from llmgw.engine.guard import ProcessGuard
+from llmgw.engine import EngineHTTPClient
 from llmgw.models import ModelSelector
+from llmgw.runtime import ProcessGuard, ProcessRuntime
+from llmgw.scheduling import EngineManager
 from llmgw.server import ops_handlers
 from llmgw.server.metrics import GatewayMetrics
 from llmgw.server.proxy import ChatProxy
@@ -61,7 +62,7 @@ class GatewayServer:
     async def start(self) -> None:
         self.http = EngineHTTPClient.create()
         self.guard.start()
-        self.manager = EngineManager(self.config, self.http, self.guard)
+        self.manager = EngineManager(self.config, ProcessRuntime(self.http, self.guard))
         self.manager.on_switch = self.metrics.observe_switch
         self.manager.on_engine_started = self.metrics.observe_start
         self.selector = ModelSelector(self.manager, self.config)

@@ -10,9 +10,10 @@ import json
 import logging
 from typing import Any, Protocol
 
-from llmgw.engine import RunningEngine, UpstreamCall, UpstreamError, completion_budget, relay_headers
+from llmgw.engine import UpstreamCall, UpstreamError, completion_budget, relay_headers
 from llmgw.errors import EngineUnavailable, GatewayError
 from llmgw.models import ModelSelector
+from llmgw.runtime import RunningEngine
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 
-from llmgw.engine.guard import ProcessGuard
+from llmgw.runtime.guard import ProcessGuard
 
 logger = logging.getLogger(__name__)
 

@@ -19,43 +19,15 @@ import collections
 import contextlib
 import logging
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmgw.config import LLAMACPP, Config, ModelConfig, Variant
 from llmgw.engine.engine_client import EngineClient
-from llmgw.engine.engine_process import EngineProcess, EngineStatus
-from llmgw.engine.guard import ProcessGuard
-from llmgw.engine.http import EngineHTTPClient
-from llmgw.engine.llamacpp_engine import LlamaCppEngine
-from llmgw.errors import (
-    ContextTooLarge,
-    EngineStartError,
-    EngineStartTimeout,
-    GatewayError,
-    QueueTimeout,
-    ShuttingDown,
-)
+from llmgw.errors import ContextTooLarge, GatewayError, QueueTimeout, ShuttingDown
+from llmgw.runtime.base import RunningEngine, Runtime
 
 logger = logging.getLogger(__name__)
-
-# Readiness probe period while an engine loads; output from the engine triggers an extra probe.
-_READY_POLL = 0.02
-
-
-@dataclass(eq=False)
-class RunningEngine:
-    model: ModelConfig
-    variant: Variant
-    process: EngineProcess
-    client: EngineClient
-    n_ctx: int  # context per request as the engine reports it (may differ from variant.context)
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def healthy(self) -> bool:
-        return self.process.is_running
 
 
 @dataclass(eq=False)
@@ -68,10 +40,9 @@ class _Ticket:
 
 
 class EngineManager:
-    def __init__(self, config: Config, http: EngineHTTPClient, guard: ProcessGuard | None = None) -> None:
+    def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
-        self.http = http
-        self.guard = guard
+        self.runtime = runtime
         self.current: RunningEngine | None = None
         self._in_flight = 0
         self._queue: collections.deque[_Ticket] = collections.deque()
@@ -265,130 +236,19 @@ class EngineManager:
         if cur is None:
             return
         self.current = None
-        logger.info(
-            "stopping engine of model %r (variant %d, context %d)", cur.model.name, cur.variant.index, cur.n_ctx
-        )
-        await cur.process.stop(timeout=cur.variant.timeouts.engine_stop)
+        await self.runtime.stop(cur)
 
     async def _start_new_engine(self, model: ModelConfig, variant: Variant) -> None:
-        if model.engine != LLAMACPP:
-            raise EngineStartError(f"model {model.name!r}: engine type {model.engine!r} is not supported")
         reserve = model.completion_reserve or self.config.server.completion_reserve
-        client = LlamaCppEngine(variant.connect, self.http, reserve)
-        await self._check_port_free(model, variant)
-        process = EngineProcess(
-            variant.binary,
-            variant.args,
-            name=f"{model.name}#{variant.index}",
-            env=dict(variant.env),
-            on_exit=self._on_engine_exit,
-            guard=self.guard,
-        )
-        logger.info("starting model %r variant %d (context %d)", model.name, variant.index, variant.context)
         t0 = time.monotonic()
-        try:
-            await process.start()
-        except OSError as exc:
-            raise EngineStartError(
-                f"model {model.name!r}: cannot start engine {variant.binary!r}: {exc.strerror or exc}"
-            ) from exc
-        try:
-            await self._wait_for_engine_ready(
-                model, process, client, variant.timeouts.engine_startup, variant.timeouts.health_check
-            )
-            n_ctx = await client.context_size()
-        except BaseException:
-            await process.stop(timeout=variant.timeouts.engine_stop)
-            raise
-        if n_ctx is None:
-            logger.warning("model %r: engine did not report its context; assuming %d", model.name, variant.context)
-            n_ctx = variant.context
-        elif n_ctx != variant.context:
-            logger.warning(
-                "model %r variant %d: configured context %d, engine reports %d per request; using %d",
-                model.name,
-                variant.index,
-                variant.context,
-                n_ctx,
-                n_ctx,
-            )
-        self._learned_ctx[(model.name, variant.index)] = n_ctx
-        elapsed = time.monotonic() - t0
-        self.current = RunningEngine(model, variant, process, client, n_ctx)
-        logger.info(
-            "model %r variant %d ready in %.3f s (context %d, pid %s)",
-            model.name,
-            variant.index,
-            elapsed,
-            n_ctx,
-            process.pid,
-        )
+        engine = await self.runtime.start(model, variant, reserve, self._on_engine_crash)
+        self._learned_ctx[(model.name, variant.index)] = engine.n_ctx
+        self.current = engine
         if self.on_engine_started is not None:
-            self.on_engine_started(model.name, elapsed)
+            self.on_engine_started(model.name, time.monotonic() - t0)
 
-    async def _check_port_free(self, model: ModelConfig, variant: Variant) -> None:
-        """Something already answering on the engine's address would pass for our engine: refuse."""
-        url = urllib.parse.urlsplit(variant.connect)
-        host, port = url.hostname or "127.0.0.1", url.port or 80
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
-        except (OSError, TimeoutError):
-            return
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        raise EngineStartError(
-            f"model {model.name!r}: cannot start the engine, {host}:{port} ({variant.connect}) is already "
-            "in use by another process (another llama-server?)"
-        )
-
-    async def _wait_for_engine_ready(
-        self,
-        model: ModelConfig,
-        process: EngineProcess,
-        client: EngineClient,
-        timeout: float,
-        probe_timeout: float,
-    ) -> bool:
-        """Probe /health until 200, reacting within tens of ms; fail at once if the engine exits."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        next_log = loop.time() + 5.0
-        while True:
-            if self._closed:
-                raise ShuttingDown("the gateway is shutting down")
-            if not process.is_running:
-                await process.exited.wait()
-                raise EngineStartError(
-                    f"model {model.name!r}: engine exited during start-up with code {process.returncode}; "
-                    f"last output: {process.stderr_tail(5) or '(none)'}"
-                )
-            if await client.check_health(min(probe_timeout, max(deadline - loop.time(), 0.05))):
-                if process.is_running:
-                    return True
-                continue
-            now = loop.time()
-            if now >= deadline:
-                raise EngineStartTimeout(
-                    f"model {model.name!r}: engine not ready after {timeout:.0f} s (engine_startup_timeout); "
-                    f"last output: {process.stderr_tail(3) or '(none)'}"
-                )
-            if now >= next_log:
-                logger.info("waiting for model %r to become ready... %.1f s", model.name, timeout - (deadline - now))
-                next_log = now + 5.0
-            process.output_event.clear()
-            waits = [asyncio.ensure_future(process.output_event.wait()), asyncio.ensure_future(process.exited.wait())]
-            try:
-                await asyncio.wait(
-                    waits, timeout=min(_READY_POLL, max(deadline - now, 0.0)), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for w in waits:
-                    w.cancel()
-
-    def _on_engine_exit(self, process: EngineProcess) -> None:
-        if process.status is EngineStatus.CRASHED:
-            self._notify()  # a queued request may now restart it
+    def _on_engine_crash(self) -> None:
+        self._notify()  # a queued request may now restart it
 
     # ----------------------------------------------------------------- idle unload
 
@@ -428,6 +288,7 @@ class EngineManager:
     async def shutdown(self) -> None:
         """Refuse new leases, wake queued ones (they fail), stop the engine."""
         self._closed = True
+        self.runtime.close()
         self._cancel_idle_timer()
         self._notify()
         for task in list(self._background):

@@ -1,0 +1,72 @@
+"""The runtime seam: how an engine is started, stopped and measured, whatever runs it.
+
+The scheduler decides *what* runs; a :class:`Runtime` makes it so. The gateway uses
+:class:`~llmgw.runtime.local.ProcessRuntime` (local ``llama-server`` processes); tests drive
+the scheduler with a fake runtime, without processes or sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmgw.config import ModelConfig, Variant
+from llmgw.engine.engine_client import EngineClient
+
+
+class ProcessView(Protocol):
+    """What the layers above read of an engine's process (EngineProcess, or a test double)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def is_running(self) -> bool: ...
+
+    @property
+    def exited(self) -> asyncio.Event: ...
+
+    @property
+    def uptime(self) -> float: ...
+
+    def get_status(self) -> str: ...
+
+
+@dataclass(eq=False)
+class RunningEngine:
+    """A ready engine: its process, the HTTP client that talks to it, and the context it gives."""
+
+    model: ModelConfig
+    variant: Variant
+    process: ProcessView
+    client: EngineClient
+    n_ctx: int  # context per request as the engine reports it (may differ from variant.context)
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def healthy(self) -> bool:
+        return self.process.is_running
+
+
+class Runtime(Protocol):
+    async def start(
+        self, model: ModelConfig, variant: Variant, completion_reserve: int, on_crash: Callable[[], None]
+    ) -> RunningEngine:
+        """Start the engine and return once it answers requests.
+
+        Raises EngineStartError / EngineStartTimeout (and ShuttingDown after :meth:`close`);
+        whatever was started is stopped again before the error is raised. ``on_crash`` is
+        called if the engine later exits without being stopped.
+        """
+
+    async def stop(self, engine: RunningEngine) -> None:
+        """Stop the engine; returns once it is gone."""
+
+    async def measure(self, engine: RunningEngine) -> Mapping[str, float] | None:
+        """Memory the engine uses now, in MiB per pool ("ram", "gpu0", ...); None if unknown."""
+
+    def close(self) -> None:
+        """Shutting down: engines still loading stop waiting and fail with ShuttingDown."""

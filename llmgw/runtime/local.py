@@ -1,0 +1,173 @@
+"""ProcessRuntime: engines as local ``llama-server`` processes.
+
+Start means: refuse an address that something else already answers on, spawn the process
+(its own process group, registered with the guard), probe ``/health`` until it answers, and
+read the context the engine really gives from ``/props``. A start that fails at any point
+stops what it spawned before raising, so a failed start never leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+
+from llmgw.config import LLAMACPP, ModelConfig, Variant
+from llmgw.engine.engine_client import EngineClient
+from llmgw.engine.http import EngineHTTPClient
+from llmgw.engine.llamacpp_engine import LlamaCppEngine
+from llmgw.errors import EngineStartError, EngineStartTimeout, ShuttingDown
+from llmgw.runtime.base import RunningEngine
+from llmgw.runtime.engine_process import EngineProcess, EngineStatus
+from llmgw.runtime.guard import ProcessGuard
+
+logger = logging.getLogger(__name__)
+
+# Readiness probe period while an engine loads; output from the engine triggers an extra probe.
+_READY_POLL = 0.02
+
+
+class ProcessRuntime:
+    def __init__(self, http: EngineHTTPClient, guard: ProcessGuard | None = None) -> None:
+        self.http = http
+        self.guard = guard
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def start(
+        self, model: ModelConfig, variant: Variant, completion_reserve: int, on_crash: Callable[[], None]
+    ) -> RunningEngine:
+        if model.engine != LLAMACPP:
+            raise EngineStartError(f"model {model.name!r}: engine type {model.engine!r} is not supported")
+        if self._closed:
+            raise ShuttingDown("the gateway is shutting down")
+        client = LlamaCppEngine(variant.connect, self.http, completion_reserve)
+        await self._check_port_free(model, variant)
+
+        def exited(process: EngineProcess) -> None:
+            if process.status is EngineStatus.CRASHED:
+                on_crash()
+
+        process = EngineProcess(
+            variant.binary,
+            variant.args,
+            name=f"{model.name}#{variant.index}",
+            env=dict(variant.env),
+            on_exit=exited,
+            guard=self.guard,
+        )
+        logger.info("starting model %r variant %d (context %d)", model.name, variant.index, variant.context)
+        t0 = time.monotonic()
+        try:
+            await process.start()
+        except OSError as exc:
+            raise EngineStartError(
+                f"model {model.name!r}: cannot start engine {variant.binary!r}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            await self._wait_for_engine_ready(
+                model, process, client, variant.timeouts.engine_startup, variant.timeouts.health_check
+            )
+            n_ctx = await client.context_size()
+        except BaseException:
+            await process.stop(timeout=variant.timeouts.engine_stop)
+            raise
+        if n_ctx is None:
+            logger.warning("model %r: engine did not report its context; assuming %d", model.name, variant.context)
+            n_ctx = variant.context
+        elif n_ctx != variant.context:
+            logger.warning(
+                "model %r variant %d: configured context %d, engine reports %d per request; using %d",
+                model.name,
+                variant.index,
+                variant.context,
+                n_ctx,
+                n_ctx,
+            )
+        logger.info(
+            "model %r variant %d ready in %.3f s (context %d, pid %s)",
+            model.name,
+            variant.index,
+            time.monotonic() - t0,
+            n_ctx,
+            process.pid,
+        )
+        return RunningEngine(model, variant, process, client, n_ctx)
+
+    async def stop(self, engine: RunningEngine) -> None:
+        logger.info(
+            "stopping engine of model %r (variant %d, context %d)",
+            engine.model.name,
+            engine.variant.index,
+            engine.n_ctx,
+        )
+        assert isinstance(engine.process, EngineProcess)
+        await engine.process.stop(timeout=engine.variant.timeouts.engine_stop)
+
+    async def measure(self, engine: RunningEngine) -> Mapping[str, float] | None:
+        return None
+
+    async def _check_port_free(self, model: ModelConfig, variant: Variant) -> None:
+        """Something already answering on the engine's address would pass for our engine: refuse."""
+        url = urllib.parse.urlsplit(variant.connect)
+        host, port = url.hostname or "127.0.0.1", url.port or 80
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+        except (OSError, TimeoutError):
+            return
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        raise EngineStartError(
+            f"model {model.name!r}: cannot start the engine, {host}:{port} ({variant.connect}) is already "
+            "in use by another process (another llama-server?)"
+        )
+
+    async def _wait_for_engine_ready(
+        self,
+        model: ModelConfig,
+        process: EngineProcess,
+        client: EngineClient,
+        timeout: float,
+        probe_timeout: float,
+    ) -> bool:
+        """Probe /health until 200, reacting within tens of ms; fail at once if the engine exits."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_log = loop.time() + 5.0
+        while True:
+            if self._closed:
+                raise ShuttingDown("the gateway is shutting down")
+            if not process.is_running:
+                await process.exited.wait()
+                raise EngineStartError(
+                    f"model {model.name!r}: engine exited during start-up with code {process.returncode}; "
+                    f"last output: {process.stderr_tail(5) or '(none)'}"
+                )
+            if await client.check_health(min(probe_timeout, max(deadline - loop.time(), 0.05))):
+                if process.is_running:
+                    return True
+                continue
+            now = loop.time()
+            if now >= deadline:
+                raise EngineStartTimeout(
+                    f"model {model.name!r}: engine not ready after {timeout:.0f} s (engine_startup_timeout); "
+                    f"last output: {process.stderr_tail(3) or '(none)'}"
+                )
+            if now >= next_log:
+                logger.info("waiting for model %r to become ready... %.1f s", model.name, timeout - (deadline - now))
+                next_log = now + 5.0
+            process.output_event.clear()
+            waits = [asyncio.ensure_future(process.output_event.wait()), asyncio.ensure_future(process.exited.wait())]
+            try:
+                await asyncio.wait(
+                    waits, timeout=min(_READY_POLL, max(deadline - now, 0.0)), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waits:
+                    w.cancel()
