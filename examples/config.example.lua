@@ -48,6 +48,17 @@ server = {
   -- Bearer tokens clients must send ("Authorization: Bearer KEY"). Empty or absent: no auth.
   -- Keep real keys out of the file, for example: api_keys = { os.getenv("LLMGW_API_KEY") },
   api_keys = {},
+
+  -- Placement: which engines may run at the same time.
+  max_engines = 2, -- engines running at once (default 1: one model at a time, as in LLM-GW)
+  -- Memory in MiB the engines may use together: one number (the engines' RSS plus their GPU
+  -- memory), or named pools: gpuN = NVIDIA device N's memory, ram = the engines' RSS.
+  -- Absent: only max_engines counts. A variant that declares no `memory` is measured once it
+  -- runs; until then it counts as needing its pools whole.
+  memory_budget = { gpu0 = 24000, ram = 48000 },
+  -- Where measured figures are kept across restarts (default: $XDG_STATE_HOME/llmgw, else
+  -- ~/.local/state/llmgw).
+  state_dir = os.getenv("HOME") .. "/.local/state/llmgw",
 }
 
 -- A model with two variants: the gateway starts the smallest context that fits the request
@@ -58,12 +69,16 @@ local qwen = {
   connect = "http://127.0.0.1:7778", -- where the engine answers; variants may override it
   engine_idle_timeout = 600, -- overrides server.engine_idle_timeout for this model
   completion_reserve = 2048, -- overrides server.completion_reserve for this model
+  pinned = true, -- placement never stops it to make room (its idle timeout and /unload still do)
+  exclusive = false, -- true: runs alone (starting it stops the others once they are idle)
+  devices = { "gpu0", "ram" }, -- memory pools it uses (default: every pool of memory_budget)
   variants = {
     {
       binary = llama_server, -- executable to launch
       args = llama_args("Qwen3-8B-Q4_K_M.gguf", 7778, 8192, { "-ngl", 99 }),
       context = 8192, -- tokens this variant holds: must match what args ask for
       env = { CUDA_VISIBLE_DEVICES = "0" }, -- added to the engine's environment
+      memory = { gpu0 = 7000, ram = 1500 }, -- MiB it needs per pool (a number is split evenly)
     },
     {
       binary = llama_server,
@@ -72,6 +87,7 @@ local qwen = {
       engine_startup_timeout = 300, -- a big context takes longer to allocate
       health_check_timeout = 10,
       engine_stop_timeout = 30,
+      -- no memory: measured when it runs, and remembered in state_dir
     },
   },
 }
@@ -82,6 +98,7 @@ local gemma_file = models_dir .. "gemma-3-4b-it-Q4_K_M.gguf"
 local gemma = {
   name = "gemma-3-4b",
   engine = presets.engines.llamacpp,
+  devices = { "ram" }, -- a CPU-only model: it never takes GPU memory
   tokenization = {
     binary = "/opt/llama.cpp/bin/llama-tokenize",
     base_args = { "--log-disable", "--stdin", "--ids" }, -- the default, shown for completeness

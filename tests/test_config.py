@@ -550,6 +550,20 @@ ERRORS: list[tuple[tuple[Any, ...], Any, str]] = [
     (("models", 0, "tokenization"), {"binary": "t", "base_args": [False]}, M + "tokenization.base_args[1] must be a string or a number, got false"),  # noqa: E501
     (("models", 0, "tokenization"), {"binary": "t", "extra_tokens": -1}, M + "tokenization.extra_tokens must be a non-negative integer, got -1"),  # noqa: E501
     (("models", 0, "tokenization"), {"binary": "t", "extra_tokens_per_message": 1.5}, M + "tokenization.extra_tokens_per_message must be a non-negative integer, got 1.5"),  # noqa: E501
+    # placement
+    (("server", "max_engines"), 0, "server.max_engines must be a positive integer, got 0"),
+    (("server", "max_engines"), 1.5, "server.max_engines must be a positive integer, got 1.5"),
+    (("server", "memory_budget"), 0, "server.memory_budget must be a positive number, got 0"),
+    (("server", "memory_budget"), "24G", 'server.memory_budget must be a number of MiB or a table of pools like { gpu0 = 24000, gpu1 = 24000 }, got "24G"'),  # noqa: E501
+    (("server", "memory_budget"), {}, "server.memory_budget must be a number of MiB or a table of pools like { gpu0 = 24000, gpu1 = 24000 }, got an empty table"),  # noqa: E501
+    (("server", "memory_budget"), [24000], "server.memory_budget must be a number of MiB or a table of pools like { gpu0 = 24000, gpu1 = 24000 }, but has the key [1]"),  # noqa: E501
+    (("server", "memory_budget"), {"gpu0": -1}, "server.memory_budget.gpu0 must be a positive number, got -1"),
+    (("server", "state_dir"), 5, "server.state_dir must be a non-empty string, got 5"),
+    (("models", 0, "pinned"), "yes", M + 'pinned must be true or false, got "yes"'),
+    (("models", 0, "exclusive"), 1, M + "exclusive must be true or false, got 1"),
+    (("models", 0, "devices"), ["gpu0"], M + "devices needs server.memory_budget to be a table of pools"),
+    (("models", 0, "variants", 0, "memory"), -5, V + ".memory must be a number of MiB (>= 0) or a table of MiB per pool, got -5"),  # noqa: E501
+    (("models", 0, "variants", 0, "memory"), "8G", V + '.memory must be a number of MiB (>= 0) or a table of MiB per pool, got "8G"'),  # noqa: E501
 ]  # fmt: skip
 
 
@@ -558,6 +572,90 @@ def test_validation_error(tmp_path: Path, path: tuple[Any, ...], value: Any, exp
     message = load_error(tmp_path, config_text(with_value(base_config(), path, value)))
     assert message.startswith(expected), message
     assert "\n" not in message
+
+
+PLACEMENT = """
+server = {
+  listen_v4 = "127.0.0.1:7777",
+  max_engines = 3,
+  memory_budget = { gpu0 = 24000, gpu1 = 16000.0, ram = 64000 },
+  state_dir = "/var/lib/llmgw",
+}
+models = {
+  { name = "big", engine = presets.engines.llamacpp, connect = "http://127.0.0.1:7778",
+    pinned = true, devices = { "gpu0", "gpu1" },
+    variants = {
+      { binary = "/bin/ls", args = {}, context = 4096, memory = 20000 },
+      { binary = "/bin/ls", args = {}, context = 8192, memory = { gpu0 = 15000, gpu1 = 9000 } },
+      { binary = "/bin/ls", args = {}, context = 16384, devices = { "gpu1" } },
+    } },
+  { name = "embed", engine = presets.engines.llamacpp, connect = "http://127.0.0.1:7779", exclusive = false,
+    variants = { { binary = "/bin/ls", args = {}, context = 512, memory = 0 } } },
+  { name = "solo", engine = presets.engines.llamacpp, connect = "http://127.0.0.1:7778", exclusive = true,
+    variants = { { binary = "/bin/ls", args = {}, context = 512 } } },
+}
+"""
+
+
+def test_placement_keys(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, PLACEMENT)
+    assert cfg.server.max_engines == 3
+    assert cfg.server.memory_budget == (("gpu0", 24000.0), ("gpu1", 16000.0), ("ram", 64000.0))
+    assert cfg.server.state_dir == "/var/lib/llmgw"
+    big, embed, solo = cfg.models
+    assert big.pinned and not big.exclusive and solo.exclusive and not embed.exclusive and not embed.pinned
+    small, mid, large = big.variants
+    assert small.pools == mid.pools == ("gpu0", "gpu1")  # from the model's devices
+    assert small.memory == (("gpu0", 10000.0), ("gpu1", 10000.0))  # a number is split over the pools
+    assert mid.memory == (("gpu0", 15000.0), ("gpu1", 9000.0))
+    assert large.pools == ("gpu1",) and large.memory is None  # the variant's own devices; measured
+    assert embed.variants[0].pools == ("gpu0", "gpu1", "ram") and embed.variants[0].memory == (
+        ("gpu0", 0.0), ("gpu1", 0.0), ("ram", 0.0))  # fmt: skip
+    assert cfg.shared_addresses() == {"127.0.0.1:7778": ["big", "solo"]}
+    summary = cfg.summary()
+    assert "up to 3 engine(s) at once; memory budget: gpu0 24000 MiB, gpu1 16000 MiB, ram 64000 MiB" in summary
+    assert "'big'" in summary and "pinned" in summary and "16384: measured on gpu1" in summary
+    assert "models 'big', 'solo' share the engine address 127.0.0.1:7778: they never run together" in summary
+    assert "'solo' (llama.cpp): 1 variant(s), context 512; memory 512: measured on gpu0+gpu1+ram; exclusive" in summary
+
+
+def test_placement_defaults_keep_one_engine_and_no_budget(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, config_text(base_config()))
+    assert cfg.server.max_engines == 1 and cfg.server.memory_budget == () and cfg.server.state_dir is None
+    model = cfg.models[0]
+    assert not model.pinned and not model.exclusive
+    assert model.variants[0].pools == () and model.variants[0].memory is None
+    assert "up to 1 engine(s) at once; memory budget: none (count only)" in cfg.summary()
+
+
+def test_single_number_budget_is_one_total_pool(tmp_path: Path) -> None:
+    cfg = with_value(base_config(), ("server", "memory_budget"), 32000)
+    cfg = with_value(cfg, ("models", 0, "variants", 0, "memory"), 6000)
+    loaded = load_text(tmp_path, config_text(cfg))
+    assert loaded.server.memory_budget == (("total", 32000.0),)
+    assert loaded.models[0].variants[0].pools == ("total",)
+    assert loaded.models[0].variants[0].memory == (("total", 6000.0),)
+
+
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [
+        ({"devices": ["gpu2"]}, V + ".devices[1] is not a pool of server.memory_budget (its pools: gpu0, gpu1)"),
+        ({"devices": []}, V + ".devices must not be an empty list"),
+        ({"devices": ["gpu0"], "memory": {"gpu1": 5}},
+         V + '.memory names the pool "gpu1", which this variant does not use (its pools: gpu0)'),
+        ({"memory": {"gpu0": 30000}},
+         V + ".memory declares 30000 MiB on gpu0, more than server.memory_budget allows there (24000 MiB): "
+         "the variant could never start"),
+        ({"memory": 50000}, V + ".memory declares 25000 MiB on gpu0, more than server.memory_budget allows"),
+        ({"memory": {"gpu0": "x"}}, V + '.memory.gpu0 must be a number of MiB (>= 0), got "x"'),
+    ],
+)
+def test_placement_errors_with_a_pool_budget(tmp_path: Path, variant: dict[str, Any], expected: str) -> None:
+    cfg = with_value(base_config(), ("server", "memory_budget"), {"gpu0": 24000, "gpu1": 24000})
+    cfg["models"][0]["variants"][0].update(variant)
+    message = load_error(tmp_path, config_text(cfg))
+    assert message.startswith(expected), message
 
 
 def test_connect_is_required_on_variant_or_model(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ def test_check_config_prints_summary(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "alpha" in result.stdout and "1024, 4096" in result.stdout
     assert f"127.0.0.1:{port}" in result.stdout
+    assert "placement: up to 1 engine(s) at once" in result.stdout
 
 
 def test_check_config_error_is_one_clear_line(tmp_path: Path) -> None:

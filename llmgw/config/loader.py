@@ -119,7 +119,7 @@ class ConfigLoader:
         reader = Reader(lua, unsupported)
         try:
             server = server_section(Node(reader, "server", "server"))
-            models = models_section(Node(reader, "models", "models"), server.timeouts)
+            models = models_section(Node(reader, "models", "models"), server)
         except ConfigError:
             raise
         except Exception as exc:  # a bug here must still surface as a config problem, not a crash

@@ -125,7 +125,7 @@ class Node:
             self.expect(what)
         return self
 
-    def keys(self) -> list[str]:
+    def child_names(self) -> list[str]:
         return self.reader.children(self.key)
 
     def items(self, what: str = "a list", secret: bool = False) -> list[Node]:
@@ -133,7 +133,7 @@ class Node:
         if self.kind != "table":
             self.expect(what, secret)
         indices: list[int] = []
-        for name in self.keys():
+        for name in self.child_names():
             if not POSITIVE_INT_RE.fullmatch(name):
                 self.fail(f"must be {what}, but has the key {quote(name)}")
             indices.append(int(name))
@@ -144,7 +144,7 @@ class Node:
         return [self.item(index) for index in indices]
 
     def warn_unknown(self, title: str, known: frozenset[str], ignored: frozenset[str] = frozenset()) -> None:
-        unknown = sorted(set(self.keys()) - known - ignored)
+        unknown = sorted(set(self.child_names()) - known - ignored)
         if unknown:
             logger.warning("config: %s: unknown key(s) ignored: %s", title, ", ".join(unknown))
 
@@ -187,6 +187,21 @@ class Node:
         return float(value)
 
     # -- optional children with defaults -----------------------------------------------------
+
+    def boolean(self) -> bool:
+        if self.kind != "boolean":
+            self.expect("true or false")
+        return self.reader.text(self.key).lower() == "true"
+
+    def get_bool(self, name: str, default: bool) -> bool:
+        node = self.child(name)
+        return node.boolean() if node.exists() else default
+
+    def positive_number(self) -> float:
+        value = self.numeric()
+        if value is None or value <= 0:
+            self.expect("a positive number")
+        return float(value)
 
     def get_int(self, name: str, minimum: int, default: int) -> int:
         node = self.child(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 LLAMACPP = "llama.cpp"
@@ -43,6 +45,21 @@ class Variant:
     connect: str  # base URL of the engine, e.g. "http://127.0.0.1:7778"
     timeouts: Timeouts
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the engine process
+    # Memory pools (names of server.memory_budget) the engine uses, and the MiB it declares in each;
+    # None: not declared, the gateway measures it.
+    pools: tuple[str, ...] = ()
+    memory: tuple[tuple[str, float], ...] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Short stable id of the launch (binary, args, environment): state is remembered per launch."""
+        launch = json.dumps([self.binary, self.args, self.env])
+        return hashlib.sha256(launch.encode()).hexdigest()[:16]
+
+    @property
+    def address(self) -> str:
+        """host:port the engine listens on; two engines never share one."""
+        return self.connect.removeprefix("http://")
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,8 @@ class ModelConfig:
     variants: tuple[Variant, ...]  # sorted by context, smallest first
     tokenization: Tokenization | None = None
     completion_reserve: int | None = None  # overrides ServerConfig.completion_reserve
+    pinned: bool = False  # placement never stops it to make room (idle unload and explicit unload still do)
+    exclusive: bool = False  # runs alone: starting it stops the others, nothing else starts next to it
 
     def smallest_fitting(self, tokens: int) -> Variant | None:
         """The variant with the smallest context that holds ``tokens``, or None."""
@@ -74,6 +93,10 @@ class ServerConfig:
     completion_reserve: int = 1024  # completion budget when a request sets no max_tokens
     shutdown_grace: float = 5.0  # in-flight requests get this long on SIGTERM
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_engines: int = 1  # engines running at once
+    # MiB per memory pool, e.g. (("total", 64000.0),) or (("gpu0", 24000.0), ("gpu1", 24000.0)); () = no budget.
+    memory_budget: tuple[tuple[str, float], ...] = ()
+    state_dir: str | None = None  # where measured figures survive restarts (None: $XDG_STATE_HOME/llmgw)
 
 
 @dataclass(frozen=True)
@@ -91,13 +114,41 @@ class Config:
     def model_names(self) -> list[str]:
         return [model.name for model in self.models]
 
+    def shared_addresses(self) -> dict[str, list[str]]:
+        """Engine addresses used by more than one model: those models never run together."""
+        users: dict[str, list[str]] = {}
+        for model in self.models:
+            for address in dict.fromkeys(v.address for v in model.variants):
+                users.setdefault(address, []).append(model.name)
+        return {address: names for address, names in users.items() if len(names) > 1}
+
     def summary(self) -> str:
-        """Short human summary for --check-config."""
+        """Short human summary for --check-config, placement rules included."""
         lines = [f"config {self.path}: OK"]
         listen = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.server.listen)
         lines.append(f"listen: {listen}")
+        server = self.server
+        budget = ", ".join(f"{pool} {_mib(mib)}" for pool, mib in server.memory_budget) or "none (count only)"
+        lines.append(f"placement: up to {server.max_engines} engine(s) at once; memory budget: {budget}")
         for model in self.models:
             contexts = ", ".join(str(v.context) for v in model.variants)
             count = len(model.variants)
-            lines.append(f"model {model.name!r} ({model.engine}): {count} variant(s), context {contexts}")
+            rules = [rule for rule, on in (("pinned", model.pinned), ("exclusive", model.exclusive)) if on]
+            line = f"model {model.name!r} ({model.engine}): {count} variant(s), context {contexts}"
+            if server.memory_budget:
+                line += "; memory " + ", ".join(_declared(v) for v in model.variants)
+            lines.append(line + "".join(f"; {rule}" for rule in rules))
+        for address, names in self.shared_addresses().items():
+            listed = ", ".join(repr(name) for name in names)
+            lines.append(f"models {listed} share the engine address {address}: they never run together")
         return "\n".join(lines)
+
+
+def _mib(value: float) -> str:
+    return f"{value:g} MiB"
+
+
+def _declared(variant: Variant) -> str:
+    if variant.memory is None:
+        return f"{variant.context}: measured on {'+'.join(variant.pools)}"
+    return f"{variant.context}: " + " + ".join(f"{_mib(mib)} on {pool}" for pool, mib in variant.memory)

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from llmgw.config import placement
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
@@ -31,10 +32,23 @@ _SERVER_KEYS = _TIMEOUT_KEYS | {
     "completion_reserve",
     "shutdown_grace",
     "api_keys",
+    "max_engines",
+    "memory_budget",
+    "state_dir",
 }
-_MODEL_KEYS = _TIMEOUT_KEYS | {"name", "engine", "connect", "completion_reserve", "tokenization", "variants"}
+_MODEL_KEYS = _TIMEOUT_KEYS | {
+    "name",
+    "engine",
+    "connect",
+    "completion_reserve",
+    "tokenization",
+    "variants",
+    "pinned",
+    "exclusive",
+    "devices",
+}
 _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: accepted silently
-_VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env"}
+_VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices"}
 _TOKENIZATION_KEYS = frozenset({"binary", "base_args", "extra_args", "extra_tokens_per_message", "extra_tokens"})
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
@@ -115,6 +129,7 @@ def server_section(node: Node) -> ServerConfig:
     if keys_node.exists():
         items = keys_node.items("a list of strings", secret=True)
         api_keys = tuple(item.string(secret=True) for item in items)
+    state_dir = node.child("state_dir")
     return ServerConfig(
         listen=_listen(node),
         timeouts=_timeouts(node, DEFAULT_TIMEOUTS),
@@ -123,6 +138,9 @@ def server_section(node: Node) -> ServerConfig:
         completion_reserve=node.get_int("completion_reserve", 1, ServerConfig.completion_reserve),
         shutdown_grace=node.get_seconds("shutdown_grace", ServerConfig.shutdown_grace, allow_zero=True),
         api_keys=api_keys,
+        max_engines=node.get_int("max_engines", 1, ServerConfig.max_engines),
+        memory_budget=placement.memory_budget(node.child("memory_budget")),
+        state_dir=state_dir.string() if state_dir.exists() else None,
     )
 
 
@@ -190,7 +208,14 @@ def _tokenization(node: Node, title: str) -> Tokenization:
     )
 
 
-def _variant(node: Node, index: int, model_connect: str | None, base: Timeouts) -> Variant:
+def _variant(
+    node: Node,
+    index: int,
+    model_connect: str | None,
+    base: Timeouts,
+    model_devices: tuple[str, ...] | None,
+    budget: tuple[tuple[str, float], ...],
+) -> Variant:
     node.table("a variant table")
     node.warn_unknown(node.label, _VARIANT_KEYS)
     connect_node = node.child("connect")
@@ -201,6 +226,8 @@ def _variant(node: Node, index: int, model_connect: str | None, base: Timeouts) 
     else:
         connect_node.fail("is required (set connect on the variant or on its model)")
     env_node = node.child("env")
+    chosen = placement.devices(node.child("devices"), budget)
+    pools = placement.variant_pools(chosen if chosen is not None else model_devices, budget)
     return Variant(
         index=index,
         binary=node.child("binary").string(),
@@ -209,10 +236,12 @@ def _variant(node: Node, index: int, model_connect: str | None, base: Timeouts) 
         connect=connect,
         timeouts=_timeouts(node, base),
         env=_env(env_node) if env_node.exists() else (),
+        pools=pools,
+        memory=placement.declared_memory(node.child("memory"), pools, budget),
     )
 
 
-def _model(node: Node, server_timeouts: Timeouts) -> ModelConfig:
+def _model(node: Node, server: ServerConfig) -> ModelConfig:
     node.table("a model table")
     name = node.child("name").string()
     title = f"{node.label} {quote(name)}"
@@ -229,13 +258,17 @@ def _model(node: Node, server_timeouts: Timeouts) -> ModelConfig:
 
     connect_node = model.child("connect")
     model_connect = _connect(connect_node) if connect_node.exists() else None
-    timeouts = _timeouts(model, server_timeouts)
+    timeouts = _timeouts(model, server.timeouts)
+    model_devices = placement.devices(model.child("devices"), server.memory_budget)
 
     variants_node = model.child("variants")
     items = variants_node.items("a non-empty list of variant tables")
     if not items:
         variants_node.fail("must be a non-empty list of variant tables, got an empty table")
-    variants = [_variant(item, index, model_connect, timeouts) for index, item in enumerate(items, 1)]
+    variants = [
+        _variant(item, index, model_connect, timeouts, model_devices, server.memory_budget)
+        for index, item in enumerate(items, 1)
+    ]
     by_context: dict[int, Variant] = {}
     for variant in variants:
         other = by_context.setdefault(variant.context, variant)
@@ -252,10 +285,12 @@ def _model(node: Node, server_timeouts: Timeouts) -> ModelConfig:
         variants=tuple(sorted(variants, key=lambda variant: variant.context)),
         tokenization=_tokenization(tokenization_node, tokenization_node.label) if tokenization_node.exists() else None,
         completion_reserve=model.opt_int("completion_reserve", 1),
+        pinned=model.get_bool("pinned", False),
+        exclusive=model.get_bool("exclusive", False),
     )
 
 
-def models_section(node: Node, server_timeouts: Timeouts) -> tuple[ModelConfig, ...]:
+def models_section(node: Node, server: ServerConfig) -> tuple[ModelConfig, ...]:
     what = "a non-empty list of model tables"
     items = node.items(what)
     if not items:
@@ -263,7 +298,7 @@ def models_section(node: Node, server_timeouts: Timeouts) -> tuple[ModelConfig, 
     models: list[ModelConfig] = []
     first_index: dict[str, int] = {}
     for index, item in enumerate(items, 1):
-        model = _model(item, server_timeouts)
+        model = _model(item, server)
         if model.name in first_index:
             raise ConfigError(
                 f"models[{index}] {quote(model.name)}: duplicate name, "
