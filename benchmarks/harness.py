@@ -289,8 +289,8 @@ class GatewayProc:
     async def engine_pid(self) -> int | None:
         async with self.connection() as conn:
             resp = await conn.request("GET", "/running", timeout=10)
-        engine = resp.json().get("engine")
-        return int(engine["pid"]) if engine else None
+        engines = resp.json().get("engines") or []
+        return int(engines[0]["pid"]) if engines else None
 
 
 # --------------------------------------------------------------------------- the machine

@@ -190,11 +190,11 @@ def gateway_log_breakdown(log: Path) -> list[dict[str, float]]:
             engine_ready = engine_listening_ms(message) or engine_ready
             continue
         t = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if logger.endswith("engine_manager") and message.startswith("stopping engine of model"):
+        if message.startswith("stopping engine of model"):
             stop0 = t
         elif logger.endswith("engine_process") and "] stopped (exit code" in message and stop0 is not None:
             stop1 = t
-        elif logger.endswith("engine_manager") and (ready := _READY.match(message)):
+        elif logger.startswith("llmgw.") and (ready := _READY.match(message)):
             start = float(ready.group(1)) * 1000
         elif logger == "tornado.access":
             access = _ACCESS.match(message)
@@ -272,7 +272,8 @@ def _direct_summary(direct: list[dict[str, Any]]) -> dict[str, Any]:
 async def _check_variant(gw: GatewayProc, context: int) -> None:
     """The variant sequence must have ended on the large variant, or it measured no switch."""
     async with gw.connection() as conn:
-        engine = (await conn.request("GET", "/running", timeout=10)).json().get("engine") or {}
+        engines = (await conn.request("GET", "/running", timeout=10)).json().get("engines") or [{}]
+        engine = engines[-1]
     if engine.get("context") != context:
         raise RuntimeError(f"expected the large variant (context {context}) to run, /running says {engine}")
 

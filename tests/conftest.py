@@ -77,6 +77,7 @@ def write_config(path: Path, models: list[FakeModel], port: int, **server: Any) 
         "engine_startup_timeout": 20,
         "engine_idle_timeout": 0,
         "engine_stop_timeout": 5,
+        "state_dir": str(path.parent / "state"),
         **server,
     }
     text = f"server = {lua(server_table)}\nmodels = {lua([m.table() for m in models])}\n"
@@ -152,6 +153,13 @@ def no_engine_left_behind() -> Iterator[None]:
             except (ProcessLookupError, PermissionError):
                 proc.kill()
         pytest.fail(f"processes outlived the test: {described}")
+
+
+def only_engine(running: dict[str, Any]) -> dict[str, Any] | None:
+    """The one engine of a ``/running`` answer (at most one may run), or None when none does."""
+    engines = running["engines"]
+    assert len(engines) <= 1, engines
+    return engines[0] if engines else None
 
 
 def chat_body(model: str, words: int = 3, **extra: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import FakeModel, Gateway, chat_body, events_of, wait_until
+from conftest import FakeModel, Gateway, chat_body, events_of, only_engine, wait_until
 
 CHAT = "/v1/chat/completions"
 GUARD = 15.0  # hang guard for polls; never a performance claim
@@ -102,7 +102,7 @@ async def test_other_model_waits_for_running_request_then_switches(start_gateway
     (a_exit,) = events_of(a, "exit")
     (b_start,) = events_of(b, "start")
     assert a_done["t"] < a_exit["t"] < b_start["t"]
-    assert (await running(http, gw))["engine"]["model"] == "b"
+    assert only_engine(await running(http, gw))["model"] == "b"
 
 
 async def test_queue_is_fair_across_models(start_gateway, make_model, http) -> None:
@@ -147,7 +147,7 @@ async def test_queue_timeout_is_503_with_retry_after(start_gateway, make_model, 
     assert ra.code == 200 and sse_data(ra.body)[-1] == "[DONE]"
     assert b.read_events() == []  # b's engine was never started
     info = await running(http, gw)
-    assert info["engine"]["model"] == "a" and info["queued"] == 0 and info["in_flight"] == 0
+    assert only_engine(info)["model"] == "a" and info["queued"] == 0 and info["in_flight"] == 0
 
 
 def _live_engines() -> list[int]:

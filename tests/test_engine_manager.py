@@ -117,6 +117,18 @@ def harness(io_loop: Any, tmp_path: Path) -> Iterator[Harness]:
     io_loop.run_sync(h.close, timeout=60)
 
 
+def current(manager: EngineManager) -> RunningEngine | None:
+    """The one ready engine (these tests run one at a time), or None."""
+    ready = [slot for slot in manager.engines if slot.ready]
+    assert len(ready) <= 1, ready
+    return ready[0].handle if ready else None
+
+
+def serves(manager: EngineManager, name: str, tokens: int) -> bool:
+    """A ready engine of the model holds ``tokens``: a request needing that many is granted at once."""
+    return any(s.ready and s.model.name == name and (s.n_ctx or 0) >= tokens for s in manager.engines)
+
+
 def model_of(manager: EngineManager, fake: FakeModel) -> Any:
     model = manager.config.model(fake.name)
     assert model is not None
@@ -202,8 +214,8 @@ async def test_parallel_slots_context_is_learned(io_loop: Any, harness: Harness,
         assert engine.n_ctx == 2048
     assert manager.effective_context(model, small) == 2048
     assert manager.effective_context(model, big) == 8192  # not learned yet
-    assert manager.check_model_configuration("a", 2048)
-    assert not manager.check_model_configuration("a", 3000)
+    assert serves(manager, "a", 2048)
+    assert not serves(manager, "a", 3000)
 
     # 3000 tokens no longer fit the small variant: the big one starts, and reports 4096.
     async with manager.lease(model, 3000) as engine:
@@ -225,7 +237,7 @@ async def test_exit_at_startup_fails_fast_with_stderr(io_loop: Any, harness: Har
     assert time.monotonic() - started < HANG  # not the 60 s start-up timeout
     assert "fake startup failure" in info.value.message
     assert "code 3" in info.value.message
-    assert manager.current is None
+    assert current(manager) is None
     assert manager.queued == 0 and manager.in_flight == 0
 
 
@@ -239,7 +251,7 @@ async def test_never_healthy_times_out_and_leaves_nothing(
         await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), 1.5 + HANG)
     assert time.monotonic() - started < 1.5 + HANG
     assert info.value.status == 504
-    assert manager.current is None
+    assert current(manager) is None
     events = a.read_events()
     assert [e["event"] for e in events] == ["start", "exit"]  # stopped, not left loading
     assert pid_gone(events[0]["pid"])
@@ -268,7 +280,7 @@ async def test_port_in_use_is_refused(io_loop: Any, harness: Harness, make_model
         squatter.stop()
     assert "already in use" in info.value.message
     assert str(a.port) in info.value.message
-    assert manager.current is None and not manager.is_running("a")
+    assert current(manager) is None and not manager.is_running("a")
     assert kinds(a) == []  # no engine was even started
 
 
@@ -286,8 +298,8 @@ async def test_concurrent_leases_start_one_engine(io_loop: Any, harness: Harness
     results = await asyncio.wait_for(asyncio.gather(*calls), HANG)
     clients, pids = results[:5], results[5:]
     assert kinds(a) == ["start"]
-    assert len({id(c) for c in clients}) == 1 and clients[0] is manager.current_engine_client
-    assert set(pids) == {pid_of(manager.current)}  # type: ignore[arg-type]
+    assert len({id(c) for c in clients}) == 1 and clients[0] is current(manager).client
+    assert set(pids) == {pid_of(current(manager))}  # type: ignore[arg-type]
     assert manager.in_flight == 0 and manager.queued == 0
 
 
@@ -324,7 +336,7 @@ async def test_switch_waits_for_leases_and_queue_is_fifo(io_loop: Any, harness: 
     # a is held: b waits rather than switching, and a2 waits behind b although a runs.
     assert order == ["a1"]
     assert not switch.acquired.is_set() and not late_a.acquired.is_set()
-    assert manager.current is engine_a and pid_of(engine_a) == pid_a
+    assert current(manager) is engine_a and pid_of(engine_a) == pid_a
     assert kinds(b) == []
 
     first.release()
@@ -357,7 +369,7 @@ async def test_queue_timeout_while_engine_is_held(io_loop: Any, harness: Harness
     assert info.value.status == 503
     assert info.value.retry_after is not None and info.value.retry_after > 0
     assert manager.queued == 0
-    assert manager.is_running("a") and manager.current is not None and pid_of(manager.current) == pid_a
+    assert manager.is_running("a") and current(manager) is not None and pid_of(current(manager)) == pid_a
     assert kinds(b) == []
 
     holder.release()
@@ -374,14 +386,14 @@ async def test_unload_waits_for_in_flight_leases(io_loop: Any, harness: Harness,
     pid = pid_of(await holder.wait_acquired())
 
     unload = asyncio.ensure_future(manager.unload())
-    await wait_for(lambda: manager.queued == 1, what="the unload to queue")
+    await wait_for(lambda: all(slot.draining for slot in manager.engines), what="the engine to drain")
     await asyncio.sleep(0.3)
     assert not unload.done()
-    assert manager.is_running("a") and kinds(a) == ["start"]
+    assert current(manager) is not None and kinds(a) == ["start"]  # still up, serving its lease
 
     holder.release()
     await asyncio.wait_for(unload, HANG)
-    assert manager.current is None
+    assert current(manager) is None
     assert pid_gone(pid)
     assert kinds(a) == ["start", "exit"]
     await manager.unload()  # nothing running: a no-op
@@ -399,19 +411,19 @@ async def test_idle_engine_is_unloaded_but_never_while_leased(
     assert pid_of(await holder.wait_acquired()) == pid
 
     await asyncio.sleep(1.2)  # more than twice the idle timeout, with the lease held
-    assert manager.is_running("a") and pid_of(manager.current) == pid  # type: ignore[arg-type]
+    assert manager.is_running("a") and pid_of(current(manager)) == pid  # type: ignore[arg-type]
     assert kinds(a) == ["start"]
 
     holder.release()
     await asyncio.wait_for(holder.task, HANG)
-    await wait_for(lambda: manager.current is None, what="the idle unload")
+    await wait_for(lambda: current(manager) is None, what="the idle unload")
     await wait_for(lambda: pid_gone(pid), what="the engine to exit")
     assert kinds(a) == ["start", "exit"]
 
     # A new lease starts it again, and the timer re-arms after that one too.
     async with manager.lease(model_of(manager, a)) as engine:
         pid2 = pid_of(engine)
-    await wait_for(lambda: manager.current is None, what="the second idle unload")
+    await wait_for(lambda: current(manager) is None, what="the second idle unload")
     await wait_for(lambda: pid_gone(pid2), what="the second engine to exit")
 
 
@@ -424,7 +436,7 @@ async def test_shutdown_stops_engine_and_refuses_leases(io_loop: Any, harness: H
     await wait_for(lambda: manager.queued == 1, what="b to queue")
 
     await asyncio.wait_for(manager.shutdown(), HANG)
-    assert manager.current is None
+    assert current(manager) is None
     assert pid_gone(pid)
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(queued, HANG)
@@ -464,16 +476,16 @@ async def test_adopt_config_keeps_or_unloads(io_loop: Any, harness: Harness, mak
     new_config = harness.config([a], name="c2.lua")
     await asyncio.wait_for(manager.adopt_config(new_config), HANG)
     assert manager.config is new_config
-    assert manager.current is not None and pid_of(manager.current) == pid
+    assert current(manager) is not None and pid_of(current(manager)) == pid
     new_model = model_of(manager, a)
-    assert manager.current.model is new_model
-    assert manager.current.variant in new_model.variants and manager.current.variant.context == 4096
+    assert current(manager).model is new_model
+    assert current(manager).variant in new_model.variants and current(manager).variant.context == 4096
     assert kinds(a) == ["start"]
 
     # Its arguments change: unloaded.
     a.extra_args = ["--some-new-flag"]
     await asyncio.wait_for(manager.adopt_config(harness.config([a], name="c3.lua")), HANG)
-    assert manager.current is None
+    assert current(manager) is None
     assert pid_gone(pid)
     assert kinds(a) == ["start", "exit"]
 
@@ -513,7 +525,7 @@ async def test_shutdown_during_start_up_stops_the_loading_engine(
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(starting, HANG)
     assert time.monotonic() - started < HANG
-    assert manager.current is None
+    assert current(manager) is None
     events = a.read_events()
     assert [e["event"] for e in events] == ["start", "exit"]
     assert pid_gone(events[0]["pid"])
@@ -522,17 +534,17 @@ async def test_shutdown_during_start_up_stops_the_loading_engine(
 async def test_switch_and_start_observers(io_loop: Any, harness: Harness, make_model: MakeModel) -> None:
     a, b = make_model("a", [2048]), make_model("b", [2048])
     manager = harness.manager([a, b])
-    switches: list[tuple[str | None, str | None]] = []
+    stops: list[str] = []
     starts: list[str] = []
-    manager.on_switch = lambda old, new, seconds: switches.append((old, new))
+    manager.on_engine_stopped = lambda name, reason: stops.append(name)
     manager.on_engine_started = lambda name, seconds: starts.append(name)
 
     await manager.ensure_engine(model_of(manager, a))
     await manager.ensure_engine(model_of(manager, a))  # already running: no switch
     await manager.ensure_engine(model_of(manager, b))
     await manager.unload()
-    assert switches == [(None, "a"), ("a", "b"), ("b", None)]
     assert starts == ["a", "b"]
+    assert stops == ["a", "b"]
 
 
 async def test_concurrent_leases_on_a_broken_engine_try_once(
@@ -547,4 +559,4 @@ async def test_concurrent_leases_on_a_broken_engine_try_once(
     assert all("fake startup failure" in r.message for r in results)  # type: ignore[union-attr]
     failures = [r for r in caplog.records if r.getMessage() == "[a#1] error: fake startup failure"]
     assert len(failures) == 1  # one start attempt for the requests queued together
-    assert manager.queued == 0 and manager.in_flight == 0 and manager.current is None
+    assert manager.queued == 0 and manager.in_flight == 0 and current(manager) is None

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
-from conftest import FAKE_ENGINE, FakeModel, Gateway, chat_body, events_of, wait_until
+from conftest import FAKE_ENGINE, FakeModel, Gateway, chat_body, events_of, only_engine, wait_until
 
 CHAT = "/v1/chat/completions"
 GUARD = 10.0  # hang guard for polls; never a performance claim
@@ -357,7 +357,7 @@ async def test_engine_startup_timeout_is_504(start_gateway, make_model, http) ->
     assert "not ready" in error["message"] or "timeout" in error["message"]
     # The engine that never became ready was stopped (it logs its exit on SIGTERM).
     await wait_event(m, "exit")
-    assert (await running(http, gw))["engine"] is None
+    assert only_engine(await running(http, gw)) is None
 
 
 async def test_engine_dying_mid_stream_ends_with_sse_error_and_gateway_recovers(
@@ -388,7 +388,7 @@ async def test_engine_dying_mid_stream_ends_with_sse_error_and_gateway_recovers(
     assert again.code == 200, again.body
     starts = events_of(m, "start")
     assert len(starts) == 2 and starts[1]["pid"] != first_pid
-    assert (await running(http, gw))["engine"]["pid"] == starts[1]["pid"]
+    assert only_engine(await running(http, gw))["pid"] == starts[1]["pid"]
 
 
 async def test_request_right_after_a_crash_restarts_the_engine(start_gateway, tmp_path, http) -> None:
@@ -463,17 +463,17 @@ async def test_variant_follows_prompt_size_and_bigger_engine_is_kept(start_gatew
     answers = []
     # 6 + 1024 (completion reserve) tokens: the small variant.
     answers.append(await post(http, gw.url + CHAT, chat_body("m", 3)))
-    info = await running(http, gw)
-    assert info["engine"]["context"] == 2048
+    info = only_engine(await running(http, gw))
+    assert info["context"] == 2048
     # 1503 + 1024 tokens: only the big variant holds it.
     answers.append(await post(http, gw.url + CHAT, chat_body("m", 1500)))
-    info = await running(http, gw)
-    assert info["engine"]["context"] == 8192
-    big_pid = info["engine"]["pid"]
+    info = only_engine(await running(http, gw))
+    assert info["context"] == 8192
+    big_pid = info["pid"]
     # A small prompt again: the big engine serves it, no switch back.
     answers.append(await post(http, gw.url + CHAT, chat_body("m", 3)))
-    info = await running(http, gw)
-    assert info["engine"]["pid"] == big_pid and info["engine"]["context"] == 8192
+    info = only_engine(await running(http, gw))
+    assert info["pid"] == big_pid and info["context"] == 8192
     assert all(a.code == 200 for a in answers), [a.body for a in answers]
     starts = events_of(m, "start")
     assert [e["n_ctx"] for e in starts] == [2048, 8192]
@@ -488,10 +488,10 @@ async def test_unordered_contexts_pick_smallest_fitting(start_gateway, make_mode
     m = make_model("m", [8192, 2048, 4096])
     gw = await start_gateway([m])
     assert (await post(http, gw.url + CHAT, chat_body("m", 3))).code == 200
-    assert (await running(http, gw))["engine"]["context"] == 2048
+    assert only_engine(await running(http, gw))["context"] == 2048
     # 2003 + 1024 tokens: 4096 is the smallest that holds it (not 8192, listed first).
     assert (await post(http, gw.url + CHAT, chat_body("m", 2000))).code == 200
-    assert (await running(http, gw))["engine"]["context"] == 4096
+    assert only_engine(await running(http, gw))["context"] == 4096
     assert [e["n_ctx"] for e in events_of(m, "start")] == [2048, 4096]
 
 
@@ -511,7 +511,7 @@ async def test_engine_context_overflow_retries_on_bigger_variant(start_gateway, 
     assert len(requests) == 2  # refused by the small engine, then served by the big one
     (done,) = events_of(m, "done")
     assert done["id"] == requests[1]["id"] == data["id"]
-    assert (await running(http, gw))["engine"]["context"] == 4096
+    assert only_engine(await running(http, gw))["context"] == 4096
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -606,16 +606,21 @@ async def test_disconnect_during_non_stream_request_cancels_engine_request(start
 async def test_running_reports_engine(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048])
     gw = await start_gateway([m])
-    assert await running(http, gw) == {"engine": None, "in_flight": 0, "queued": 0}
+    assert await running(http, gw) == {"engines": [], "queue": [], "in_flight": 0, "queued": 0}
+    before = time.time()
     assert (await post(http, gw.url + CHAT, chat_body("m"))).code == 200
     info = await running(http, gw)
-    assert info["in_flight"] == 0 and info["queued"] == 0
-    engine = info["engine"]
+    assert info["in_flight"] == 0 and info["queued"] == 0 and info["queue"] == []
+    engine = only_engine(info)
     assert engine["model"] == "m"
     assert engine["variant"] == 1
     assert engine["context"] == 2048
     assert engine["pid"] == events_of(m, "start")[0]["pid"]
-    assert engine["status"] == "running"
+    assert engine["state"] == "ready"
+    assert engine["in_flight"] == 0
+    # Measured even without a memory budget (then it only informs): the fake engine's RSS.
+    assert engine["memory_source"] == "measured" and 5 < engine["memory_mib"]["total"] < 500
+    assert before - 1 <= engine["last_used"] <= time.time() + 1
     assert isinstance(engine["uptime"], (int, float)) and engine["uptime"] >= 0
 
 
@@ -629,7 +634,7 @@ async def test_load_and_unload(start_gateway, make_model, http) -> None:
     assert data["engine"]["context"] == 4096
     # Straight to the fitting variant: nothing else was started.
     assert [e["n_ctx"] for e in events_of(m, "start")] == [4096]
-    assert (await running(http, gw))["engine"]["pid"] == events_of(m, "start")[0]["pid"]
+    assert only_engine(await running(http, gw))["pid"] == events_of(m, "start")[0]["pid"]
     # A request that fits uses the preloaded engine.
     assert (await post(http, gw.url + CHAT, chat_body("m"))).code == 200
     assert len(events_of(m, "start")) == 1
@@ -637,7 +642,7 @@ async def test_load_and_unload(start_gateway, make_model, http) -> None:
     resp = await post(http, gw.url + "/unload", {})
     assert resp.code == 200, resp.body
     assert json.loads(resp.body)["status"] == "unloaded"
-    assert (await running(http, gw))["engine"] is None
+    assert only_engine(await running(http, gw)) is None
     assert len(events_of(m, "exit")) == 1
 
     assert_error(await post(http, gw.url + "/load", {"model": "m", "context": 100_000}), 400, "context_length_exceeded")
@@ -669,4 +674,7 @@ async def test_metrics(start_gateway, make_model, http) -> None:
         if name == "llmgw_requests_total" and ("route", CHAT) in labels and ("status", "404") in labels
     ]
     assert not_found == [1]
-    assert samples[("llmgw_engine_switches_total", ())] == 1
+    assert samples[("llmgw_engine_starts_total", (("model", "m"),))] == 1
+    assert samples[("llmgw_engines", (("model", "m"), ("state", "ready")))] == 1
+    assert samples[("llmgw_in_flight_requests", (("model", "m"),))] == 0
+    assert samples[("llmgw_queued_requests", (("model", "m"),))] == 0

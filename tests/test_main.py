@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import FakeModel, chat_body, free_port, get_json, wait_gateway_ready, write_config
+from conftest import FakeModel, chat_body, free_port, get_json, only_engine, wait_gateway_ready, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +64,7 @@ def test_sigterm_stops_gateway_and_engine(tmp_path: Path) -> None:
         wait_gateway_ready(url, proc)
         answer = get_json(url + "/v1/chat/completions", chat_body("alpha", 3, max_tokens=4))
         assert answer["usage"]["completion_tokens"] == 4
-        engine_pid = get_json(url + "/running")["engine"]["pid"]
+        engine_pid = only_engine(get_json(url + "/running"))["pid"]
         assert psutil.pid_exists(engine_pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -98,7 +98,7 @@ def test_engine_and_its_children_die_with_a_sigkilled_gateway(tmp_path: Path) ->
         url = f"http://127.0.0.1:{port}"
         wait_gateway_ready(url, proc)
         get_json(url + "/load", {"model": "alpha"})
-        engine_pid = get_json(url + "/running")["engine"]["pid"]
+        engine_pid = only_engine(get_json(url + "/running"))["pid"]
         child_pid = _child_pid(events)
         assert psutil.pid_exists(child_pid)
         os.kill(proc.pid, signal.SIGKILL)

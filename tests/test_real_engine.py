@@ -122,7 +122,7 @@ async def test_long_prompt_goes_to_larger_variant_through_gateway(io_loop: Any, 
         answer = json.loads(via.body)
         assert answer["usage"]["prompt_tokens"] > SMALL
         running = json.loads((await client.fetch(url + "/running")).body)
-        assert running["engine"]["context"] == LARGE
+        assert [engine["context"] for engine in running["engines"]] == [LARGE]
 
         # Streaming works on the real engine too, and ends with [DONE].
         stream = await client.fetch(url + "/v1/chat/completions", method="POST",

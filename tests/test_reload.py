@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import ROOT, FakeModel, free_port, get_json, wait_gateway_ready, write_config
+from conftest import ROOT, FakeModel, free_port, get_json, only_engine, wait_gateway_ready, write_config
 
 
 def _wait_for(predicate: object, what: str, seconds: float = 15.0) -> None:
@@ -34,25 +34,25 @@ def test_sighup_keeps_unchanged_engine_refuses_broken_config_and_applies_changes
     try:
         wait_gateway_ready(url, proc)
         get_json(url + "/load", {"model": "alpha"})
-        pid = get_json(url + "/running")["engine"]["pid"]
+        pid = only_engine(get_json(url + "/running"))["pid"]
 
         # 1. A new model added, alpha untouched: the engine keeps running, the new model is listed.
         write_config(config, [alpha, FakeModel("beta", [2048])], port)
         proc.send_signal(signal.SIGHUP)
         _wait_for(lambda: "beta" in [m["id"] for m in get_json(url + "/v1/models")["data"]], "beta to be listed")
-        assert get_json(url + "/running")["engine"]["pid"] == pid
+        assert only_engine(get_json(url + "/running"))["pid"] == pid
 
         # 2. A broken config is refused; the old one keeps serving.
         config.write_text("server = { listen_v4 = \n")
         proc.send_signal(signal.SIGHUP)
         _wait_for(lambda: "reload refused" in (tmp_path / "gateway.log").read_text(), "the refusal to be logged")
         assert [m["id"] for m in get_json(url + "/v1/models")["data"]] == ["alpha", "beta"]
-        assert get_json(url + "/running")["engine"]["pid"] == pid
+        assert only_engine(get_json(url + "/running"))["pid"] == pid
 
         # 3. alpha's running variant changed: its engine is stopped (the next request starts the new one).
         write_config(config, [FakeModel("alpha", [1024, 4096], port=alpha.port, extra_args=["-np", "1"])], port)
         proc.send_signal(signal.SIGHUP)
-        _wait_for(lambda: get_json(url + "/running")["engine"] is None, "the changed engine to be unloaded")
+        _wait_for(lambda: only_engine(get_json(url + "/running")) is None, "the changed engine to be unloaded")
         _wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                   "the old engine to exit")
         assert [m["id"] for m in get_json(url + "/v1/models")["data"]] == ["alpha"]

@@ -17,6 +17,14 @@ from llmgw.config import ModelConfig, Variant
 from llmgw.engine.engine_client import EngineClient
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Memory an engine was seen using: RSS of its process tree, GPU memory per device index (MiB)."""
+
+    rss_mib: float
+    gpu_mib: Mapping[int, float] = field(default_factory=dict)
+
+
 class ProcessView(Protocol):
     """What the layers above read of an engine's process (EngineProcess, or a test double)."""
 
@@ -65,8 +73,8 @@ class Runtime(Protocol):
     async def stop(self, engine: RunningEngine) -> None:
         """Stop the engine; returns once it is gone."""
 
-    async def measure(self, engine: RunningEngine) -> Mapping[str, float] | None:
-        """Memory the engine uses now, in MiB per pool ("ram", "gpu0", ...); None if unknown."""
+    async def measure(self, engine: RunningEngine) -> Usage | None:
+        """Memory the engine uses now; None if it cannot be measured."""
 
     def close(self) -> None:
         """Shutting down: engines still loading stop waiting and fail with ShuttingDown."""

@@ -13,16 +13,17 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from llmgw.config import LLAMACPP, ModelConfig, Variant
 from llmgw.engine.engine_client import EngineClient
 from llmgw.engine.http import EngineHTTPClient
 from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.errors import EngineStartError, EngineStartTimeout, ShuttingDown
-from llmgw.runtime.base import RunningEngine
+from llmgw.runtime.base import RunningEngine, Usage
 from llmgw.runtime.engine_process import EngineProcess, EngineStatus
 from llmgw.runtime.guard import ProcessGuard
+from llmgw.runtime.probe import SystemProbe
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +32,12 @@ _READY_POLL = 0.02
 
 
 class ProcessRuntime:
-    def __init__(self, http: EngineHTTPClient, guard: ProcessGuard | None = None) -> None:
+    def __init__(
+        self, http: EngineHTTPClient, guard: ProcessGuard | None = None, probe: SystemProbe | None = None
+    ) -> None:
         self.http = http
         self.guard = guard
+        self.probe = probe or SystemProbe()
         self._closed = False
 
     def close(self) -> None:
@@ -100,17 +104,12 @@ class ProcessRuntime:
         return RunningEngine(model, variant, process, client, n_ctx)
 
     async def stop(self, engine: RunningEngine) -> None:
-        logger.info(
-            "stopping engine of model %r (variant %d, context %d)",
-            engine.model.name,
-            engine.variant.index,
-            engine.n_ctx,
-        )
         assert isinstance(engine.process, EngineProcess)
         await engine.process.stop(timeout=engine.variant.timeouts.engine_stop)
 
-    async def measure(self, engine: RunningEngine) -> Mapping[str, float] | None:
-        return None
+    async def measure(self, engine: RunningEngine) -> Usage | None:
+        pid = engine.process.pid
+        return None if pid is None else await self.probe.measure(pid)
 
     async def _check_port_free(self, model: ModelConfig, variant: Variant) -> None:
         """Something already answering on the engine's address would pass for our engine: refuse."""

@@ -1,112 +1,102 @@
-"""EngineManager: which engine runs, and who may use it.
+"""EngineManager: carries out the scheduler's decisions, and lends engines to requests.
 
-All the scheduling rules live here:
+The decisions (which engines run, who waits, what stops) are the :class:`Scheduler`'s; this
+class turns its effects into runtime calls, futures and timers, all on the event loop's one
+thread, so the scheduler's state needs no lock.
 
-* One engine at a time. Requests that the running engine can serve share it through
-  *leases*, concurrently (llama-server has parallel slots).
-* A request that needs another model or a bigger variant queues. The head of the queue
-  waits for the leases on the old engine to drain, then switches. Requests that arrive
-  while a switch is queued line up behind it in arrival order, so steady traffic to the
-  running model cannot starve a switch.
-* Waiting is bounded (``queue_timeout``); the engine start-up has its own timeout.
-* A running engine that is bigger than needed is kept, never swapped for a smaller one.
+A request holds a *lease* on an engine for as long as it uses it::
+
+    async with manager.lease(model, min_ctx) as engine:
+        ...
+
+Waiting for a lease is bounded by ``queue_timeout`` (503 with Retry-After), except while the
+engine it waits for is starting or the engines in its way are stopping: those have their own
+timeouts and do not eat the queue's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
-from llmgw.config import LLAMACPP, Config, ModelConfig, Variant
+from llmgw.config import Config, ModelConfig, Variant
 from llmgw.engine.engine_client import EngineClient
-from llmgw.errors import ContextTooLarge, GatewayError, QueueTimeout, ShuttingDown
-from llmgw.runtime.base import RunningEngine, Runtime
+from llmgw.errors import EngineStartError, GatewayError, QueueTimeout
+from llmgw.runtime import RunningEngine, Runtime
+from llmgw.scheduling.memory import MemoryBook
+from llmgw.scheduling.scheduler import (
+    Effect,
+    Fail,
+    Gone,
+    Grant,
+    Phase,
+    Scheduler,
+    Slot,
+    Start,
+    Stop,
+    Ticket,
+)
+from llmgw.state import StateStore
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(eq=False)
-class _Ticket:
-    """A queued wish: this model with at least this context, or (model None) no engine at all."""
-
-    model: ModelConfig | None
-    min_ctx: int
-    error: GatewayError | None = None  # set when the switch this ticket waited for failed
+_REMEASURE_EVERY = 30.0  # seconds between memory measurements of a busy engine (the KV cache grows with use)
+_MEMORY_SECTION = "memory"
 
 
 class EngineManager:
-    def __init__(self, config: Config, runtime: Runtime) -> None:
+    def __init__(self, config: Config, runtime: Runtime, state: StateStore | None = None) -> None:
         self.config = config
         self.runtime = runtime
-        self.current: RunningEngine | None = None
-        self._in_flight = 0
-        self._queue: collections.deque[_Ticket] = collections.deque()
-        self._switching = False
-        self._closed = False
-        self._wakeup = asyncio.Event()
-        self._learned_ctx: dict[tuple[str, int], int] = {}
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._last_release = time.monotonic()
+        self.state = state or StateStore(None)
+        self.memory = MemoryBook(dict(config.server.memory_budget), self.state.section(_MEMORY_SECTION))
+        self.scheduler = Scheduler(config, self.memory)
+        self._waiters: dict[int, asyncio.Future[Slot]] = {}
+        self._gone: dict[int, asyncio.Event] = {}
+        self._idle: dict[int, tuple[float, asyncio.TimerHandle]] = {}
+        self._measured_at: dict[int, float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         # Observers (metrics); plain callables so this layer knows nothing of Prometheus.
-        self.on_switch: Callable[[str | None, str | None, float], None] | None = None
         self.on_engine_started: Callable[[str, float], None] | None = None
+        self.on_engine_stopped: Callable[[str, str], None] | None = None
 
     # ----------------------------------------------------------------- queries
 
     @property
-    def current_engine_client(self) -> EngineClient | None:
-        return self.current.client if self.current is not None else None
-
-    @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self.scheduler.in_flight
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self.scheduler.queue)
+
+    @property
+    def engines(self) -> list[Slot]:
+        """Every engine the scheduler knows: starting, ready or stopping."""
+        return list(self.scheduler.slots)
+
+    @property
+    def waiting(self) -> list[Ticket]:
+        return list(self.scheduler.queue)
 
     def is_running(self, model_name: str) -> bool:
-        cur = self.current
-        return cur is not None and cur.model.name == model_name and cur.healthy
+        return self.scheduler.is_running(model_name)
 
     def effective_context(self, model: ModelConfig, variant: Variant) -> int:
-        """Context a variant really gives: what its engine reported last time, else the config."""
-        return self._learned_ctx.get((model.name, variant.index), variant.context)
-
-    def variant_for(self, model: ModelConfig, tokens: int) -> Variant:
-        """Smallest variant whose (effective) context holds ``tokens``."""
-        for variant in sorted(model.variants, key=lambda v: self.effective_context(model, v)):
-            if self.effective_context(model, variant) >= tokens:
-                return variant
-        largest = max(self.effective_context(model, v) for v in model.variants)
-        raise ContextTooLarge(model.name, tokens, largest)
+        return self.scheduler.effective_context(model, variant)
 
     def largest_context(self, model: ModelConfig) -> int:
-        return max(self.effective_context(model, v) for v in model.variants)
+        return self.scheduler.largest_context(model)
 
-    def check_model_configuration(self, model_name: str, required_ctx: int) -> bool:
-        """True when the running engine is this model and holds ``required_ctx`` tokens."""
-        cur = self.current
-        if cur is None or cur.model.name != model_name:
-            return False
-        if cur.model.engine == LLAMACPP:
-            return self._check_llamacpp_config(required_ctx)
-        return False
+    def variant_for(self, model: ModelConfig, min_ctx: int) -> Variant:
+        return self.scheduler.variant_for(model, min_ctx)
 
-    def _check_llamacpp_config(self, required_ctx: int) -> bool:
-        cur = self.current
-        return cur is not None and cur.healthy and cur.n_ctx >= required_ctx
-
-    def _fits(self, ticket: _Ticket) -> bool:
-        if ticket.model is None:
-            return self.current is None
-        return self.check_model_configuration(ticket.model.name, ticket.min_ctx)
+    def memory_of(self, slot: Slot) -> tuple[dict[str, float], str]:
+        """The engine's memory in MiB per pool, and where the figure comes from."""
+        return self.memory.figures(slot.model, slot.variant), self.memory.source(slot.model, slot.variant)
 
     # ----------------------------------------------------------------- leases
 
@@ -116,213 +106,233 @@ class EngineManager:
 
         ``min_ctx`` 0 means "any variant": the running one, or the smallest if none runs.
         """
-        engine = await self._acquire(_Ticket(model, min_ctx))
-        assert engine is not None
+        slot = await self._acquire(model, min_ctx)
         try:
-            yield engine
+            yield slot.handle
         finally:
-            self._release()
+            now = self._now()
+            self._apply(self.scheduler.release(slot.id, now))
+            if now - self._measured_at.get(slot.id, now) > _REMEASURE_EVERY:
+                self._measured_at[slot.id] = now
+                self._spawn(self._measure(slot))
 
     async def ensure_engine(self, model: ModelConfig, min_ctx: int = 0) -> EngineClient:
         """Make sure a fitting engine runs (preload); does not keep a lease."""
         async with self.lease(model, min_ctx) as engine:
             return engine.client
 
-    async def unload(self) -> None:
-        """Stop the engine once its in-flight requests are done (queued like a switch)."""
-        await self._acquire(_Ticket(None, 0))
-        self._release()
+    async def _acquire(self, model: ModelConfig, min_ctx: int) -> Slot:
+        loop = asyncio.get_running_loop()
+        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time())
+        future: asyncio.Future[Slot] = loop.create_future()
+        self._waiters[ticket.id] = future
+        self._apply(effects)
+        if not future.done():
+            try:
+                await self._wait(ticket, future)
+            except BaseException:
+                self._waiters.pop(ticket.id, None)
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._apply(self.scheduler.release(future.result().id, loop.time()))  # granted as we gave up
+                else:
+                    self._apply(self.scheduler.cancel(ticket.id, loop.time()))
+                raise
+        return future.result()
 
-    async def _acquire(self, ticket: _Ticket) -> RunningEngine | None:
-        if self._closed:
-            raise ShuttingDown("the gateway is shutting down")
-        if not self._queue and not self._switching and self._fits(ticket):
-            return self._grant()
-        self._queue.append(ticket)
-        budget = self.config.server.queue_timeout
-        try:
-            while True:
-                if self._closed:
-                    raise ShuttingDown("the gateway is shutting down")
-                if ticket.error is not None:
-                    raise ticket.error
-                if self._queue[0] is ticket and not self._switching:
-                    if self._fits(ticket):
-                        self._queue.popleft()
-                        return self._grant()
-                    if self._in_flight == 0:
-                        await self._switch_for(ticket)
-                        continue
-                wakeup = self._wakeup
-                if self._switching:
-                    # An engine start has its own timeout; it does not eat the queue budget.
-                    await wakeup.wait()
-                    continue
-                started = time.monotonic()
-                try:
-                    await asyncio.wait_for(wakeup.wait(), budget)
-                except TimeoutError:
-                    raise QueueTimeout(
-                        f"waited {self.config.server.queue_timeout:.0f} s for the engine to become "
-                        f"free ({self._in_flight} request(s) in flight, {len(self._queue)} queued); try again"
-                    ) from None
-                budget -= time.monotonic() - started
-        finally:
-            if ticket in self._queue:
-                self._queue.remove(ticket)
-                self._notify()
-
-    def _grant(self) -> RunningEngine | None:
-        self._in_flight += 1
-        self._cancel_idle_timer()
-        self._notify()
-        return self.current
-
-    def _release(self) -> None:
-        self._in_flight -= 1
-        self._last_release = time.monotonic()
-        self._notify()
-        self._arm_idle_timer()
-
-    def _notify(self) -> None:
-        self._wakeup.set()
-        self._wakeup = asyncio.Event()
-
-    async def _switch_for(self, ticket: _Ticket) -> None:
-        """Head of the queue, nothing in flight: stop what runs, start what the ticket needs."""
-        self._switching = True
-        started = time.monotonic()
-        old = self.current.model.name if self.current is not None else None
-        variant: Variant | None = None
-        try:
-            await self._stop_current_engine()
-            if ticket.model is not None:
-                variant = self.variant_for(ticket.model, ticket.min_ctx)
-                await self._start_new_engine(ticket.model, variant)
-        except BaseException as exc:
-            # The ticket that asked for this switch gets the error; the queue moves on.
-            if self._queue and self._queue[0] is ticket:
-                self._queue.popleft()
-            if isinstance(exc, GatewayError) and ticket.model is not None and variant is not None:
-                self._fail_waiting(ticket.model, variant, exc)
-            raise
-        finally:
-            self._switching = False
-            self._notify()
-        new = self.current.model.name if self.current is not None else None
-        if self.on_switch is not None:
-            self.on_switch(old, new, time.monotonic() - started)
-
-    def _fail_waiting(self, model: ModelConfig, variant: Variant, error: GatewayError) -> None:
-        """Requests already queued for the engine that just failed to start get the same error.
-
-        Retrying a broken engine once per queued request would make the last one wait
-        (queue length x start-up timeout); requests that arrive later try again.
-        """
-        for waiting in list(self._queue):
-            if waiting.model is not None and waiting.model.name == model.name and waiting.error is None:
-                try:
-                    same = self.variant_for(waiting.model, waiting.min_ctx) is variant
-                except GatewayError:
-                    same = False
-                if same:
-                    waiting.error = error
-                    self._queue.remove(waiting)
-
-    # ----------------------------------------------------------------- lifecycle
-
-    async def _stop_current_engine(self) -> None:
-        cur = self.current
-        if cur is None:
+    async def _wait(self, ticket: Ticket, future: asyncio.Future[Slot]) -> None:
+        timeout = self.config.server.queue_timeout
+        done, _ = await asyncio.wait([future], timeout=timeout)
+        if done:
             return
-        self.current = None
-        await self.runtime.stop(cur)
+        phase = self.scheduler.phase(ticket.id)
+        if phase in (Phase.STARTING, Phase.STOPPING):
+            # Its engine is starting, or the ones in its way are stopping: both are bounded by their
+            # own timeouts, which do not eat the queue's.
+            grace = max(v.timeouts.engine_stop + v.timeouts.engine_startup for v in ticket.model.variants) + 5.0
+            done, _ = await asyncio.wait([future], timeout=grace)
+            if done:
+                return
+        why = f": {ticket.blocked_by}" if ticket.blocked_by else f" ({phase or 'queued'})"
+        raise QueueTimeout(
+            f"waited {timeout:g} s for an engine of model {ticket.model.name!r}{why}; "
+            f"{self.in_flight} request(s) in flight, {self.queued} queued; try again"
+        )
 
-    async def _start_new_engine(self, model: ModelConfig, variant: Variant) -> None:
+    # ----------------------------------------------------------------- operations
+
+    async def unload(self, model_name: str | None = None) -> list[str]:
+        """Stop the model's engine (every engine if None) once the requests that arrived before are
+        done; returns the names of the models stopped."""
+        ids, effects = self.scheduler.unload(model_name, self._now())
+        names = [slot.model.name for slot in self.scheduler.slots if slot.id in ids]
+        await self._apply_and_wait_gone(ids, effects)
+        return names
+
+    async def adopt_config(self, config: Config) -> None:
+        """Switch to a new config: engines whose launch is unchanged keep running, the others stop
+        once their requests are done (this waits for them)."""
+        self.config = config
+        before = {slot.id for slot in self.scheduler.slots if not slot.draining}
+        effects = self.scheduler.reload(config, self._now())
+        for slot in self.scheduler.slots:
+            if slot.handle is not None:
+                slot.handle.model, slot.handle.variant = slot.model, slot.variant
+            if slot.id in before and not slot.draining:
+                logger.info("reload: engine of model %r kept (launch unchanged)", slot.model.name)
+        stopping = [slot.id for slot in self.scheduler.slots if slot.id in before and slot.draining]
+        for slot in self.scheduler.slots:
+            if slot.id in stopping:
+                logger.info("reload: model %r changed; its engine stops once its requests are done", slot.model.name)
+        await self._apply_and_wait_gone(stopping, effects)
+
+    async def shutdown(self) -> None:
+        """Refuse new leases, fail queued ones, stop every engine (starting ones included)."""
+        self.runtime.close()
+        ids = [slot.id for slot in self.scheduler.slots]
+        effects = self.scheduler.shutdown(self._now())
+        for _, handle in self._idle.values():
+            handle.cancel()
+        self._idle.clear()
+        await self._apply_and_wait_gone(ids, effects, shutting_down=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _apply_and_wait_gone(self, ids: list[int], effects: list[Effect], shutting_down: bool = False) -> None:
+        """Carry out ``effects``, then wait until the engines ``ids`` are gone.
+
+        Stops are bounded by ``engine_stop_timeout`` (then SIGKILL); engines that still serve
+        requests are waited for up to ``queue_timeout``, except at shutdown, where the caller
+        already gave them their grace and the scheduler stops them at once.
+        """
+        events = [self._gone[i] for i in ids if i in self._gone]
+        self._apply(effects)
+        if not events:
+            return
+        stop = max(v.timeouts.engine_stop for m in self.config.models for v in m.variants)
+        limit = stop + 10.0 if shutting_down else self.config.server.queue_timeout + stop
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            _, pending = await asyncio.wait(waits, timeout=limit)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if pending and not shutting_down:
+            raise QueueTimeout("engines are still serving requests; they stop as soon as those end")
+        if pending:
+            logger.warning("shutdown: %d engine(s) did not stop within %.0f s", len(pending), limit)
+
+    # ----------------------------------------------------------------- carrying out effects
+
+    def _apply(self, effects: list[Effect]) -> None:
+        pending = list(effects)
+        while pending:
+            effect = pending.pop(0)
+            if isinstance(effect, Grant):
+                future = self._waiters.pop(effect.ticket.id, None)
+                if future is None or future.done():  # the waiter gave up meanwhile: give the engine back
+                    pending.extend(self.scheduler.release(effect.slot.id, self._now()))
+                else:
+                    future.set_result(effect.slot)
+            elif isinstance(effect, Fail):
+                future = self._waiters.pop(effect.ticket.id, None)
+                if future is not None and not future.done():
+                    future.set_exception(effect.error)
+            elif isinstance(effect, Start):
+                self._gone[effect.slot.id] = asyncio.Event()
+                self._spawn(self._start(effect.slot))
+            elif isinstance(effect, Stop):
+                self._spawn(self._stop(effect.slot, effect.reason))
+            elif isinstance(effect, Gone):
+                event = self._gone.pop(effect.slot.id, None)
+                if event is not None:
+                    event.set()
+                self._measured_at.pop(effect.slot.id, None)
+        self._sync_idle_timers()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start(self, slot: Slot) -> None:
+        model, variant = slot.model, slot.variant
         reserve = model.completion_reserve or self.config.server.completion_reserve
-        t0 = time.monotonic()
-        engine = await self.runtime.start(model, variant, reserve, self._on_engine_crash)
-        self._learned_ctx[(model.name, variant.index)] = engine.n_ctx
-        self.current = engine
+        started = self._now()
+        try:
+            engine = await self.runtime.start(model, variant, reserve, lambda: self._on_crash(slot.id))
+        except GatewayError as exc:
+            self._apply(self.scheduler.start_failed(slot.id, exc, self._now()))
+            return
+        except Exception as exc:  # never leave requests waiting on a start that died of a bug
+            logger.exception("starting model %r failed unexpectedly", model.name)
+            error = EngineStartError(f"model {model.name!r}: the engine could not be started ({type(exc).__name__})")
+            self._apply(self.scheduler.start_failed(slot.id, error, self._now()))
+            return
         if self.on_engine_started is not None:
-            self.on_engine_started(model.name, time.monotonic() - t0)
+            self.on_engine_started(model.name, self._now() - started)
+        self._measured_at[slot.id] = self._now()
+        self._apply(self.scheduler.started(slot.id, engine, engine.n_ctx, self._now()))
+        await self._measure(slot)
 
-    def _on_engine_crash(self) -> None:
-        self._notify()  # a queued request may now restart it
+    async def _stop(self, slot: Slot, reason: str) -> None:
+        logger.info("stopping engine of model %r (variant %d): %s", slot.model.name, slot.variant.index, reason)
+        try:
+            if slot.handle is not None:
+                await self.runtime.stop(slot.handle)
+        except Exception:
+            logger.exception("stopping the engine of model %r failed", slot.model.name)
+        finally:
+            if self.on_engine_stopped is not None:
+                self.on_engine_stopped(slot.model.name, reason)
+            self._apply(self.scheduler.stopped(slot.id, self._now()))
+
+    async def _measure(self, slot: Slot) -> None:
+        if slot.handle is None or not slot.ready:
+            return
+        try:
+            usage = await self.runtime.measure(slot.handle)
+        except Exception:
+            logger.exception("measuring the memory of model %r failed", slot.model.name)
+            return
+        if usage is None or self.scheduler.slot(slot.id) is None:
+            return
+        if self.memory.record(slot.model, slot.variant, usage):
+            logger.info(
+                "model %r variant %d measured: %s",
+                slot.model.name,
+                slot.variant.index,
+                ", ".join(f"{pool} {mib:g} MiB" for pool, mib in self.memory.figures(slot.model, slot.variant).items()),
+            )
+            self.state.put(_MEMORY_SECTION, self.memory.snapshot())
+            self._apply(self.scheduler.measured(slot.id, self._now()))
+
+    def _on_crash(self, slot_id: int) -> None:
+        self._apply(self.scheduler.crashed(slot_id, self._now()))
 
     # ----------------------------------------------------------------- idle unload
 
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-
-    def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        cur = self.current
-        if cur is None or self._in_flight or self._queue or self._closed:
+    def _sync_idle_timers(self) -> None:
+        """One timer per idle engine, due ``engine_idle_timeout`` after its last use."""
+        wanted: dict[int, float] = {}
+        for slot in self.scheduler.slots:
+            idle = slot.variant.timeouts.engine_idle
+            if slot.ready and not slot.busy and not slot.draining and idle > 0 and not self.scheduler.closed:
+                wanted[slot.id] = slot.last_used + idle
+        for slot_id, (due, handle) in list(self._idle.items()):
+            if wanted.get(slot_id) != due:
+                handle.cancel()
+                del self._idle[slot_id]
+        if not wanted:
             return
-        idle = cur.variant.timeouts.engine_idle
-        if idle > 0:
-            self._idle_handle = asyncio.get_running_loop().call_later(idle, self._on_idle_timer)
+        loop = asyncio.get_running_loop()
+        for slot_id, due in wanted.items():
+            if slot_id not in self._idle:
+                self._idle[slot_id] = (due, loop.call_at(due, self._on_idle, slot_id))
 
-    def _on_idle_timer(self) -> None:
-        self._idle_handle = None
-        task = asyncio.ensure_future(self._unload_if_idle())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _on_idle(self, slot_id: int) -> None:
+        self._idle.pop(slot_id, None)
+        self._apply(self.scheduler.idle_expired(slot_id, self._now()))
 
-    async def _unload_if_idle(self) -> None:
-        if self._in_flight or self._queue or self._switching or self.current is None:
-            return
-        logger.info(
-            "model %r idle for %.0f s: unloading", self.current.model.name, time.monotonic() - self._last_release
-        )
-        try:
-            await self.unload()
-        except GatewayError as exc:
-            logger.warning("idle unload failed: %s", exc)
-
-    # ----------------------------------------------------------------- shutdown
-
-    async def shutdown(self) -> None:
-        """Refuse new leases, wake queued ones (they fail), stop the engine."""
-        self._closed = True
-        self.runtime.close()
-        self._cancel_idle_timer()
-        self._notify()
-        for task in list(self._background):
-            task.cancel()
-        if self._switching:
-            # A start in progress is stopped by its own error path once its wait is cancelled;
-            # give it a moment, then stop whatever runs.
-            for _ in range(100):
-                if not self._switching:
-                    break
-                await asyncio.sleep(0.05)
-        await self._stop_current_engine()
-
-    # ----------------------------------------------------------------- reload
-
-    async def adopt_config(self, config: Config) -> None:
-        """Switch to a new config; the running engine survives if its model and variant are unchanged."""
-        self.config = config
-        self._learned_ctx.clear()
-        cur = self.current
-        if cur is None:
-            return
-        model = config.model(cur.model.name)
-        same = None
-        if model is not None:
-            same = next((v for v in model.variants if _same_launch(v, cur.variant)), None)
-        if model is not None and same is not None:
-            cur.model, cur.variant = model, same
-            self._learned_ctx[(model.name, same.index)] = cur.n_ctx
-            logger.info("reload: engine of model %r kept (variant unchanged)", model.name)
-            return
-        logger.info("reload: model %r or its variant changed; unloading its engine", cur.model.name)
-        await self.unload()
-
-
-def _same_launch(a: Variant, b: Variant) -> bool:
-    return (a.binary, a.args, a.context, a.connect, a.env) == (b.binary, b.args, b.context, b.connect, b.env)
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()

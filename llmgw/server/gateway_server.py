@@ -15,6 +15,7 @@ from llmgw.engine import EngineHTTPClient
 from llmgw.models import ModelSelector
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.scheduling import EngineManager
+from llmgw.scheduling.scheduler import Slot
 from llmgw.server import ops_handlers
 from llmgw.server.metrics import GatewayMetrics
 from llmgw.server.proxy import ChatProxy
@@ -24,6 +25,7 @@ from llmgw.server.request_handler import (
     ModelsHandler,
     NotFoundHandler,
 )
+from llmgw.state import StateStore, default_state_dir
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +64,10 @@ class GatewayServer:
     async def start(self) -> None:
         self.http = EngineHTTPClient.create()
         self.guard.start()
-        self.manager = EngineManager(self.config, ProcessRuntime(self.http, self.guard))
-        self.manager.on_switch = self.metrics.observe_switch
+        state = StateStore(self.config.server.state_dir or default_state_dir())
+        self.manager = EngineManager(self.config, ProcessRuntime(self.http, self.guard), state)
         self.manager.on_engine_started = self.metrics.observe_start
+        self.manager.on_engine_stopped = self.metrics.observe_stop
         self.selector = ModelSelector(self.manager, self.config)
         self.selector.on_counted = self.metrics.observe_count
         self.proxy = ChatProxy(self.selector)
@@ -136,23 +139,50 @@ class GatewayServer:
             )
         return {"object": "list", "data": data}
 
-    def engine_summary(self) -> dict[str, Any]:
-        cur = self.manager.current
-        engine = None
-        if cur is not None:
-            engine = {
-                "model": cur.model.name,
-                "variant": cur.variant.index,
-                "context": cur.n_ctx,
-                "pid": cur.process.pid,
-                "status": cur.process.get_status(),
-                "uptime": round(cur.process.uptime, 3),
+    def running(self) -> dict[str, Any]:
+        """What runs and what waits: GET /running."""
+        now = asyncio.get_running_loop().time()
+        queue = [
+            {
+                "model": ticket.model.name,
+                "min_context": ticket.min_ctx,
+                "waiting": round(now - ticket.arrived, 3),
+                "phase": ticket.phase.value,
+                **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
             }
-        return {"engine": engine, "in_flight": self.manager.in_flight, "queued": self.manager.queued}
+            for ticket in self.manager.waiting
+        ]
+        return {
+            "engines": [self.engine_view(slot, now) for slot in self.manager.engines],
+            "queue": queue,
+            "in_flight": self.manager.in_flight,
+            "queued": self.manager.queued,
+        }
+
+    def engine_view(self, slot: Slot, now: float) -> dict[str, Any]:
+        handle = slot.handle
+        memory, source = self.manager.memory_of(slot)
+        return {
+            "model": slot.model.name,
+            "variant": slot.variant.index,
+            "context": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
+            "pid": handle.process.pid if handle is not None else None,
+            "state": slot.state.value,
+            "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},
+            "memory_source": source,
+            "in_flight": slot.in_flight,
+            "last_used": round(time.time() - (now - slot.last_used), 3) if slot.last_used else None,
+            "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
+            "pinned": slot.model.pinned,
+            **({"stopping_because": slot.stop_reason} if slot.stop_reason else {}),
+        }
+
+    def health(self) -> dict[str, Any]:
+        ready = sum(1 for slot in self.manager.engines if slot.ready)
+        return {"status": "ok", "engines": ready, "in_flight": self.manager.in_flight, "queued": self.manager.queued}
 
     def refresh_gauges(self) -> None:
-        self.metrics.in_flight.set(self.manager.in_flight)
-        self.metrics.queued.set(self.manager.queued)
+        self.metrics.refresh(self.config.model_names(), self.manager.engines, self.manager.waiting)
 
 
 def _format_addr(addr: Any) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from llmgw.scheduling.scheduler import Slot, Ticket
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -21,15 +25,10 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=(0.005, 0.02, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
         )
-        self.switches = Counter(
-            "llmgw_engine_switches", "Engine switches (start, stop or change of model/variant)", registry=self.registry
+        self.engine_starts = Counter(
+            "llmgw_engine_starts", "Engines started and ready", ["model"], registry=self.registry
         )
-        self.switch_seconds = Histogram(
-            "llmgw_engine_switch_seconds",
-            "Duration of engine switches",
-            registry=self.registry,
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
-        )
+        self.engine_stops = Counter("llmgw_engine_stops", "Engines stopped", ["model"], registry=self.registry)
         self.engine_start_seconds = Histogram(
             "llmgw_engine_start_seconds",
             "Engine spawn-to-ready time",
@@ -37,8 +36,19 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
         )
-        self.in_flight = Gauge("llmgw_in_flight_requests", "Requests holding the engine", registry=self.registry)
-        self.queued = Gauge("llmgw_queued_requests", "Requests waiting for a switch", registry=self.registry)
+        self.engines = Gauge("llmgw_engines", "Engines by state", ["model", "state"], registry=self.registry)
+        self.engine_memory = Gauge(
+            "llmgw_engine_memory_mib",
+            "Memory an engine counts for in placement (declared, else measured), per pool",
+            ["model", "pool"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "llmgw_in_flight_requests", "Requests holding an engine", ["model"], registry=self.registry
+        )
+        self.queued = Gauge(
+            "llmgw_queued_requests", "Requests waiting for an engine", ["model"], registry=self.registry
+        )
         self.tokens_counted = Counter(
             "llmgw_tokens_counted",
             "Context tokens counted for requests (prompt + completion budget)",
@@ -50,15 +60,31 @@ class GatewayMetrics:
         self.requests.labels(route=route, model=model, status=str(status)).inc()
         self.request_seconds.labels(route=route).observe(seconds)
 
-    def observe_switch(self, old: str | None, new: str | None, seconds: float) -> None:
-        self.switches.inc()
-        self.switch_seconds.observe(seconds)
-
     def observe_start(self, model: str, seconds: float) -> None:
+        self.engine_starts.labels(model=model).inc()
         self.engine_start_seconds.labels(model=model).observe(seconds)
+
+    def observe_stop(self, model: str, reason: str) -> None:
+        self.engine_stops.labels(model=model).inc()
 
     def observe_count(self, model: str, tokens: int) -> None:
         self.tokens_counted.labels(model=model).inc(tokens)
+
+    def refresh(self, models: Iterable[str], engines: Iterable[Slot], queue: Iterable[Ticket]) -> None:
+        """Set the gauges from the scheduler's state, every configured model included (0 when idle)."""
+        names = list(models)
+        for gauge in (self.engines, self.engine_memory, self.in_flight, self.queued):
+            gauge.clear()
+        for name in names:
+            self.in_flight.labels(model=name).set(0)
+            self.queued.labels(model=name).set(0)
+        for slot in engines:
+            self.engines.labels(model=slot.model.name, state=slot.state.value).inc()
+            self.in_flight.labels(model=slot.model.name).inc(slot.in_flight)
+            for pool, mib in slot.need.items():
+                self.engine_memory.labels(model=slot.model.name, pool=pool).set(mib)
+        for ticket in queue:
+            self.queued.labels(model=ticket.model.name).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,50 +2,72 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 from llmgw.errors import BadRequest, GatewayError
 from llmgw.server.metrics import CONTENT_TYPE
 from llmgw.server.request_handler import RequestHandler
 
 
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """An optional JSON object body ({} when empty)."""
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"body must be a JSON object {what}")
+    return data
+
+
 class RunningHandler(RequestHandler):
     def get(self) -> None:
-        self.write_json(self.gateway.engine_summary())
+        self.write_json(self.gateway.running())
 
 
 class UnloadHandler(RequestHandler):
     async def post(self) -> None:
+        """``{"model": m}`` stops that model's engine; no body (or no model) stops them all, each once
+        the requests that arrived before are done."""
         try:
-            await self.gateway.manager.unload()
+            data = _json_object(self.request.body, 'with an optional string "model"')
+            name = data.get("model")
+            if name is not None:
+                if not isinstance(name, str):
+                    raise BadRequest("'model' must be a string")
+                self.model_name = name
+                self.gateway.selector.model(name)  # 404 for an unknown model
+            stopped = await self.gateway.manager.unload(name)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return
-        self.write_json({"status": "unloaded"})
+        self.write_json({"status": "unloaded", "models": sorted(set(stopped))})
 
 
 class LoadHandler(RequestHandler):
     async def post(self) -> None:
+        """``{"model": m, "context": n}``: start the smallest variant holding ``n`` (placement rules apply:
+        idle engines may be stopped to make room, busy ones are waited for)."""
         try:
-            data = json.loads(self.request.body or b"{}")
-            if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            data = _json_object(self.request.body, "with a string 'model' (and optional integer 'context')")
+            if not isinstance(data.get("model"), str):
                 raise BadRequest("body must be a JSON object with a string 'model' (and optional integer 'context')")
             context = data.get("context", 0)
             if isinstance(context, bool) or not isinstance(context, int) or context < 0:
                 raise BadRequest("'context' must be a non-negative integer")
             self.model_name = data["model"]
             model = self.gateway.selector.model(data["model"])
-            largest = self.gateway.manager.largest_context(model)
-            if context > largest:
+            if context > self.gateway.manager.largest_context(model):
                 self.gateway.manager.variant_for(model, context)  # raises ContextTooLarge
-            await self.gateway.manager.ensure_engine(model, context)
-        except ValueError:
-            self.send_json_error(400, "request body is not valid JSON")
-            return
+            async with self.gateway.manager.lease(model, context) as engine:
+                slot = next(s for s in self.gateway.manager.engines if s.handle is engine)
+                view = self.gateway.engine_view(slot, asyncio.get_running_loop().time())
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return
-        self.write_json({"status": "loaded", **self.gateway.engine_summary()})
+        self.write_json({"status": "loaded", "engine": view})
 
 
 class MetricsHandler(RequestHandler):

@@ -121,7 +121,7 @@ class HealthHandler(RequestHandler):
     public = True
 
     def get(self) -> None:
-        self.write_json({"status": "ok", **self.gateway.engine_summary()})
+        self.write_json(self.gateway.health())
 
 
 class ModelsHandler(RequestHandler):

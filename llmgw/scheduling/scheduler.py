@@ -1,0 +1,473 @@
+"""Scheduler: which engines run, and which requests use them or wait. Pure decisions.
+
+Events come in as method calls (a request arrives or gives its engine back, a start ends, an
+engine stops or crashes, an unload, an idle timeout, a reload); each returns the effects to
+carry out: start or stop an engine, grant or fail a request. No I/O, no asyncio and no clock
+of its own (the caller passes ``now``), so tests drive it directly. EngineManager carries out
+the effects.
+
+The rules (placement.py says which engines may run together):
+
+* A request whose model runs with enough context is granted at once, next to any others
+  (llama-server has parallel slots), unless that engine is *draining* (below).
+* Otherwise it queues. Queued requests are planned in arrival order: one that needs a start
+  picks the engines that must stop to make room, marks them draining, stops the idle ones at
+  once and the busy ones when their last request ends, then starts its engine. A draining
+  engine takes no requests that arrived after the decision, so steady traffic cannot starve
+  a start; requests to every other engine carry on untouched.
+* A start that cannot be planned while other engines are still starting holds later starts
+  back (grants still go ahead), so it is not starved either.
+* One engine per model: a request that needs more context replaces the model's engine by a
+  bigger variant, waiting only for that engine's own requests. A running variant that is big
+  enough is kept, never swapped for a smaller one.
+* No engine is started twice: a model with an engine starting waits for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from llmgw.config import Config, ModelConfig, Variant
+from llmgw.errors import ContextTooLarge, GatewayError, ModelNotFound, ShuttingDown
+from llmgw.scheduling.memory import MemoryBook
+from llmgw.scheduling.placement import Placed, Placement
+
+
+class EngineState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclass(eq=False)
+class Slot:
+    """The scheduler's record of one engine, from the decision to start it until it is gone."""
+
+    id: int
+    model: ModelConfig
+    variant: Variant
+    state: EngineState
+    need: dict[str, float]  # MiB per pool it counts for
+    started_at: float
+    n_ctx: int | None = None  # once ready: the context the engine reports
+    in_flight: int = 0
+    last_used: float = 0.0
+    evict_for: int | None = None  # the queued request that needs this engine gone (draining)
+    unload_from: int | None = None  # unloading: requests from this arrival number on are not granted
+    stop_reason: str = ""
+    handle: Any = None  # the runtime's RunningEngine, once ready (opaque here)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is EngineState.READY
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0
+
+    @property
+    def draining(self) -> bool:
+        return self.evict_for is not None or self.unload_from is not None
+
+
+@dataclass(eq=False)
+class _Planned:
+    """A start a queued request will make once there is room (placement counts it as running)."""
+
+    model: ModelConfig
+    variant: Variant
+    need: Mapping[str, float]
+    id: int
+    ready: bool = False
+    busy: bool = False
+    last_used: float = 0.0
+
+
+class Phase(StrEnum):
+    """What a queued request waits for."""
+
+    QUEUED = "queued"  # room held by engines starting, or an earlier request's start
+    DRAINING = "draining"  # engines that must stop still serve requests
+    STOPPING = "stopping"  # engines that must stop are stopping
+    STARTING = "starting"  # its engine is starting
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request waiting for an engine; ``id`` is its arrival number."""
+
+    id: int
+    model: ModelConfig
+    min_ctx: int
+    arrived: float
+    phase: Phase = Phase.QUEUED
+    blocked_by: str = ""  # why it cannot be planned, for the queue-timeout message
+
+
+@dataclass(frozen=True)
+class Start:
+    slot: Slot
+
+
+@dataclass(frozen=True)
+class Stop:
+    slot: Slot
+    reason: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    ticket: Ticket
+    slot: Slot
+
+
+@dataclass(frozen=True)
+class Fail:
+    ticket: Ticket
+    error: GatewayError
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The engine left the scheduler (stopped, or its start failed)."""
+
+    slot: Slot
+
+
+Effect = Start | Stop | Grant | Fail | Gone
+
+
+@dataclass
+class Scheduler:
+    config: Config
+    memory: MemoryBook
+    slots: list[Slot] = field(default_factory=list)
+    queue: list[Ticket] = field(default_factory=list)
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.placement = Placement(self.config)
+        self._arrivals = itertools.count(1)
+        self._slot_ids = itertools.count(1)
+        self._learned_ctx: dict[tuple[str, str], int] = {}
+
+    # ------------------------------------------------------------------ context sizes
+
+    def effective_context(self, model: ModelConfig, variant: Variant) -> int:
+        """Context a variant really gives: what its engine reported last time, else the config."""
+        return self._learned_ctx.get((model.name, variant.fingerprint), variant.context)
+
+    def largest_context(self, model: ModelConfig) -> int:
+        return max(self.effective_context(model, v) for v in model.variants)
+
+    def variant_for(self, model: ModelConfig, min_ctx: int) -> Variant:
+        """Smallest variant whose (effective) context holds ``min_ctx`` tokens."""
+        for variant in sorted(model.variants, key=lambda v: self.effective_context(model, v)):
+            if self.effective_context(model, variant) >= min_ctx:
+                return variant
+        raise ContextTooLarge(model.name, min_ctx, self.largest_context(model))
+
+    # ------------------------------------------------------------------ queries
+
+    def slot(self, slot_id: int) -> Slot | None:
+        return next((slot for slot in self.slots if slot.id == slot_id), None)
+
+    def is_running(self, model_name: str) -> bool:
+        return any(s.ready and s.model.name == model_name and s.unload_from is None for s in self.slots)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(slot.in_flight for slot in self.slots)
+
+    def phase(self, ticket_id: int) -> Phase | None:
+        """What a queued request waits for; None once it has left the queue."""
+        return next((t.phase for t in self.queue if t.id == ticket_id), None)
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(self, model: ModelConfig, min_ctx: int, now: float) -> tuple[Ticket, list[Effect]]:
+        """A request wants an engine of ``model`` with at least ``min_ctx`` context (0: any)."""
+        ticket = Ticket(next(self._arrivals), model, min_ctx, now)
+        if self.closed:
+            return ticket, [Fail(ticket, ShuttingDown("the gateway is shutting down"))]
+        largest = self.largest_context(model)
+        if min_ctx > largest:
+            return ticket, [Fail(ticket, ContextTooLarge(model.name, min_ctx, largest))]
+        slot = self._serving(ticket)
+        if slot is not None:
+            return ticket, [self._grant(ticket, slot, now)]
+        self.queue.append(ticket)
+        return ticket, self._pump(now)
+
+    def cancel(self, ticket_id: int, now: float) -> list[Effect]:
+        """The request stopped waiting (client gone, queue timeout): what it had decided is undone."""
+        before = len(self.queue)
+        self.queue = [t for t in self.queue if t.id != ticket_id]
+        return self._pump(now) if len(self.queue) != before else []
+
+    def release(self, slot_id: int, now: float) -> list[Effect]:
+        """A granted request is done with its engine."""
+        slot = self.slot(slot_id)
+        if slot is None:
+            return []  # crashed and gone meanwhile
+        slot.in_flight -= 1
+        slot.last_used = now
+        if self.queue or slot.draining:
+            return self._pump(now)
+        return []
+
+    # ------------------------------------------------------------------ engine lifecycle
+
+    def started(self, slot_id: int, handle: Any, n_ctx: int, now: float) -> list[Effect]:
+        slot = self.slot(slot_id)
+        if slot is None:
+            return []
+        slot.state = EngineState.READY
+        slot.handle = handle
+        slot.n_ctx = n_ctx
+        slot.last_used = now
+        self._learned_ctx[(slot.model.name, slot.variant.fingerprint)] = n_ctx
+        if self.closed:
+            return [self._stop(slot, "the gateway is shutting down")]
+        return self._pump(now)
+
+    def start_failed(self, slot_id: int, error: GatewayError, now: float) -> list[Effect]:
+        """Requests queued for exactly this engine share its error (retrying a broken engine once per
+        queued request would make the last one wait queue length x start-up timeout); requests that
+        arrive later try again."""
+        slot = self.slot(slot_id)
+        if slot is None:
+            return []
+        self.slots.remove(slot)
+        effects: list[Effect] = [Gone(slot)]
+        for ticket in list(self.queue):
+            if ticket.model.name == slot.model.name and self._wanted_variant(ticket) is slot.variant:
+                self.queue.remove(ticket)
+                effects.append(Fail(ticket, error))
+        return effects + self._pump(now)
+
+    def stopped(self, slot_id: int, now: float) -> list[Effect]:
+        slot = self.slot(slot_id)
+        if slot is None:
+            return []
+        self.slots.remove(slot)
+        return [Gone(slot), *self._pump(now)]
+
+    def crashed(self, slot_id: int, now: float) -> list[Effect]:
+        """A ready engine exited on its own. It is stopped all the same (its process group may hold
+        children, and the guard must forget it); the next request for it starts a new one."""
+        slot = self.slot(slot_id)
+        if slot is None or slot.state is not EngineState.READY:
+            return []  # a start reports its own failure; a stop its own end
+        return [self._stop(slot, "crashed"), *self._pump(now)]
+
+    def measured(self, slot_id: int, now: float) -> list[Effect]:
+        """The memory book learned a new figure for this engine's variant."""
+        slot = self.slot(slot_id)
+        if slot is None:
+            return []
+        slot.need = self.memory.need(slot.model, slot.variant)
+        return self._rebalance(now, "over the memory budget (measured)") + self._pump(now)
+
+    def idle_expired(self, slot_id: int, now: float) -> list[Effect]:
+        slot = self.slot(slot_id)
+        if slot is None or not slot.ready or slot.busy or slot.draining:
+            return []
+        idle = slot.variant.timeouts.engine_idle
+        if idle <= 0 or now - slot.last_used < idle - 1e-3:
+            return []
+        if any(t.model.name == slot.model.name for t in self.queue):
+            return []
+        return [self._stop(slot, f"idle for {idle:g} s")]
+
+    # ------------------------------------------------------------------ operations
+
+    def unload(self, model_name: str | None, now: float) -> tuple[list[int], list[Effect]]:
+        """Stop the model's engine (every engine if None) once the requests that arrived before
+        this call are done. Returns the ids of the engines to wait for."""
+        mark = next(self._arrivals)
+        targets = [s for s in self.slots if model_name is None or s.model.name == model_name]
+        for slot in targets:
+            if slot.state is not EngineState.STOPPING and slot.unload_from is None:
+                slot.unload_from = mark
+                slot.stop_reason = "unloaded"
+        return [slot.id for slot in targets], self._pump(now)
+
+    def reload(self, config: Config, now: float) -> list[Effect]:
+        """A new config: engines whose launch is unchanged keep running; the others stop once the
+        requests that arrived before the reload are done."""
+        self.config = config
+        self.placement = Placement(config)
+        self.memory.budget = dict(config.server.memory_budget)
+        mark = next(self._arrivals)
+        for slot in self.slots:
+            model = config.model(slot.model.name)
+            same = None if model is None else next((v for v in model.variants if _same_launch(v, slot.variant)), None)
+            if model is not None and same is not None:
+                slot.model, slot.variant = model, same
+                slot.need = self.memory.need(model, same)
+            elif slot.state is not EngineState.STOPPING and slot.unload_from is None:
+                slot.unload_from = mark
+                slot.stop_reason = "changed by a reload"
+        effects: list[Effect] = []
+        for ticket in list(self.queue):
+            model = config.model(ticket.model.name)
+            error: GatewayError | None = None
+            if model is None:
+                error = ModelNotFound(f"model {ticket.model.name!r} was removed by a config reload")
+            elif ticket.min_ctx > self.largest_context(model):
+                error = ContextTooLarge(model.name, ticket.min_ctx, self.largest_context(model))
+            if error is not None:
+                self.queue.remove(ticket)
+                effects.append(Fail(ticket, error))
+            else:
+                assert model is not None
+                ticket.model = model
+        return effects + self._rebalance(now, "over the new placement limits") + self._pump(now)
+
+    def shutdown(self, now: float) -> list[Effect]:
+        """Fail every queued request and stop every ready engine, busy or not (the caller gave them
+        their grace); engines still starting are stopped by their own start when it returns."""
+        self.closed = True
+        effects: list[Effect] = [Fail(t, ShuttingDown("the gateway is shutting down")) for t in self.queue]
+        self.queue.clear()
+        for slot in self.slots:
+            if slot.ready:
+                effects.append(self._stop(slot, "the gateway is shutting down"))
+        return effects
+
+    # ------------------------------------------------------------------ the decisions
+
+    def _serving(self, ticket: Ticket) -> Slot | None:
+        for slot in self.slots:
+            if (
+                slot.ready
+                and slot.model.name == ticket.model.name
+                and slot.n_ctx is not None
+                and slot.n_ctx >= ticket.min_ctx
+                and slot.evict_for is None
+                and (slot.unload_from is None or ticket.id < slot.unload_from)
+            ):
+                return slot
+        return None
+
+    def _grant(self, ticket: Ticket, slot: Slot, now: float) -> Grant:
+        slot.in_flight += 1
+        slot.last_used = now
+        return Grant(ticket, slot)
+
+    def _stop(self, slot: Slot, reason: str) -> Stop:
+        slot.state = EngineState.STOPPING
+        slot.evict_for = None
+        slot.stop_reason = reason
+        return Stop(slot, reason)
+
+    def _wanted_variant(self, ticket: Ticket) -> Variant | None:
+        try:
+            return self.variant_for(ticket.model, ticket.min_ctx)
+        except ContextTooLarge:
+            return None
+
+    def _pump(self, now: float) -> list[Effect]:
+        """Walk the queue in arrival order: grant, plan starts, stop what is in the way."""
+        effects: list[Effect] = []
+        draining_for: dict[int, set[int]] = {}
+        for slot in self.slots:
+            if slot.evict_for is not None:
+                draining_for.setdefault(slot.evict_for, set()).add(slot.id)
+                slot.evict_for = None  # re-decided below, in arrival order
+        # What will still run once the decisions taken so far are carried out.
+        live: list[Placed] = [s for s in self.slots if s.state is not EngineState.STOPPING and s.unload_from is None]
+        planning: dict[str, Ticket] = {}
+        held_back = False
+        for ticket in list(self.queue):
+            serving = self._serving(ticket)
+            if serving is not None:
+                self.queue.remove(ticket)
+                effects.append(self._grant(ticket, serving, now))
+                continue
+            name = ticket.model.name
+            if name in planning:
+                ticket.phase = planning[name].phase
+                continue
+            starting = next((s for s in self.slots if s.model.name == name and s.state is EngineState.STARTING), None)
+            if starting is not None:
+                fits = self.effective_context(starting.model, starting.variant) >= ticket.min_ctx
+                ticket.phase = Phase.STARTING if fits and starting.unload_from is None else Phase.QUEUED
+                continue
+            if held_back:
+                ticket.phase = Phase.QUEUED
+                continue
+            try:
+                variant = self.variant_for(ticket.model, ticket.min_ctx)
+            except ContextTooLarge as exc:  # the context learned from an engine shrank the largest
+                self.queue.remove(ticket)
+                effects.append(Fail(ticket, exc))
+                continue
+            wish = _Planned(ticket.model, variant, self.memory.need(ticket.model, variant), -ticket.id)
+            victims = self.placement.victims(wish, live, draining_for.get(ticket.id, ()))
+            if victims is None:
+                ticket.phase = Phase.QUEUED
+                ticket.blocked_by = self._blocker(wish, live)
+                # Only engines still starting (or planned) free up by themselves: wait for them
+                # before starting anything else. Pinned engines never do: don't hold others back.
+                held_back = any(not engine.ready for engine in live)
+                continue
+            planning[name] = ticket
+            for victim in victims:
+                assert isinstance(victim, Slot)
+                victim.evict_for = ticket.id
+            live = [engine for engine in live if engine not in victims]
+            if self.placement.fits_beside(self.slots, wish):
+                new = Slot(next(self._slot_ids), ticket.model, variant, EngineState.STARTING, dict(wish.need), now)
+                self.slots.append(new)
+                live.append(new)
+                effects.append(Start(new))
+                ticket.phase = Phase.STARTING
+                continue
+            live.append(wish)
+            busy = False
+            for victim in victims:
+                assert isinstance(victim, Slot)
+                if victim.busy:
+                    busy = True
+                else:
+                    effects.append(self._stop(victim, f"making room for {name!r}"))
+            ticket.phase = Phase.DRAINING if busy else Phase.STOPPING
+        for slot in self.slots:
+            if slot.unload_from is not None and slot.ready and not slot.busy:
+                effects.append(self._stop(slot, slot.stop_reason or "unloaded"))
+        return effects
+
+    def _rebalance(self, now: float, reason: str) -> list[Effect]:
+        """Limits lowered or a figure grew: unload engines, least recently used first, until the
+        engines that stay fit again. Pinned engines stay."""
+        live = [s for s in self.slots if s.state is not EngineState.STOPPING and s.unload_from is None]
+        if self.placement.within_budget(live):
+            return []
+        mark = next(self._arrivals)
+        for slot in sorted((s for s in live if s.ready and not s.model.pinned), key=lambda s: (s.busy, s.last_used)):
+            slot.unload_from = mark
+            slot.stop_reason = reason
+            live.remove(slot)
+            if self.placement.within_budget(live):
+                break
+        return []
+
+    def _blocker(self, wish: _Planned, live: list[Placed]) -> str:
+        starting = [e.model.name for e in live if not e.ready]
+        if starting:
+            return f"waiting for {', '.join(map(repr, starting))} to finish starting"
+        pinned = [e.model.name for e in live if e.model.pinned]
+        if pinned:
+            unknown = "" if wish.variant.memory is not None else " (its memory was never measured: declare `memory`)"
+            return f"pinned model(s) {', '.join(map(repr, pinned))} leave no room for {wish.model.name!r}{unknown}"
+        return f"no room for {wish.model.name!r}"
+
+
+def _same_launch(a: Variant, b: Variant) -> bool:
+    return (a.binary, a.args, a.context, a.connect, a.env) == (b.binary, b.args, b.context, b.connect, b.env)
