@@ -394,10 +394,15 @@ class Scheduler:
             if name in planning:
                 ticket.phase = planning[name].phase
                 continue
-            starting = next((s for s in self.slots if s.model.name == name and s.state is EngineState.STARTING), None)
-            if starting is not None:
-                fits = self.effective_context(starting.model, starting.variant) >= ticket.min_ctx
-                ticket.phase = Phase.STARTING if fits and starting.unload_from is None else Phase.QUEUED
+            own = next((s for s in self.slots if s.model.name == name), None)  # one per model at most
+            if own is not None and own.state is EngineState.STARTING:
+                fits = self.effective_context(own.model, own.variant) >= ticket.min_ctx
+                ticket.phase = Phase.STARTING if fits and own.unload_from is None else Phase.QUEUED
+                continue
+            if own is not None and (own.state is EngineState.STOPPING or own.draining):
+                # Its engine is on its way out (for an earlier request, an unload or a crash): plan
+                # a new one once it is gone, without taking room from anyone meanwhile.
+                ticket.phase = Phase.STOPPING if own.state is EngineState.STOPPING else Phase.QUEUED
                 continue
             if held_back:
                 ticket.phase = Phase.QUEUED

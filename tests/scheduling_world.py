@@ -1,0 +1,167 @@
+"""A world for driving the pure Scheduler in tests: configs built in Python and a fake runtime
+that records the effects and lets the test decide when starts and stops finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmgw.config import Config, ModelConfig, ServerConfig, Timeouts, Variant
+from llmgw.errors import EngineStartError, GatewayError
+from llmgw.scheduling.memory import MemoryBook
+from llmgw.scheduling.placement import Placement
+from llmgw.scheduling.scheduler import Effect, EngineState, Fail, Gone, Grant, Scheduler, Slot, Start, Stop, Ticket
+
+TIMEOUTS = Timeouts(health_check=1.0, engine_startup=30.0, engine_idle=0.0, engine_stop=5.0)
+
+
+def variant(
+    index: int,
+    context: int,
+    port: int,
+    *,
+    memory: dict[str, float] | None = None,
+    pools: tuple[str, ...] = (),
+    idle: float = 0.0,
+    args: tuple[str, ...] = (),
+) -> Variant:
+    return Variant(
+        index=index,
+        binary="/bin/engine",
+        args=("--port", str(port), "-c", str(context), *args),
+        context=context,
+        connect=f"http://127.0.0.1:{port}",
+        timeouts=Timeouts(TIMEOUTS.health_check, TIMEOUTS.engine_startup, idle, TIMEOUTS.engine_stop),
+        pools=pools,
+        memory=None if memory is None else tuple(sorted(memory.items())),
+    )
+
+
+def model(
+    name: str,
+    contexts: tuple[int, ...] = (1024,),
+    *,
+    port: int,
+    memory: dict[str, float] | list[dict[str, float] | None] | None = None,
+    pools: tuple[str, ...] = (),
+    pinned: bool = False,
+    exclusive: bool = False,
+    idle: float = 0.0,
+) -> ModelConfig:
+    memories = memory if isinstance(memory, list) else [memory] * len(contexts)
+    variants = tuple(
+        variant(i, ctx, port, memory=mem, pools=pools, idle=idle)
+        for i, (ctx, mem) in enumerate(zip(contexts, memories, strict=True), 1)
+    )
+    return ModelConfig(name=name, engine="llama.cpp", variants=variants, pinned=pinned, exclusive=exclusive)
+
+
+def config(models: list[ModelConfig], *, max_engines: int = 1, budget: dict[str, float] | None = None) -> Config:
+    server = ServerConfig(
+        listen=(("127.0.0.1", 7777),),
+        timeouts=TIMEOUTS,
+        queue_timeout=60.0,
+        max_engines=max_engines,
+        memory_budget=tuple(sorted((budget or {}).items())),
+    )
+    return Config(path="test.lua", server=server, models=tuple(models))
+
+
+@dataclass
+class World:
+    """The scheduler plus what its effects did: leases held, starts and stops under way."""
+
+    scheduler: Scheduler
+    now: float = 0.0
+    granted: dict[int, Slot] = field(default_factory=dict)  # ticket id -> slot it holds
+    failed: dict[int, GatewayError] = field(default_factory=dict)
+    starting: list[Slot] = field(default_factory=list)
+    stopping: list[Slot] = field(default_factory=list)
+    log: list[Effect] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, cfg: Config, measured: dict[str, dict[str, float]] | None = None) -> World:
+        return cls(Scheduler(cfg, MemoryBook(dict(cfg.server.memory_budget), measured)))
+
+    # -- driving --------------------------------------------------------------------------
+
+    def take(self, effects: list[Effect]) -> list[Effect]:
+        """Record the effects and check the rules every effect must keep."""
+        placement = Placement(self.scheduler.config)
+        for effect in effects:
+            self.log.append(effect)
+            if isinstance(effect, Grant):
+                self.granted[effect.ticket.id] = effect.slot
+            elif isinstance(effect, Fail):
+                self.failed[effect.ticket.id] = effect.error
+            elif isinstance(effect, Start):
+                others = [s for s in self.scheduler.slots if s is not effect.slot]
+                if not placement.fits_beside(others, effect.slot):
+                    self.violations.append(f"start of {effect.slot.model.name} beside {[s.model.name for s in others]}")
+                self.starting.append(effect.slot)
+            elif isinstance(effect, Stop):
+                if effect.slot.in_flight and effect.reason not in ("crashed", "the gateway is shutting down"):
+                    self.violations.append(f"busy {effect.slot.model.name} stopped: {effect.reason}")
+                self.stopping.append(effect.slot)
+            elif isinstance(effect, Gone):
+                pass
+        return effects
+
+    def request(self, m: ModelConfig, min_ctx: int = 0) -> Ticket:
+        ticket, effects = self.scheduler.submit(m, min_ctx, self.now)
+        self.take(effects)
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        slot = self.granted.pop(ticket.id)
+        self.take(self.scheduler.release(slot.id, self.now))
+
+    def finish_start(self, slot: Slot, n_ctx: int | None = None, ok: bool = True) -> None:
+        self.starting.remove(slot)
+        if ok:
+            self.take(self.scheduler.started(slot.id, object(), n_ctx or slot.variant.context, self.now))
+        else:
+            error = EngineStartError(f"{slot.model.name} failed")
+            self.take(self.scheduler.start_failed(slot.id, error, self.now))
+
+    def finish_stop(self, slot: Slot) -> None:
+        self.stopping.remove(slot)
+        self.take(self.scheduler.stopped(slot.id, self.now))
+
+    def settle(self, rounds: int = 20) -> None:
+        """Finish every start (successfully) and every stop, until nothing is under way."""
+        for _ in range(rounds):
+            if not self.starting and not self.stopping:
+                return
+            for slot in list(self.starting):
+                self.finish_start(slot)
+            for slot in list(self.stopping):
+                self.finish_stop(slot)
+        raise AssertionError("the world did not settle")
+
+    # -- looking ----------------------------------------------------------------------------
+
+    def running(self) -> list[str]:
+        return sorted(s.model.name for s in self.scheduler.slots if s.state is EngineState.READY)
+
+    def slot_of(self, name: str) -> Slot:
+        (slot,) = [s for s in self.scheduler.slots if s.model.name == name]
+        return slot
+
+    def holds(self, ticket: Ticket) -> Slot | None:
+        return self.granted.get(ticket.id)
+
+    def check(self) -> None:
+        """Rules that hold at every moment."""
+        assert not self.violations, self.violations
+        slots = self.scheduler.slots
+        names = [s.model.name for s in slots]
+        assert len(names) == len(set(names)), f"two engines of one model: {names}"
+        addresses = [s.variant.address for s in slots]
+        assert len(addresses) == len(set(addresses)), f"two engines on one address: {addresses}"
+        assert all(s.in_flight >= 0 for s in slots)
+
+
+def names(effects: list[Any], kind: type) -> list[str]:
+    return [e.slot.model.name for e in effects if isinstance(e, kind)]
