@@ -39,8 +39,10 @@ UNKNOWN_PIECE = "<unk>"
 VOCAB_SIZE = 32000
 FIRST_ID = 10
 
-# Pieces seen by tokenize(), so that detokenize() can map ids back (the id rule is a hash).
+# Pieces seen by tokenize(), so that detokenize() can map ids back (the id rule is a hash);
+# capped so that a long soak cannot grow it without bound (later pieces detokenize to <unk>).
 _SEEN: dict[int, str] = {BOS_ID: BOS_PIECE}
+_SEEN_MAX = 100_000
 
 
 def piece_id(piece: str) -> int:
@@ -58,7 +60,8 @@ def tokenize(text: str, add_special: bool = False) -> list[int]:
     ids = []
     for piece in tokenize_pieces(text):
         token = piece_id(piece)
-        _SEEN.setdefault(token, piece)
+        if len(_SEEN) < _SEEN_MAX:
+            _SEEN.setdefault(token, piece)
         ids.append(token)
     return [BOS_ID, *ids] if add_special else ids
 
