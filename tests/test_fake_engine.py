@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import http.client
@@ -9,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -23,7 +25,14 @@ import psutil
 import pytest
 
 from fake_engine.fake_llama_server import count_prompt_tokens, render_template
-from fake_engine.fake_llama_tokenize import tokenize
+from fake_engine.fake_llama_tokenize import (
+    count_messages_tokens,
+    count_responses_tokens,
+    detokenize,
+    messages_to_chat,
+    responses_to_chat,
+    tokenize,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER = REPO / "fake_engine" / "fake_llama_server.py"
@@ -273,7 +282,7 @@ def test_parallel_divides_context_and_unknown_flags_are_ignored(spawn: Callable[
     assert props["total_slots"] == 4
     assert props["model_path"] == "/models/fake.gguf"
     slots = fake.request("GET", "/slots").json()
-    assert slots == [{"id": i, "n_ctx": 250, "is_processing": False} for i in range(4)]
+    assert slots == [{"id": i, "n_ctx": 250, "speculative": False, "is_processing": False} for i in range(4)]
     models = fake.request("GET", "/v1/models").json()
     assert models["object"] == "list"
     assert models["data"][0]["id"] == "/models/fake.gguf"
@@ -300,16 +309,17 @@ def test_template_endpoints_agree_with_count(spawn: Callable[..., Fake]) -> None
 
 def test_errors(spawn: Callable[..., Fake]) -> None:
     fake = spawn()
-    bad = fake.request("POST", "/v1/chat/completions", raw=b"{bad")
-    assert bad.status == 400
-    assert bad.json()["error"]["type"] == "invalid_request_error"
+    bad = fake.request("POST", "/v1/chat/completions", raw=b"{bad")  # llama-server: 500, from its JSON parser
+    assert bad.status == 500
+    assert bad.json()["error"]["type"] == "server_error"
+    assert bad.json()["error"]["message"].startswith("[json.exception.parse_error.101]")
     assert fake.request("POST", "/tokenize", raw=b"[1]").status == 400
     missing = fake.request("GET", "/nope")
     assert missing.status == 404
-    assert missing.json()["error"]["code"] == 404
-    wrong = fake.request("DELETE", "/health")
-    assert wrong.status == 405
-    assert wrong.json()["error"]["code"] == 405
+    assert missing.json() == {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}
+    wrong = fake.request("DELETE", "/health")  # llama-server has no 405: an unknown route
+    assert wrong.status == 404
+    assert wrong.json()["error"]["code"] == 404
 
 
 def test_non_stream_completion(spawn: Callable[..., Fake]) -> None:
@@ -318,10 +328,16 @@ def test_non_stream_completion(spawn: Callable[..., Fake]) -> None:
     assert resp.status == 200
     reply = resp.json()
     assert reply["object"] == "chat.completion"
-    assert reply["model"] == "m1"
+    assert reply["model"] == "/models/fake.gguf"  # the -m path, whatever the request says
     assert reply["choices"][0]["message"] == {"role": "assistant", "content": "tok0 tok1 tok2 tok3"}
     assert reply["choices"][0]["finish_reason"] == "stop"
-    assert reply["usage"] == {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}
+    assert reply["usage"] == {
+        "prompt_tokens": 6,
+        "completion_tokens": 4,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    assert reply["timings"]["prompt_n"] == 6 and reply["timings"]["predicted_n"] == 4
     [request] = fake.events("request")
     assert request["path"] == "/v1/chat/completions" and request["prompt_tokens"] == 6
     assert request["stream"] is False
@@ -347,7 +363,13 @@ def test_stream_completion(spawn: Callable[..., Fake]) -> None:
     assert content_chunks(events) == ["tok0", " tok1", " tok2"]
     assert chunks[-2]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "length"}]
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9}
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 6,
+        "completion_tokens": 3,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    assert chunks[-1]["timings"]["predicted_n"] == 3 and "timings" not in chunks[-2]
     assert [e["stream"] for e in fake.events("request")] == [True]
     assert [e["tokens"] for e in fake.events("done")] == [3]
 
@@ -359,6 +381,7 @@ def test_stream_without_usage(spawn: Callable[..., Fake]) -> None:
     assert content_chunks(events) == ["tok0", " tok1"]
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
     assert "usage" not in json.loads(events[-2])
+    assert json.loads(events[-2])["timings"]["predicted_n"] == 2  # without include_usage, on the finish chunk
 
 
 def test_max_tokens_and_context_room(spawn: Callable[..., Fake]) -> None:
@@ -491,3 +514,546 @@ def test_spawned_child_dies_with_process_group(spawn: Callable[..., Fake]) -> No
     os.killpg(fake.proc.pid, signal.SIGKILL)
     fake.proc.wait(timeout=TIMEOUT)
     wait_until(lambda: pid_gone(child["pid"]), what="child gone")
+
+
+# ----------------------------------------------------------------------------- other APIs: counting
+
+
+MESSAGES_BODY: dict[str, Any] = {
+    "system": [{"type": "text", "text": "be brief"}],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "x y"}, {"type": "image"}]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "42"}]},
+    ],
+    "tools": [{"name": "f", "description": "d", "input_schema": {"type": "object"}}],
+    "max_tokens": 3,
+}
+
+
+def test_messages_count_as_the_equivalent_chat() -> None:
+    chat = messages_to_chat(MESSAGES_BODY)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+    assert chat["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "x y"}]},
+        {"role": "assistant", "content": [], "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+    ]
+    tool = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}
+    assert chat["tools"] == [tool]
+    assert count_messages_tokens(MESSAGES_BODY) == count_prompt_tokens(chat)
+
+
+def test_responses_count_as_the_equivalent_chat() -> None:
+    body = {
+        "instructions": "be brief",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "x y"}]},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "42"},
+        ],
+        "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+    }
+    chat = responses_to_chat(body)
+    assert chat["messages"][0] == {"role": "system", "content": "be brief"}
+    assert chat["messages"][1] == {"role": "user", "content": [{"type": "text", "text": "x y"}]}
+    assert chat["messages"][2]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+    assert chat["messages"][3] == {"role": "tool", "tool_call_id": "c1", "content": "42"}
+    assert chat["tools"] == [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    assert count_responses_tokens(body) == count_prompt_tokens(chat)
+    assert count_responses_tokens({"input": "a b c"}) == count_prompt_tokens(USER_ABC) == 6
+
+
+def test_detokenize_rule() -> None:
+    ids = tokenize("one two", add_special=True)
+    assert detokenize(ids) == "<s> one two"
+    assert detokenize([1]) == "<unk>"  # never tokenized: the id rule is a hash
+
+
+# ----------------------------------------------------------------------------- other APIs: served
+
+
+def sse_events(raw: bytes) -> list[tuple[str | None, str]]:
+    """(event name, data) of each server-sent event of a (not chunk-framed) body."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        lines = block.splitlines()
+        if not lines:
+            continue
+        name = lines[0].removeprefix("event: ") if lines[0].startswith("event: ") else None
+        events.append((name, lines[-1].removeprefix("data: ")))
+    return events
+
+
+def test_model_is_the_served_name(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--embeddings")
+    body = {**USER_ABC, "model": "whatever", "max_tokens": 1}
+    assert fake.request("POST", "/v1/chat/completions", body).json()["model"] == "/models/fake.gguf"
+    aliased = spawn("--alias", "my-alias", "--embeddings")
+    for path, answer in [
+        ("/v1/chat/completions", body),
+        ("/v1/completions", {"prompt": "a", "model": "x", "max_tokens": 1}),
+        ("/completion", {"prompt": "a", "n_predict": 1}),
+        ("/v1/messages", {**body, "max_tokens": 1}),
+        ("/v1/responses", {"input": "a", "model": "x", "max_output_tokens": 1}),
+    ]:
+        assert aliased.request("POST", path, answer).json()["model"] == "my-alias", path
+    models = aliased.request("GET", "/v1/models").json()
+    assert models["data"][0]["id"] == "my-alias" and models["models"][0]["name"] == "my-alias"
+    props = aliased.request("GET", "/props").json()
+    assert (props["model_alias"], props["model_path"]) == ("my-alias", "/models/fake.gguf")
+    # Embeddings (and rerank) echo the request's model, as llama-server does.
+    assert aliased.request("POST", "/v1/embeddings", {"input": "a", "model": "e"}).json()["model"] == "e"
+    assert aliased.request("POST", "/v1/embeddings", {"input": "a"}).json()["model"] == "my-alias"
+
+
+def test_openai_completions(spawn: Callable[..., Fake]) -> None:
+    fake = spawn()
+    one = fake.request("POST", "/v1/completions", {"prompt": "a b c", "max_tokens": 2}).json()
+    assert one["object"] == "text_completion" and one["id"].startswith("chatcmpl-")
+    assert one["choices"] == [{"text": "tok0 tok1", "index": 0, "logprobs": None, "finish_reason": "length"}]
+    assert one["usage"]["prompt_tokens"] == 4 and one["usage"]["completion_tokens"] == 2
+    assert set(one["timings"]) == {
+        "cache_n",
+        "prompt_n",
+        "prompt_ms",
+        "prompt_per_token_ms",
+        "prompt_per_second",
+        "predicted_n",
+        "predicted_ms",
+        "predicted_per_token_ms",
+        "predicted_per_second",
+    }
+    ids = fake.request("POST", "/v1/completions", {"prompt": [2, 7, 8], "max_tokens": 1}).json()
+    assert ids["usage"]["prompt_tokens"] == 3  # ids are used as given: no BOS added
+    many = fake.request("POST", "/v1/completions", {"prompt": ["a b", "c d e"], "max_tokens": 1}).json()
+    assert [c["index"] for c in many["choices"]] == [0, 1]
+    assert many["usage"]["prompt_tokens"] == 3  # llama-server reports the first prompt's usage only
+    resp = fake.request("POST", "/v1/completions", {"prompt": ["a", "b"], "max_tokens": 2, "stream": True})
+    events = [data for _, data in sse_events(resp.body)]
+    assert events[-1] == "[DONE]" and events.count("null") == 1
+    split = events.index("null")
+    first = [json.loads(e) for e in events[:split]]
+    assert [c["choices"][0]["text"] for c in first] == ["tok0", " tok1", ""]
+    assert first[-1]["choices"][0]["finish_reason"] == "length"
+    assert first[-1]["usage"]["completion_tokens"] == 2 and "timings" in first[-1]
+    assert "usage" not in first[0] and "role" not in resp.body.decode()  # no role chunk here
+    assert {json.loads(e)["choices"][0]["index"] for e in events[split + 1 : -1]} == {1}
+    missing = fake.request("POST", "/v1/completions", {"max_tokens": 1})
+    assert missing.status == 400
+    assert missing.json()["error"]["message"] == "[json.exception.out_of_range.403] key 'prompt' not found"
+    assert [e["path"] for e in fake.events("request")] == ["/v1/completions"] * 4
+
+
+def test_native_completion(spawn: Callable[..., Fake]) -> None:
+    fake = spawn()
+    result = fake.request("POST", "/completion", {"prompt": "a b c", "n_predict": 2}).json()
+    assert result["content"] == "tok0 tok1" and result["stop"] is True
+    assert (result["tokens_predicted"], result["tokens_evaluated"], result["stop_type"]) == (2, 4, "limit")
+    assert result["prompt"] == "<s> a b c" and result["timings"]["predicted_n"] == 2
+    assert result["model"] == "/models/fake.gguf" and result["generation_settings"]["n_predict"] == 2
+    natural = fake.request("POST", "/completions", {"prompt": "a", "n_predict": -1}).json()  # same route
+    assert natural["stop_type"] == "eos" and natural["tokens_predicted"] == 8
+    many = fake.request("POST", "/completion", {"prompt": ["a", "b c"], "n_predict": 1}).json()
+    assert [r["index"] for r in many] == [0, 1]
+    resp = fake.request("POST", "/completion", {"prompt": "a b c", "n_predict": 2, "stream": True})
+    events = [json.loads(data) for _, data in sse_events(resp.body)]  # no [DONE] here
+    assert [(e["content"], e["stop"]) for e in events] == [("tok0", False), (" tok1", False), ("", True)]
+    assert events[0]["tokens"] == tokenize("tok0") and events[0]["id_slot"] == -1
+    assert events[-1]["timings"]["predicted_n"] == 2 and events[-1]["tokens_predicted"] == 2
+    content = fake.request("POST", "/completion", {"content": "a b"})  # llama-server wants "prompt"
+    assert content.status == 400
+    assert "key 'prompt' not found" in content.json()["error"]["message"]
+
+
+def test_infill(spawn: Callable[..., Fake]) -> None:
+    plain = spawn()
+    refused = plain.request("POST", "/infill", {"input_prefix": "a", "input_suffix": "b"})
+    assert refused.status == 501
+    assert refused.json()["error"]["type"] == "not_supported_error"
+    assert refused.json()["error"]["message"].startswith("Infill is not supported by this model")
+    fake = spawn("--fake-infill")
+    result = fake.request("POST", "/infill", {"input_prefix": "x y", "input_suffix": "z", "n_predict": 1}).json()
+    assert result["content"] == "tok0"
+    assert result["tokens_evaluated"] == 7  # BOS, 3 FIM markers, x, y, z
+
+
+def test_anthropic_messages(spawn: Callable[..., Fake]) -> None:
+    fake = spawn()
+    reply = fake.request("POST", "/v1/messages", MESSAGES_BODY).json()
+    n_prompt = count_messages_tokens(MESSAGES_BODY)
+    assert reply["type"] == "message" and reply["role"] == "assistant"
+    assert reply["content"] == [{"type": "text", "text": "tok0 tok1 tok2"}]
+    assert (reply["stop_reason"], reply["stop_sequence"]) == ("max_tokens", None)
+    assert reply["usage"] == {"cache_read_input_tokens": 0, "input_tokens": n_prompt, "output_tokens": 3}
+    counted = fake.request("POST", "/v1/messages/count_tokens", MESSAGES_BODY).json()
+    assert counted == {"input_tokens": n_prompt}
+    resp = fake.request("POST", "/v1/messages", {"messages": [{"role": "user", "content": "q"}], "stream": True})
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    events = sse_events(resp.body)
+    names = [name for name, _ in events]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * 8,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert all(json.loads(data)["type"] == name for name, data in events)
+    start = json.loads(events[0][1])["message"]
+    assert start["content"] == [] and start["usage"]["output_tokens"] == 0
+    assert json.loads(events[2][1])["delta"] == {"type": "text_delta", "text": "tok0"}
+    delta = json.loads(events[-2][1])
+    assert delta["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    assert delta["usage"] == {"output_tokens": 8}
+    missing = fake.request("POST", "/v1/messages", {"max_tokens": 1})
+    assert (missing.status, missing.json()["error"]["type"]) == (500, "server_error")  # as llama-server
+    assert missing.json()["error"]["message"] == "'messages' is required"
+
+
+def test_openai_responses(spawn: Callable[..., Fake]) -> None:
+    fake = spawn()
+    body = {"input": "a b c", "instructions": "be brief", "max_output_tokens": 2}
+    n_prompt = count_responses_tokens(body)
+    reply = fake.request("POST", "/v1/responses", body).json()
+    assert reply["object"] == "response" and reply["status"] == "completed" and reply["id"].startswith("resp_")
+    [item] = reply["output"]
+    assert item["type"] == "message" and item["id"].startswith("msg_")
+    assert item["content"] == [{"type": "output_text", "annotations": [], "logprobs": [], "text": "tok0 tok1"}]
+    assert reply["usage"]["input_tokens"] == n_prompt and reply["usage"]["output_tokens"] == 2
+    assert "timings" not in reply
+    counted = fake.request("POST", "/v1/responses/input_tokens", body).json()
+    assert counted == {"input_tokens": n_prompt, "object": "response.input_tokens"}
+    resp = fake.request("POST", "/v1/responses", {**body, "stream": True})
+    events = sse_events(resp.body)
+    assert [name for name, _ in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    completed = json.loads(events[-1][1])
+    assert completed["response"]["output"][0]["content"][0]["text"] == "tok0 tok1"
+    assert completed["timings"]["predicted_n"] == 2
+    assert fake.request("POST", "/v1/responses", {"max_output_tokens": 1}).json()["error"] == {
+        "code": 400,
+        "message": "'input' is required",
+        "type": "invalid_request_error",
+    }
+
+
+def test_exceed_context_on_every_generation_route(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("-c", "64", "--fake-infill")
+    words = "w " * 70
+    for path, body in [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": words}], "stream": True}),
+        ("/v1/completions", {"prompt": ["a", words]}),
+        ("/completion", {"prompt": words}),
+        ("/infill", {"input_prefix": words}),
+        ("/v1/messages", {"messages": [{"role": "user", "content": words}]}),
+        ("/v1/responses", {"input": words, "stream": True}),
+    ]:
+        resp = fake.request("POST", path, body)
+        assert resp.status == 400, path
+        error = resp.json()["error"]
+        assert error["type"] == "exceed_context_size_error" and error["n_ctx"] == 64, path
+        n_prompt = error["n_prompt_tokens"]
+        assert error["message"] == f"request ({n_prompt} tokens) exceeds the available context size (64 tokens), " + (
+            "try increasing it"
+        )
+    assert len(fake.events("request")) == 6 and not fake.events("done")
+
+
+def test_every_generation_route_writes_events(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-tokens", "2", "--fake-infill", "--embeddings", "--reranking")
+    calls = [
+        ("/v1/chat/completions", USER_ABC),
+        ("/chat/completions", {**USER_ABC, "stream": True}),
+        ("/v1/completions", {"prompt": "a", "stream": True}),
+        ("/completion", {"prompt": "a"}),
+        ("/infill", {"input_prefix": "a"}),
+        ("/v1/messages", {"messages": [{"role": "user", "content": "a"}], "stream": True}),
+        ("/v1/responses", {"input": "a"}),
+        ("/v1/embeddings", {"input": "a"}),
+        ("/rerank", {"query": "a", "documents": ["a"]}),
+    ]
+    for path, body in calls:
+        assert fake.request("POST", path, body).status == 200, path
+    requests, done = fake.events("request"), fake.events("done")
+    assert [e["path"] for e in requests] == [path for path, _ in calls]
+    assert [e["id"] for e in done] == [e["id"] for e in requests]
+    assert [e["tokens"] for e in done] == [2] * 7 + [0, 0]
+
+
+# ----------------------------------------------------------------------------- embeddings and rerank
+
+
+def test_embeddings_and_rerank_need_their_flags(spawn: Callable[..., Fake]) -> None:
+    fake = spawn()
+    for path in ("/v1/embeddings", "/embeddings", "/embedding"):
+        resp = fake.request("POST", path, {"input": "a"})
+        assert resp.status == 501
+        assert resp.json()["error"] == {
+            "code": 501,
+            "message": "This server does not support embeddings. Start it with `--embeddings`",
+            "type": "not_supported_error",
+        }
+    for path in ("/rerank", "/v1/rerank", "/reranking", "/v1/reranking"):
+        resp = fake.request("POST", path, {"query": "a", "documents": ["b"]})
+        assert resp.status == 501
+        assert resp.json()["error"]["message"] == "This server does not support reranking. Start it with `--reranking`"
+
+
+def test_embeddings(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--embeddings", "-ub", "16", "--fake-embedding-dim", "8")
+    one = fake.request("POST", "/v1/embeddings", {"input": ["a b", "c"]}).json()
+    assert one["object"] == "list" and one["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
+    vectors = [item["embedding"] for item in one["data"]]
+    assert [item["index"] for item in one["data"]] == [0, 1] and all(len(v) == 8 for v in vectors)
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-9 for v in vectors)  # normalized, as by default
+    again = fake.request("POST", "/v1/embeddings", {"input": "a b"}).json()
+    assert again["data"][0]["embedding"] == vectors[0]  # deterministic
+    native = fake.request("POST", "/embedding", {"content": "a b"}).json()
+    assert native == [{"index": 0, "embedding": [vectors[0]]}]
+    assert fake.request("POST", "/v1/embeddings", {"content": "a b"}).json() == native  # no "input": native
+    packed = fake.request("POST", "/v1/embeddings", {"input": "a b", "encoding_format": "base64"}).json()
+    raw = base64.b64decode(packed["data"][0]["embedding"])
+    assert struct.unpack("<8f", raw) == pytest.approx(vectors[0], rel=1e-6)
+    assert fake.request("POST", "/v1/embeddings", {"input": "w " * 15}).status == 200  # 16 tokens fit
+    big = fake.request("POST", "/v1/embeddings", {"input": "w " * 16})
+    assert big.status == 500
+    assert big.json()["error"] == {
+        "code": 500,
+        "message": "input (17 tokens) is too large to process. increase the physical batch size "
+        "(current batch size: 16)",
+        "type": "server_error",
+    }
+    neither = fake.request("POST", "/v1/embeddings", {})
+    assert (neither.status, neither.json()["error"]["message"]) == (400, '"input" or "content" must be provided')
+    # -ub is clamped to -b, as llama-server does.
+    small = spawn("--embeddings", "-b", "4")
+    assert (
+        "current batch size: 4"
+        in small.request("POST", "/embedding", {"content": "w w w w"}).json()["error"]["message"]
+    )
+
+
+def test_rerank(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--reranking")
+    body = {"query": "panda bear", "documents": ["hi", "a panda", "bear panda"], "top_n": 2, "model": "r"}
+    reply = fake.request("POST", "/v1/rerank", body).json()
+    assert reply["model"] == "r" and reply["object"] == "list"
+    assert reply["results"] == [{"index": 2, "relevance_score": 1.0}, {"index": 1, "relevance_score": 0.5}]
+    assert reply["usage"]["prompt_tokens"] == 4 + 5 + 5  # BOS, query and document, per document
+    tei = fake.request("POST", "/reranking", {"query": "x", "texts": ["y", "x"], "return_text": True}).json()
+    assert tei == [{"index": 1, "score": 1.0, "text": "x"}, {"index": 0, "score": 0.0, "text": "y"}]
+    empty = fake.request("POST", "/rerank", {"query": "x", "documents": []})
+    assert (empty.status, empty.json()["error"]["message"]) == (400, '"documents" must be a non-empty string array')
+    assert fake.request("POST", "/v1/embeddings", {"input": "a"}).status == 200  # reranking implies embeddings
+
+
+# ----------------------------------------------------------------------------- tokenize, cache, slots
+
+
+def test_tokenize_and_detokenize(spawn: Callable[..., Fake]) -> None:
+    fake = spawn()
+    assert fake.request("POST", "/tokenize", {}).json() == {"tokens": []}
+    mixed = fake.request("POST", "/tokenize", {"content": ["a", 5, "b c"], "add_special": True}).json()
+    assert mixed == {"tokens": [2, *tokenize("a"), 5, *tokenize("b c")]}
+    ids = fake.request("POST", "/tokenize", {"content": "one two", "add_special": True}).json()["tokens"]
+    assert fake.request("POST", "/detokenize", {"tokens": ids}).json() == {"content": "<s> one two"}
+    assert fake.request("POST", "/detokenize", {}).json() == {"content": ""}
+    wrong = fake.request("POST", "/tokenize", {"content": 5})
+    assert wrong.status == 500
+    assert wrong.json()["error"]["message"] == "[json.exception.type_error.302] type must be string, but is number"
+    assert fake.request("POST", "/detokenize", {"tokens": "x"}).status == 500
+
+
+def test_prompt_cache_and_slot_save_restore(spawn: Callable[..., Fake], tmp_path: Path) -> None:
+    fake = spawn("--slot-save-path", str(tmp_path), "--fake-tokens", "3")
+    assert fake.request("GET", "/slots").json() == [
+        {"id": 0, "n_ctx": 4096, "speculative": False, "is_processing": False}
+    ]
+    first = fake.request("POST", "/v1/chat/completions", USER_ABC).json()
+    assert first["timings"]["cache_n"] == 0
+    again = fake.request("POST", "/v1/chat/completions", USER_ABC).json()  # all but the last prompt token cached
+    assert (again["timings"]["cache_n"], again["timings"]["prompt_n"]) == (5, 1)
+    assert again["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}
+    [slot] = fake.request("GET", "/slots").json()
+    assert slot["n_prompt_tokens"] == 6 + 2 and slot["is_processing"] is False  # prompt + generated - 1
+    saved = fake.request("POST", "/slots/0?action=save", {"filename": "s.json"}).json()
+    assert (
+        saved["id_slot"] == 0 and saved["n_saved"] == 8 and saved["n_written"] == (tmp_path / "s.json").stat().st_size
+    )
+    assert set(saved["timings"]) == {"save_ms"}
+    assert fake.request("POST", "/slots/0?action=erase").json() == {"id_slot": 0, "n_erased": 8}
+    other = {"messages": [{"role": "system", "content": "z"}]}
+    assert fake.request("POST", "/v1/chat/completions", other).json()["timings"]["cache_n"] == 0
+    restored = fake.request("POST", "/slots/0?action=restore", {"filename": "s.json"}).json()
+    assert (restored["n_restored"], restored["n_read"]) == (8, saved["n_written"])
+    messages = fake.request("POST", "/v1/messages", {"messages": USER_ABC["messages"], "max_tokens": 1}).json()
+    assert messages["usage"] == {"cache_read_input_tokens": 5, "input_tokens": 1, "output_tokens": 1}
+    no_cache = fake.request("POST", "/completion", {"prompt": "a b", "cache_prompt": False}).json()
+    assert no_cache["timings"]["cache_n"] == 0
+    for path, body, status, message in [
+        ("/slots/0?action=bogus", {"filename": "s.json"}, 400, "Invalid action"),
+        ("/slots/x?action=save", {"filename": "s.json"}, 400, "Invalid slot ID"),
+        ("/slots/0?action=save", {"filename": "../s.json"}, 400, "Invalid filename"),
+        ("/slots/0?action=save", {}, 500, "[json.exception.out_of_range.403] key 'filename' not found"),
+        (
+            "/slots/0?action=restore",
+            {"filename": "missing.json"},
+            400,
+            "Unable to restore slot, no available space in KV cache or invalid slot save file",
+        ),
+    ]:
+        resp = fake.request("POST", path, body)
+        assert (resp.status, resp.json()["error"]["message"]) == (status, message), path
+    plain = spawn()
+    refused = plain.request("POST", "/slots/0?action=save", {"filename": "s.json"})
+    assert refused.status == 501
+    assert (
+        refused.json()["error"]["message"]
+        == "This server does not support slots action. Start it with `--slot-save-path`"
+    )
+
+
+def test_other_routes_answer_like_llama_server(spawn: Callable[..., Fake]) -> None:
+    fake = spawn()
+    assert fake.request("GET", "/metrics").status == 501
+    assert fake.request("POST", "/props", {}).status == 501
+    assert fake.request("GET", "/lora-adapters").json() == []
+    tools = fake.request("GET", "/tools")
+    assert tools.status == 403
+    assert tools.json() == {"error": {"message": "this feature is disabled", "type": "feature_disabled"}}
+    assert fake.request("POST", "/v1/audio/transcriptions", {}).status == 501
+    assert fake.request("GET", "/health").headers["Server"] == "llama.cpp"
+    counted = spawn("--metrics", "--fake-tokens", "2")
+    counted.request("POST", "/v1/chat/completions", USER_ABC)
+    metrics = counted.request("GET", "/metrics")
+    assert metrics.headers["Content-Type"] == "text/plain; version=0.0.4"
+    assert "llamacpp:tokens_predicted_total 2\n" in metrics.body.decode()
+    assert "llamacpp:prompt_tokens_total 6\n" in metrics.body.decode()
+
+
+# ----------------------------------------------------------------------------- misbehaving engines
+
+
+COUNT_CALLS = [
+    ("/v1/chat/completions/input_tokens", USER_ABC),
+    ("/v1/messages/count_tokens", USER_ABC),
+    ("/v1/responses/input_tokens", {"input": "a"}),
+    ("/tokenize", {"content": "a"}),
+    ("/apply-template", USER_ABC),
+]
+
+
+@pytest.mark.parametrize("mode", ["truncated", "content-type", "shape"])
+def test_count_garbage(spawn: Callable[..., Fake], mode: str) -> None:
+    fake = spawn("--fake-count-garbage", mode)
+    for path, body in COUNT_CALLS:
+        resp = fake.request("POST", path, body)
+        assert resp.status == 200, path
+        if mode == "content-type":
+            assert resp.headers["Content-Type"].startswith("text/html"), path
+            continue
+        assert resp.headers["Content-Type"].startswith("application/json"), path
+        if mode == "truncated":
+            with pytest.raises(ValueError):
+                resp.json()
+        else:
+            assert not isinstance(resp.json(), dict), path
+    assert fake.request("POST", "/v1/chat/completions", {**USER_ABC, "max_tokens": 1}).json()["usage"]
+
+
+def raw_answer(fake: Fake, path: str, body: Any) -> bytes:
+    """Everything the fake sends on one connection, until it closes it."""
+    with fake.open_raw(path, body) as sock:
+        return read_until(sock, lambda _: False)
+
+
+def test_truncate_body(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-truncate-body", "--fake-tokens", "3")
+    whole = raw_answer(fake, "/v1/chat/completions", USER_ABC)
+    head, _, body = whole.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert not body.endswith(b"0\r\n\r\n")  # no terminating chunk
+    size, _, chunk = body.partition(b"\r\n")
+    data = chunk.removesuffix(b"\r\n")  # one chunk: half the JSON
+    assert data.startswith(b'{"choices"') and len(data) == int(size, 16)
+    with pytest.raises(ValueError):
+        json.loads(data)  # cut mid-JSON
+    streamed = raw_answer(fake, "/v1/chat/completions", {**USER_ABC, "stream": True})
+    assert not streamed.endswith(b"0\r\n\r\n")
+    assert "[DONE]" in data_lines(streamed)  # every event is there, only the HTTP framing is cut
+    with pytest.raises(http.client.IncompleteRead):
+        fake.request("POST", "/v1/messages", {"messages": USER_ABC["messages"]})
+    assert len(fake.events("truncated")) == 3 and len(fake.events("done")) == 3
+    assert fake.try_health() == 200 and "Traceback" not in fake.stderr()
+
+
+def test_hang_requests(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-hang-requests")
+    for path, body in [("/v1/chat/completions", USER_ABC), ("/tokenize", {"content": "a"})]:
+        with fake.open_raw(path, body) as sock:
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(1)
+        assert fake.try_health() == 200  # health still answers
+    wait_until(lambda: len(fake.events("hung")) == 2, what="hung events")
+    assert [e["path"] for e in fake.events("hung")] == ["/v1/chat/completions", "/tokenize"]
+    assert fake.request("GET", "/props").status == 200
+    assert "Traceback" not in fake.stderr()
+
+
+def test_hang_health(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-hang-health", "--fake-load-delay", "0.3", wait=False)
+    wait_until(lambda: fake.try_health() is not None, what="listening")  # 503 while loading
+    time.sleep(0.4)
+    with fake.open_raw("/health", {}) as sock:
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+    fake.proc.send_signal(signal.SIGTERM)  # unlike SIGSTOP, the process still stops when told
+    assert fake.proc.wait(timeout=TIMEOUT) == 0
+    assert fake.events("hung") and "Traceback" not in fake.stderr()
+
+
+def test_health_flap(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-health-flap", "0.3")
+    seen: list[int | None] = []
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        seen.append(fake.try_health())
+        time.sleep(0.05)
+    changes = [status for i, status in enumerate(seen) if i == 0 or status != seen[i - 1]]
+    assert set(seen) == {200, 503} and len(changes) >= 3
+    assert fake.request("POST", "/v1/chat/completions", {**USER_ABC, "max_tokens": 1}).status == 200
+
+
+def test_stall_after_chunks(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-stall-after-chunks", "2", "--fake-stall-seconds", "0.6", "--fake-tokens", "4")
+    with fake.open_raw("/v1/chat/completions", {**USER_ABC, "stream": True}) as sock:
+        got = read_until(sock, lambda got: len(content_chunks(data_lines(got))) >= 2)
+        started = time.monotonic()
+        got += read_until(sock, lambda got: b"[DONE]" in got)
+        stalled = time.monotonic() - started
+    assert content_chunks(data_lines(got)) == ["tok0", " tok1", " tok2", " tok3"]
+    assert stalled >= 0.5
+    assert [e["chunks"] for e in fake.events("stalled")] == [2]
+    forever = spawn("--fake-stall-after-chunks", "1")
+    with forever.open_raw("/v1/messages", {"messages": USER_ABC["messages"], "stream": True}) as sock:
+        got = read_until(sock, lambda got: b"text_delta" in got)
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # the connection stays open, silent
+    wait_until(lambda: bool(forever.events("cancelled")), what="cancelled after a stall")
+    assert forever.events("cancelled")[0]["tokens"] == 1

@@ -237,7 +237,8 @@ async def test_chat_non_stream_relays_status_body_and_usage(start_gateway, make_
     assert data["object"] == "chat.completion"
     assert data["choices"][0]["message"] == {"role": "assistant", "content": "tok0 tok1 tok2 tok3 tok4"}
     assert data["choices"][0]["finish_reason"] == "stop"
-    assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    assert data["usage"] == {**usage, "prompt_tokens_details": {"cached_tokens": 0}}  # llama-server's usage
     # The body is the engine's own answer, relayed (same completion id as the engine logged).
     (request,) = events_of(m, "request")
     assert data["id"] == request["id"]
