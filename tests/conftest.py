@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from fake_engine.configs import FAKE_ENGINE, FAKE_TOKENIZE, free_port, lua
 from llmgw.config import Config, ConfigLoader
@@ -206,3 +207,69 @@ async def wait_until(condition: Callable[[], Awaitable[Any]], what: str, timeout
 
 def events_of(model: FakeModel, kind: str) -> list[dict[str, Any]]:
     return [e for e in model.read_events() if e["event"] == kind]
+
+
+# ----------------------------------------------------------------------------- HTTP to a gateway
+
+
+@pytest.fixture
+def http() -> Any:
+    client = AsyncHTTPClient(force_instance=True, max_clients=50)
+    yield client
+    client.close()
+
+
+async def get(http: AsyncHTTPClient, url: str, **kwargs: Any) -> HTTPResponse:
+    return await http.fetch(url, raise_error=False, request_timeout=60, **kwargs)
+
+
+async def post(http: AsyncHTTPClient, url: str, payload: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return await http.fetch(
+        url,
+        method="POST",
+        body=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        raise_error=False,
+        request_timeout=60,
+    )
+
+
+def assert_no_traceback(text: str) -> None:
+    assert "Traceback" not in text
+    assert 'File "' not in text
+
+
+def assert_error(resp: HTTPResponse, status: int, code: str | None = None) -> dict[str, Any]:
+    """The gateway's own errors: ``{"error": {"message", "type", "code"}}``, JSON, no traceback."""
+    text = resp.body.decode()
+    assert resp.code == status, (resp.code, text)
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
+    data = json.loads(text)
+    assert list(data) == ["error"], data
+    error = data["error"]
+    assert set(error) == {"message", "type", "code"}, error
+    assert isinstance(error["message"], str) and error["message"], error
+    assert isinstance(error["type"], str) and error["type"], error
+    if code is not None:
+        assert error["code"] == code, error
+    assert_no_traceback(text)
+    return error
+
+
+def sse_data(body: bytes) -> list[str]:
+    """The ``data:`` payloads of a server-sent event stream, in order."""
+    events = []
+    for block in body.decode().replace("\r\n", "\n").split("\n\n"):
+        for line in block.split("\n"):
+            if line.startswith("data:"):
+                events.append(line[5:].strip())
+    return events
+
+
+async def running(http: AsyncHTTPClient, gw: Gateway) -> dict[str, Any]:
+    resp = await get(http, gw.url + "/running")
+    assert resp.code == 200, resp.body
+    return dict(json.loads(resp.body))
+
+

@@ -14,41 +14,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psutil
-import pytest
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient
 
-from conftest import FakeModel, Gateway, chat_body, events_of, only_engine, wait_until
+from conftest import (
+    FakeModel,
+    Gateway,
+    chat_body,
+    events_of,
+    only_engine,
+    post,
+    running,
+    sse_data,
+    wait_until,
+)
 
 CHAT = "/v1/chat/completions"
 GUARD = 15.0  # hang guard for polls; never a performance claim
-
-
-@pytest.fixture
-def http() -> Any:
-    client = AsyncHTTPClient(force_instance=True, max_clients=50)
-    yield client
-    client.close()
-
-
-async def post(http: AsyncHTTPClient, url: str, payload: dict[str, Any]) -> HTTPResponse:
-    return await http.fetch(
-        url,
-        method="POST",
-        body=json.dumps(payload),
-        headers={"Content-Type": "application/json"},
-        raise_error=False,
-        request_timeout=60,
-    )
-
-
-def sse_data(body: bytes) -> list[str]:
-    return [line[5:].strip() for line in body.decode().split("\n") if line.startswith("data:")]
-
-
-async def running(http: AsyncHTTPClient, gw: Gateway) -> dict[str, Any]:
-    resp = await http.fetch(gw.url + "/running", raise_error=False)
-    assert resp.code == 200, resp.body
-    return dict(json.loads(resp.body))
 
 
 def has_event(model: FakeModel, kind: str, count: int = 1) -> Callable[[], Awaitable[bool]]:

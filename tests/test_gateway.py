@@ -15,70 +15,29 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient
 
-from conftest import FAKE_ENGINE, FakeModel, Gateway, chat_body, events_of, only_engine, wait_until
+from conftest import (
+    FAKE_ENGINE,
+    FakeModel,
+    Gateway,
+    assert_error,
+    assert_no_traceback,
+    chat_body,
+    events_of,
+    get,
+    only_engine,
+    post,
+    running,
+    sse_data,
+    wait_until,
+)
 
 CHAT = "/v1/chat/completions"
 GUARD = 10.0  # hang guard for polls; never a performance claim
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def http() -> Any:
-    client = AsyncHTTPClient(force_instance=True)
-    yield client
-    client.close()
-
-
-async def get(http: AsyncHTTPClient, url: str, **kwargs: Any) -> HTTPResponse:
-    return await http.fetch(url, raise_error=False, request_timeout=60, **kwargs)
-
-
-async def post(http: AsyncHTTPClient, url: str, payload: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return await http.fetch(
-        url,
-        method="POST",
-        body=body,
-        headers={"Content-Type": "application/json", **(headers or {})},
-        raise_error=False,
-        request_timeout=60,
-    )
-
-
-def assert_no_traceback(text: str) -> None:
-    assert "Traceback" not in text
-    assert 'File "' not in text
-
-
-def assert_error(resp: HTTPResponse, status: int, code: str | None = None) -> dict[str, Any]:
-    """The gateway's own errors: ``{"error": {"message", "type", "code"}}``, JSON, no traceback."""
-    text = resp.body.decode()
-    assert resp.code == status, (resp.code, text)
-    assert resp.headers["Content-Type"].startswith("application/json"), resp.headers
-    data = json.loads(text)
-    assert list(data) == ["error"], data
-    error = data["error"]
-    assert set(error) == {"message", "type", "code"}, error
-    assert isinstance(error["message"], str) and error["message"], error
-    assert isinstance(error["type"], str) and error["type"], error
-    if code is not None:
-        assert error["code"] == code, error
-    assert_no_traceback(text)
-    return error
-
-
-def sse_data(body: bytes) -> list[str]:
-    """The ``data:`` payloads of a server-sent event stream, in order."""
-    events = []
-    for block in body.decode().replace("\r\n", "\n").split("\n\n"):
-        for line in block.split("\n"):
-            if line.startswith("data:"):
-                events.append(line[5:].strip())
-    return events
 
 
 async def wait_event(
@@ -92,12 +51,6 @@ async def wait_event(
         if time.monotonic() > deadline:
             raise AssertionError(f"no {kind!r} event within {timeout} s: {model.read_events()}")
         await asyncio.sleep(0.02)
-
-
-async def running(http: AsyncHTTPClient, gw: Gateway) -> dict[str, Any]:
-    resp = await get(http, gw.url + "/running")
-    assert resp.code == 200, resp.body
-    return dict(json.loads(resp.body))
 
 
 async def raw_request(gw: Gateway, payload: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
