@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from llmgw.engine.http import EngineHTTPClient, UpstreamCall
-from llmgw.errors import BadRequest
+from llmgw.errors import BadRequest, echo
 
 
 def completion_budget(request_data: dict[str, Any], reserve: int) -> int:
@@ -21,7 +21,7 @@ def completion_budget(request_data: dict[str, Any], reserve: int) -> int:
         if value is None or value == -1:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BadRequest(f"'{key}' must be a non-negative integer, got {value!r}")
+            raise BadRequest(f"'{key}' must be a non-negative integer, got {echo(value)}")
         return value
     return reserve
 

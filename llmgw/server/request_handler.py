@@ -12,7 +12,7 @@ from tornado import iostream, web
 from tornado.http1connection import HTTP1Connection
 
 from llmgw.engine import UpstreamCall, completion_budget
-from llmgw.errors import BadRequest, GatewayError
+from llmgw.errors import BadRequest, GatewayError, clip
 from llmgw.server.proxy import ClientGone
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class RequestHandler(web.RequestHandler):
         if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code == 405:
-            message = f"method {self.request.method} is not allowed on {self.request.path}"
+            message = f"method {clip(str(self.request.method))} is not allowed on {clip(self.request.path)}"
         elif status_code >= 500:
             message = "internal gateway error (see the gateway log)"
         else:
@@ -114,7 +114,7 @@ class RequestHandler(web.RequestHandler):
 
 class NotFoundHandler(RequestHandler):
     def prepare(self) -> None:
-        self.send_json_error(404, f"no route {self.request.method} {self.request.path}")
+        self.send_json_error(404, f"no route {clip(str(self.request.method))} {clip(self.request.path)}")
 
 
 class HealthHandler(RequestHandler):
