@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from llmgw.errors import BadRequest, GatewayError
+from llmgw.server.json_body import parse_json_object
 from llmgw.server.metrics import CONTENT_TYPE
 from llmgw.server.request_handler import RequestHandler
 
@@ -27,8 +26,8 @@ class UnloadHandler(RequestHandler):
 class LoadHandler(RequestHandler):
     async def post(self) -> None:
         try:
-            data = json.loads(self.request.body or b"{}")
-            if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            data = parse_json_object(self.request.body or b"{}").data
+            if not isinstance(data.get("model"), str):
                 raise BadRequest("body must be a JSON object with a string 'model' (and optional integer 'context')")
             context = data.get("context", 0)
             if isinstance(context, bool) or not isinstance(context, int) or context < 0:
@@ -39,9 +38,6 @@ class LoadHandler(RequestHandler):
             if context > largest:
                 self.gateway.manager.variant_for(model, context)  # raises ContextTooLarge
             await self.gateway.manager.ensure_engine(model, context)
-        except ValueError:
-            self.send_json_error(400, "request body is not valid JSON")
-            return
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return

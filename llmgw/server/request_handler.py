@@ -13,6 +13,7 @@ from tornado.http1connection import HTTP1Connection
 
 from llmgw.engine import UpstreamCall, completion_budget
 from llmgw.errors import BadRequest, GatewayError, clip
+from llmgw.server.json_body import JsonBody, parse_json_object
 from llmgw.server.proxy import ClientGone
 
 if TYPE_CHECKING:
@@ -129,14 +130,11 @@ class ModelsHandler(RequestHandler):
         self.write_json(self.gateway.models_list())
 
 
-def parse_chat_request(body: bytes) -> dict[str, Any]:
-    """Validate what the gateway itself relies on; the engine validates the rest."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
+def parse_chat_request(body: bytes) -> JsonBody:
+    """Validate what the gateway itself reads (and what llama-server answers with a 500 when
+    malformed); the engine validates the rest."""
+    request = parse_json_object(body)
+    data = request.data
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string")
@@ -155,7 +153,7 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         raise BadRequest("'tools' must be an array")
     # Checked here too (not only when counting) so a bad limit is refused before any engine starts.
     completion_budget(data, 0)
-    return data
+    return request
 
 
 @web.stream_request_body
@@ -207,9 +205,9 @@ class ChatCompletionsHandler(RequestHandler):
         self._chunks.clear()
         started = time.monotonic()
         try:
-            data = parse_chat_request(body)
-            self.model_name = data["model"]
-            await self.gateway.proxy.forward(self.request.path, body, data, self)
+            request = parse_chat_request(body)
+            self.model_name = request.data["model"]
+            await self.gateway.proxy.forward(self.request.path, request.raw, request.data, self)
         except ClientGone:
             logger.info("client left during a %r request after %.3f s", self.model_name, time.monotonic() - started)
             return
