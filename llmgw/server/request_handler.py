@@ -145,15 +145,34 @@ def parse_chat_request(body: bytes) -> JsonBody:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise BadRequest(f"messages[{i}].content[{j}] must be an object with a string 'type'")
+        elif content is not None and not isinstance(content, str):
             raise BadRequest(f"messages[{i}].content must be a string, an array of parts or null")
     if "stream" in data and not isinstance(data["stream"], bool):
         raise BadRequest("'stream' must be a boolean")
-    if "tools" in data and data["tools"] is not None and not isinstance(data["tools"], list):
-        raise BadRequest("'tools' must be an array")
+    if data.get("stream_options") is not None and not isinstance(data["stream_options"], dict):
+        raise BadRequest("'stream_options' must be an object or null")
+    _check_tools(data.get("tools"))
     # Checked here too (not only when counting) so a bad limit is refused before any engine starts.
     completion_budget(data, 0)
     return request
+
+
+def _check_tools(tools: Any) -> None:
+    """Tools shaped as OpenAI defines them: llama-server answers others with a 500 ("Failed to parse tools")."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise BadRequest("'tools' must be an array")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise BadRequest(f"tools[{i}] must be an object with a string 'type'")
+        function = tool.get("function")
+        if tool["type"] == "function" and not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+            raise BadRequest(f"tools[{i}].function must be an object with a string 'name'")
 
 
 @web.stream_request_body
