@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from llmgw.server.gateway_server import GatewayServer
 
 logger = logging.getLogger(__name__)
+
+_DIGITS = re.compile("[0-9]+")
 
 _STATUS_ERRORS = {
     400: ("invalid_request_error", "invalid_request"),
@@ -194,14 +197,16 @@ class ChatCompletionsHandler(RequestHandler):
             return
         limit = self.gateway.config.server.max_body_bytes
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            self._send_too_large(int(length))
+        # ASCII digits only, and no int() of a huge header: str.isdigit() takes "²", int() refuses
+        # past 4300 digits, and both were 500s. Other malformed lengths are Tornado's (a bare 400).
+        if length is not None and _DIGITS.fullmatch(length) and (len(length.lstrip("0")) > 18 or int(length) > limit):
+            self._send_too_large(clip(length, 40))
         elif length is None and isinstance(self.request.connection, HTTP1Connection):
             # A chunked body is measured in data_received, which answers 413 itself; the
             # connection's own cap (same limit) would cut it first with a bare "400 Bad Request".
             self.request.connection.set_max_body_size(2**62)
 
-    def _send_too_large(self, size: int) -> None:
+    def _send_too_large(self, size: int | str) -> None:
         limit = self.gateway.config.server.max_body_bytes
         self.send_json_error(413, f"request body of {size} bytes is over the limit of {limit} bytes (max_body_size)")
 
@@ -270,6 +275,9 @@ class ChatCompletionsHandler(RequestHandler):
             raise ClientGone() from None
 
     def on_connection_close(self) -> None:
+        # Tornado's own method ends the wait for the body: a body cut short or malformed (which
+        # Tornado answers with a bare 400) would otherwise leave this handler pending for ever.
+        super().on_connection_close()
         self._client_left()
 
     def _client_left(self) -> None:
