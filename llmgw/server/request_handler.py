@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -246,7 +247,21 @@ class ChatCompletionsHandler(RequestHandler):
                 self.send_gateway_error(exc)
                 return
         if not self._finished and not self._gone:
-            self.finish()
+            await self._finish_relayed()
+
+    async def _finish_relayed(self) -> None:
+        """Finish a relayed answer, whose length was unknown when its headers went out.
+
+        HTTP/1.1 clients get it chunked. An HTTP/1.0 client can only see its end as the close,
+        but Tornado keeps an HTTP/1.0 keep-alive connection open (announcing "Keep-Alive", with
+        no length), so that client would wait for ever: close once the answer is written.
+        """
+        finished = self.finish()
+        if self.request.version != "HTTP/1.0" or not isinstance(self.request.connection, HTTP1Connection):
+            return
+        with contextlib.suppress(iostream.StreamClosedError):
+            await finished
+        self.request.connection.close()
 
     # ClientSink
     @property
