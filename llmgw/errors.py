@@ -6,6 +6,26 @@ Lower layers raise these; the server layer turns any of them into
 
 from __future__ import annotations
 
+# What an error message may quote of any one client-supplied value: enough to recognise it,
+# never the whole of a hostile input (a 1 MB model name must not come back as a 1 MB error).
+ECHO_LIMIT = 200
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis and the original length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A client-supplied value as an error message quotes it: its repr, clipped."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past the digit limit of str(), absurd nesting
+        text = f"<{type(value).__name__} too large to show>"
+    return clip(text, limit)
+
 
 class GatewayError(Exception):
     status = 500

@@ -52,6 +52,7 @@ def _assert_clean(status: int, body: bytes) -> None:
     if status >= 400:
         error = json.loads(body)["error"]
         assert isinstance(error["message"], str) and error["message"]
+        assert len(error["message"]) <= 1000, error["message"][:300]  # never the whole of a huge input
         assert isinstance(error["type"], str) and "code" in error
 
 
@@ -85,6 +86,61 @@ def test_wrong_types_in_fields(io_loop: Any, fuzz_gateway: Gateway, model: Any, 
     if field not in ("max_tokens", "max_completion_tokens"):
         body["max_tokens"] = 4
     _assert_clean(*_post(io_loop, fuzz_gateway, json.dumps(body).encode()))
+
+
+# What json.dumps never writes but a hostile client does: deep nesting, NaN and overflowing
+# numbers, integers past 64 bits (and past Python's 4300-digit limit), unpaired surrogates.
+raw_values = st.one_of(
+    st.tuples(st.integers(1, 3000), st.sampled_from([(b"[", b"]"), (b'{"a":', b"}"), (b"[", b"")])).map(
+        lambda t: t[1][0] * t[0] + (b"1" if t[1][0] == b'{"a":' else b"") + t[1][1] * t[0]
+    ),
+    st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999", b"-0", b"1e-400", b"1E+2"]),
+    st.integers(1, 6000).map(lambda n: b"9" * n),
+    st.integers(-(2**70), 2**70).map(lambda i: str(i).encode()),
+    st.sampled_from([b'"\\ud800"', b'"\\udfff x"', b'"\\ud83d\\ude00"', b'"a\\u0000"', b'"\\uDBFF"']),
+    st.text(min_size=1, max_size=3000).map(lambda t: json.dumps(t).encode()),
+)
+
+
+@FUZZ
+@given(
+    field=st.sampled_from(
+        ["model", "messages", "max_tokens", "max_completion_tokens", "n_predict", "stream", "stream_options", "tools",
+         "temperature", "seed"]
+    ),
+    value=raw_values,
+    first=st.booleans(),
+)
+def test_hostile_raw_values_and_duplicate_keys(io_loop: Any, fuzz_gateway: Gateway, field: str, value: bytes,
+                                               first: bool) -> None:
+    """The field goes in as raw JSON text, before or after the valid body's own keys (a duplicate
+    for model, messages and max_tokens: the last one wins)."""
+    valid = json.dumps(chat_body("alpha", 3, max_tokens=2)).encode()
+    pair = b'"%s": %s' % (field.encode(), value)
+    body = b"{" + pair + b", " + valid[1:] if first else valid[:-1] + b", " + pair + b"}"
+    _assert_clean(*_post(io_loop, fuzz_gateway, body))
+
+
+@FUZZ
+@given(
+    encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "latin-1"]),
+    content=st.text(min_size=1, max_size=200),
+)
+def test_bodies_in_other_encodings(io_loop: Any, fuzz_gateway: Gateway, encoding: str, content: str) -> None:
+    text = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": content}], "max_tokens": 2},
+                      ensure_ascii=False)
+    try:
+        body = text.encode(encoding)
+    except UnicodeEncodeError:
+        return
+    status, answer = _post(io_loop, fuzz_gateway, body)
+    _assert_clean(status, answer)
+    # UTF-8 only (a BOM is ignored): a UTF-16 or UTF-32 body would reach llama-server, which 500s on it.
+    try:
+        utf8 = not encoding.startswith(("utf-16", "utf-32")) and bool(body.decode("utf-8"))
+    except UnicodeDecodeError:  # latin-1 bytes are UTF-8 only by chance
+        utf8 = False
+    assert status == (200 if utf8 else 400), (status, answer[:300])
 
 
 @FUZZ

@@ -7,23 +7,26 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from llmgw.engine.http import EngineHTTPClient, UpstreamCall
-from llmgw.errors import BadRequest
+from llmgw.errors import BadRequest, echo
 
 
 def completion_budget(request_data: dict[str, Any], reserve: int) -> int:
     """Tokens to keep free for the answer: the request's own limit, else the configured reserve.
 
     ``max_completion_tokens`` (the newer OpenAI name) wins over ``max_tokens``; -1 (llama.cpp's
-    "until the context is full") and null fall back to the reserve.
+    "until the context is full") and null fall back to the reserve. Every one present is
+    checked, not only the one that wins: the engine reads them all.
     """
+    budget: int | None = None
     for key in ("max_completion_tokens", "max_tokens", "n_predict"):
         value = request_data.get(key)
-        if value is None or value == -1:
+        if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BadRequest(f"'{key}' must be a non-negative integer, got {value!r}")
-        return value
-    return reserve
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise BadRequest(f"'{key}' must be a non-negative integer (or -1), got {echo(value)}")
+        if budget is None and value != -1:
+            budget = value
+    return reserve if budget is None else budget
 
 
 class EngineClient(ABC):

@@ -6,16 +6,17 @@ from typing import Any
 
 from llmgw.engine.engine_client import EngineClient
 from llmgw.engine.http import UpstreamCall, UpstreamError
-from llmgw.errors import BadRequest, TokenCountError
+from llmgw.errors import BadRequest, TokenCountError, clip
 
 FORWARDED_PATHS = frozenset({"/v1/chat/completions"})
 
 
 def _engine_message(data: Any) -> str:
+    """The engine's error message, clipped: llama-server quotes the request in some of them."""
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
+            return clip(error["message"])
     return "no details"
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from llmgw.config import Config, ModelConfig
 from llmgw.engine import StandaloneTokenizer, UpstreamCall, completion_budget
-from llmgw.errors import ContextTooLarge, ModelNotFound, TokenCountError
+from llmgw.errors import ContextTooLarge, ModelNotFound, TokenCountError, echo
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 
@@ -41,7 +41,7 @@ class ModelSelector:
     def model(self, name: str) -> ModelConfig:
         model = self.cfg.model(name)
         if model is None:
-            raise ModelNotFound(f"model {name!r} does not exist; available: {', '.join(self.list_models())}")
+            raise ModelNotFound(f"model {echo(name)} does not exist; available: {', '.join(self.list_models())}")
         return model
 
     @contextlib.asynccontextmanager

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 from llmgw.errors import BadRequest, GatewayError
+from llmgw.server.json_body import parse_json_object
 from llmgw.server.metrics import CONTENT_TYPE
 from llmgw.server.request_handler import RequestHandler
-
-
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    """An optional JSON object body ({} when empty)."""
-    try:
-        data = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest(f"body must be a JSON object {what}")
-    return data
 
 
 class RunningHandler(RequestHandler):
@@ -32,7 +20,7 @@ class UnloadHandler(RequestHandler):
         """``{"model": m}`` stops that model's engine; no body (or no model) stops them all, each once
         the requests that arrived before are done."""
         try:
-            data = _json_object(self.request.body, 'with an optional string "model"')
+            data = parse_json_object(self.request.body or b"{}").data
             name = data.get("model")
             if name is not None:
                 if not isinstance(name, str):
@@ -51,7 +39,7 @@ class LoadHandler(RequestHandler):
         """``{"model": m, "context": n}``: start the smallest variant holding ``n`` (placement rules apply:
         idle engines may be stopped to make room, busy ones are waited for)."""
         try:
-            data = _json_object(self.request.body, "with a string 'model' (and optional integer 'context')")
+            data = parse_json_object(self.request.body or b"{}").data
             if not isinstance(data.get("model"), str):
                 raise BadRequest("body must be a JSON object with a string 'model' (and optional integer 'context')")
             context = data.get("context", 0)

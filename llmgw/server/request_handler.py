@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -12,13 +14,16 @@ from tornado import iostream, web
 from tornado.http1connection import HTTP1Connection
 
 from llmgw.engine import UpstreamCall, completion_budget
-from llmgw.errors import BadRequest, GatewayError
+from llmgw.errors import BadRequest, GatewayError, clip
+from llmgw.server.json_body import JsonBody, parse_json_object
 from llmgw.server.proxy import ClientGone
 
 if TYPE_CHECKING:
     from llmgw.server.gateway_server import GatewayServer
 
 logger = logging.getLogger(__name__)
+
+_DIGITS = re.compile("[0-9]+")
 
 _STATUS_ERRORS = {
     400: ("invalid_request_error", "invalid_request"),
@@ -90,7 +95,7 @@ class RequestHandler(web.RequestHandler):
         if isinstance(exc, web.HTTPError) and exc.log_message and status_code < 500:
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code == 405:
-            message = f"method {self.request.method} is not allowed on {self.request.path}"
+            message = f"method {clip(str(self.request.method))} is not allowed on {clip(self.request.path)}"
         elif status_code >= 500:
             message = "internal gateway error (see the gateway log)"
         else:
@@ -114,7 +119,7 @@ class RequestHandler(web.RequestHandler):
 
 class NotFoundHandler(RequestHandler):
     def prepare(self) -> None:
-        self.send_json_error(404, f"no route {self.request.method} {self.request.path}")
+        self.send_json_error(404, f"no route {clip(str(self.request.method))} {clip(self.request.path)}")
 
 
 class HealthHandler(RequestHandler):
@@ -129,14 +134,11 @@ class ModelsHandler(RequestHandler):
         self.write_json(self.gateway.models_list())
 
 
-def parse_chat_request(body: bytes) -> dict[str, Any]:
-    """Validate what the gateway itself relies on; the engine validates the rest."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
+def parse_chat_request(body: bytes) -> JsonBody:
+    """Validate what the gateway itself reads (and what llama-server answers with a 500 when
+    malformed); the engine validates the rest."""
+    request = parse_json_object(body)
+    data = request.data
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string")
@@ -147,15 +149,34 @@ def parse_chat_request(body: bytes) -> dict[str, Any]:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise BadRequest(f"messages[{i}].content[{j}] must be an object with a string 'type'")
+        elif content is not None and not isinstance(content, str):
             raise BadRequest(f"messages[{i}].content must be a string, an array of parts or null")
     if "stream" in data and not isinstance(data["stream"], bool):
         raise BadRequest("'stream' must be a boolean")
-    if "tools" in data and data["tools"] is not None and not isinstance(data["tools"], list):
-        raise BadRequest("'tools' must be an array")
+    if data.get("stream_options") is not None and not isinstance(data["stream_options"], dict):
+        raise BadRequest("'stream_options' must be an object or null")
+    _check_tools(data.get("tools"))
     # Checked here too (not only when counting) so a bad limit is refused before any engine starts.
     completion_budget(data, 0)
-    return data
+    return request
+
+
+def _check_tools(tools: Any) -> None:
+    """Tools shaped as OpenAI defines them: llama-server answers others with a 500 ("Failed to parse tools")."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise BadRequest("'tools' must be an array")
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise BadRequest(f"tools[{i}] must be an object with a string 'type'")
+        function = tool.get("function")
+        if tool["type"] == "function" and not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+            raise BadRequest(f"tools[{i}].function must be an object with a string 'name'")
 
 
 @web.stream_request_body
@@ -177,14 +198,16 @@ class ChatCompletionsHandler(RequestHandler):
             return
         limit = self.gateway.config.server.max_body_bytes
         length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            self._send_too_large(int(length))
+        # ASCII digits only, and no int() of a huge header: str.isdigit() takes "²", int() refuses
+        # past 4300 digits, and both were 500s. Other malformed lengths are Tornado's (a bare 400).
+        if length is not None and _DIGITS.fullmatch(length) and (len(length.lstrip("0")) > 18 or int(length) > limit):
+            self._send_too_large(clip(length, 40))
         elif length is None and isinstance(self.request.connection, HTTP1Connection):
             # A chunked body is measured in data_received, which answers 413 itself; the
             # connection's own cap (same limit) would cut it first with a bare "400 Bad Request".
             self.request.connection.set_max_body_size(2**62)
 
-    def _send_too_large(self, size: int) -> None:
+    def _send_too_large(self, size: int | str) -> None:
         limit = self.gateway.config.server.max_body_bytes
         self.send_json_error(413, f"request body of {size} bytes is over the limit of {limit} bytes (max_body_size)")
 
@@ -207,9 +230,9 @@ class ChatCompletionsHandler(RequestHandler):
         self._chunks.clear()
         started = time.monotonic()
         try:
-            data = parse_chat_request(body)
-            self.model_name = data["model"]
-            await self.gateway.proxy.forward(self.request.path, body, data, self)
+            request = parse_chat_request(body)
+            self.model_name = request.data["model"]
+            await self.gateway.proxy.forward(self.request.path, request.raw, request.data, self)
         except ClientGone:
             logger.info("client left during a %r request after %.3f s", self.model_name, time.monotonic() - started)
             return
@@ -224,7 +247,21 @@ class ChatCompletionsHandler(RequestHandler):
                 self.send_gateway_error(exc)
                 return
         if not self._finished and not self._gone:
-            self.finish()
+            await self._finish_relayed()
+
+    async def _finish_relayed(self) -> None:
+        """Finish a relayed answer, whose length was unknown when its headers went out.
+
+        HTTP/1.1 clients get it chunked. An HTTP/1.0 client can only see its end as the close,
+        but Tornado keeps an HTTP/1.0 keep-alive connection open (announcing "Keep-Alive", with
+        no length), so that client would wait for ever: close once the answer is written.
+        """
+        finished = self.finish()
+        if self.request.version != "HTTP/1.0" or not isinstance(self.request.connection, HTTP1Connection):
+            return
+        with contextlib.suppress(iostream.StreamClosedError):
+            await finished
+        self.request.connection.close()
 
     # ClientSink
     @property
@@ -253,6 +290,9 @@ class ChatCompletionsHandler(RequestHandler):
             raise ClientGone() from None
 
     def on_connection_close(self) -> None:
+        # Tornado's own method ends the wait for the body: a body cut short or malformed (which
+        # Tornado answers with a bare 400) would otherwise leave this handler pending for ever.
+        super().on_connection_close()
         self._client_left()
 
     def _client_left(self) -> None:
