@@ -957,3 +957,10 @@ def test_generated_broken_configs_name_the_field(tmp_path: Path, generated: Gene
         assert message.endswith("got " + ("true" if bad else "false"))
     elif isinstance(bad, str) and not isinstance(bad, Raw) and label != "server.listen_v4":
         assert json.dumps(bad) in message
+
+
+def test_summary_warns_when_pinned_models_can_fill_every_place(tmp_path: Path) -> None:
+    cfg = with_value(base_config(), ("models", 0, "pinned"), True)
+    assert "note: pinned model(s) 'm' can fill all 1 engine place(s)" in load_text(tmp_path, config_text(cfg)).summary()
+    cfg = with_value(cfg, ("server", "max_engines"), 2)
+    assert "note:" not in load_text(tmp_path, config_text(cfg)).summary()

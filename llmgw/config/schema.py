@@ -141,6 +141,12 @@ class Config:
         for address, names in self.shared_addresses().items():
             listed = ", ".join(repr(name) for name in names)
             lines.append(f"models {listed} share the engine address {address}: they never run together")
+        pinned = [model.name for model in self.models if model.pinned]
+        if pinned and server.max_engines <= len(pinned):
+            lines.append(
+                f"note: pinned model(s) {', '.join(map(repr, pinned))} can fill all {server.max_engines} engine "
+                "place(s): other models then wait until a pinned one idles out or is unloaded"
+            )
         return "\n".join(lines)
 
 
