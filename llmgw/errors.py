@@ -51,17 +51,22 @@ class ModelNotFound(GatewayError):
 
 
 class ContextTooLarge(GatewayError):
+    """llama-server's own type, with its ``n_prompt_tokens`` and ``n_ctx``, so clients that parse
+    llama-server's error understand it, and OpenAI's code for clients that know that one."""
+
     status = 400
-    error_type = "invalid_request_error"
+    error_type = "exceed_context_size_error"
     code = "context_length_exceeded"
 
-    def __init__(self, model: str, needed: int, largest: int) -> None:
+    def __init__(self, model: str, needed: int, largest: int, prompt: int | None = None, detail: str = "") -> None:
+        what = detail or "prompt plus completion budget"
         super().__init__(
-            f"model {model!r} needs {needed} tokens of context for this request "
-            f"(prompt plus completion budget), but its largest variant has {largest}"
+            f"model {model!r} needs {needed} tokens of context for this request ({what}), "
+            f"but its largest variant has {largest}"
         )
         self.needed = needed
         self.largest = largest
+        self.prompt = needed if prompt is None else prompt
 
 
 class QueueTimeout(GatewayError):
@@ -95,6 +100,14 @@ class EngineStartTimeout(GatewayError):
     code = "engine_startup_timeout"
 
 
+class EngineNotRunning(GatewayError):
+    """A question only a running engine can answer (/props, /slots), for a model that is not running."""
+
+    status = 503
+    error_type = "server_error"
+    code = "model_not_loaded"
+
+
 class EngineUnavailable(GatewayError):
     """The engine could not be reached or died while serving a request."""
 
@@ -109,3 +122,15 @@ class TokenCountError(GatewayError):
     status = 502
     error_type = "server_error"
     code = "token_count_failed"
+
+
+class EngineAnswered(GatewayError):
+    """The engine refused the request with an error of its own (while counting): relayed as it is,
+    so clients written for llama-server see llama-server's answer."""
+
+    def __init__(self, status: int, body: bytes, content_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.content_type = content_type or "application/json"
+        self.code = None

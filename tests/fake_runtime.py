@@ -53,9 +53,7 @@ class FakeRuntime:
         self.gates[name] = asyncio.Event()
         return self.gates[name]
 
-    async def start(
-        self, model: ModelConfig, variant: Variant, completion_reserve: int, on_crash: Callable[[], None]
-    ) -> RunningEngine:
+    async def start(self, model: ModelConfig, variant: Variant, on_crash: Callable[[], None]) -> RunningEngine:
         if self.closed:
             raise ShuttingDown("closed")
         if variant.address in self.running:

@@ -236,7 +236,7 @@ async def test_unknown_model_is_404(start_gateway, make_model, http) -> None:
     assert m.read_events() == []
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/nothing"), ("POST", "/v1/completions"), ("GET", "/v1")])
+@pytest.mark.parametrize(("method", "path"), [("GET", "/nothing"), ("POST", "/v1/audio/speech"), ("GET", "/v1")])
 async def test_unknown_route_is_404(start_gateway, make_model, http, method: str, path: str) -> None:
     gw = await start_gateway([make_model("m", [2048])])
     body = b"{}" if method == "POST" else None
@@ -289,9 +289,10 @@ async def test_prompt_bigger_than_largest_variant_is_context_length_exceeded(sta
     gw = await start_gateway([make_model("m", [1024, 2048])])
     resp = await post(http, gw.url + CHAT, chat_body("m", 3000, max_tokens=100))
     error = assert_error(resp, 400, "context_length_exceeded")
-    assert error["type"] == "invalid_request_error"
-    needed = 3000 + 3 + 100
-    assert str(needed) in error["message"]
+    # llama-server's own type and fields, so clients that parse llama-server's error understand it.
+    assert error["type"] == "exceed_context_size_error"
+    assert error["n_prompt_tokens"] == 3000 + 3 and error["n_ctx"] == 2048
+    assert str(3000 + 3 + 100) in error["message"]  # the prompt plus its (smaller than the reserve) budget
     assert "2048" in error["message"]
 
 

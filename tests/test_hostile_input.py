@@ -24,7 +24,7 @@ from tornado import httpserver, netutil, web
 from conftest import FakeModel, Gateway, chat_body, events_of, wait_for
 from fake_engine.configs import FAKE_ENGINE
 from llmgw.engine import EngineHTTPClient, LlamaCppEngine
-from llmgw.errors import ECHO_LIMIT, BadRequest, TokenCountError, clip, echo
+from llmgw.errors import ECHO_LIMIT, EngineAnswered, clip, echo
 from llmgw.server.json_body import MAX_DEPTH
 
 CHAT = "/v1/chat/completions"
@@ -315,12 +315,15 @@ async def test_engine_error_messages_are_clipped() -> None:
     server.add_sockets(sockets)
     http = EngineHTTPClient.create()
     try:
-        engine = LlamaCppEngine(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", http, 0)
-        for expected in (BadRequest, TokenCountError):  # the engine's 4xx, then its 5xx
-            with pytest.raises(expected) as info:
+        engine = LlamaCppEngine(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", http)
+        for status in (400, 500):  # the engine's own errors are relayed, but not a megabyte of them
+            with pytest.raises(EngineAnswered) as info:
                 await engine.count_prompt_tokens(chat_body("m"))
+            assert info.value.status == status
             assert len(info.value.message) <= MESSAGE_BOUND, clip(info.value.message)
             assert f"({MEGA + 8} characters)" in info.value.message
+            assert len(info.value.body) <= 2 * MESSAGE_BOUND
+            assert json.loads(info.value.body)["error"]["message"] == info.value.message
     finally:
         http.close()
         server.stop()

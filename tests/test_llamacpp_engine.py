@@ -21,9 +21,10 @@ import tornado.web
 
 from conftest import FAKE_ENGINE, chat_body, free_port
 from fake_engine.fake_llama_server import count_prompt_tokens, render_template, tokenize
+from llmgw.api.endpoints import CHAT
 from llmgw.engine.http import EngineHTTPClient
 from llmgw.engine.llamacpp_engine import LlamaCppEngine
-from llmgw.errors import BadRequest, TokenCountError
+from llmgw.errors import BadRequest, EngineAnswered, TokenCountError
 
 HANG = 10.0
 RESERVE = 77
@@ -106,15 +107,14 @@ def unreachable_url() -> str:
 # ----------------------------------------------------------------------------- counting
 
 
-async def test_estimate_is_exact_count_plus_budget(
+async def test_count_is_exact_and_the_chat_budget_is_its_fields_or_the_reserve(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    engine = LlamaCppEngine(fake_server(), http_client)
     for words in (1, 5, 40):
-        body = chat_body("m", words)
-        assert await engine.count_prompt_tokens(body) == words + 3
-        assert await engine.estimate_tokens(chat_body("m", words, max_tokens=100)) == words + 3 + 100
-        assert await engine.estimate_tokens(body) == words + 3 + RESERVE
+        assert await engine.count_prompt_tokens(chat_body("m", words)) == words + 3
+    assert CHAT.budget(chat_body("m", 5, max_tokens=100), RESERVE) == 100
+    assert CHAT.budget(chat_body("m", 5), RESERVE) == RESERVE
     cases: list[tuple[dict[str, Any], int]] = [
         ({"max_completion_tokens": 10, "max_tokens": 100}, 10),  # the newer name wins
         ({"max_completion_tokens": None, "max_tokens": 100}, 100),
@@ -124,27 +124,26 @@ async def test_estimate_is_exact_count_plus_budget(
         ({"n_predict": 5}, 5),
     ]
     for extra, budget in cases:
-        assert await engine.estimate_tokens(chat_body("m", 5, **extra)) == 8 + budget, extra
+        assert CHAT.budget(chat_body("m", 5, **extra), RESERVE) == budget, extra
 
 
 async def test_tools_and_parts_count_as_the_engine_counts(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    engine = LlamaCppEngine(fake_server(), http_client)
     without_tools = {k: v for k, v in TOOLS_BODY.items() if k != "tools"}
     with_tools = await engine.count_prompt_tokens(TOOLS_BODY)
     assert with_tools == count_prompt_tokens(TOOLS_BODY)
     assert await engine.count_prompt_tokens(without_tools) == count_prompt_tokens(without_tools)
     assert with_tools > count_prompt_tokens(without_tools)  # the tools are counted, not dropped
-    assert await engine.estimate_tokens({**TOOLS_BODY, "max_tokens": 9}) == with_tools + 9
 
 
 async def test_apply_template_fallback_gives_the_same_count(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
     url = fake_server()
-    exact = LlamaCppEngine(url, http_client, RESERVE)
-    fallback = LlamaCppEngine(url, http_client, RESERVE)
+    exact = LlamaCppEngine(url, http_client)
+    fallback = LlamaCppEngine(url, http_client)
     fallback._has_input_tokens = False
     for body in (chat_body("m", 1), chat_body("m", 17), TOOLS_BODY):
         assert await fallback.count_prompt_tokens(body) == await exact.count_prompt_tokens(body)
@@ -192,53 +191,64 @@ class _OldServer:
 async def test_404_on_input_tokens_switches_to_fallback(io_loop: Any, http_client: EngineHTTPClient) -> None:
     server = _OldServer(404)
     try:
-        engine = LlamaCppEngine(server.url, http_client, RESERVE)
+        engine = LlamaCppEngine(server.url, http_client)
         assert await engine.count_prompt_tokens(chat_body("m", 6)) == 9
         assert await engine.count_prompt_tokens(TOOLS_BODY) == count_prompt_tokens(TOOLS_BODY)
-        assert await engine.estimate_tokens(chat_body("m", 6)) == 9 + RESERVE
         # Learned once: the missing endpoint is not asked again.
-        assert server.hits == {"/v1/chat/completions/input_tokens": 1, "/apply-template": 3, "/tokenize": 3}
+        assert server.hits == {"/v1/chat/completions/input_tokens": 1, "/apply-template": 2, "/tokenize": 2}
     finally:
         server.stop()
 
 
-async def test_engine_errors_while_counting_are_not_guessed(io_loop: Any, http_client: EngineHTTPClient) -> None:
+async def test_engine_errors_while_counting_are_relayed_not_guessed(
+    io_loop: Any, http_client: EngineHTTPClient
+) -> None:
     server = _OldServer(500)
     try:
-        engine = LlamaCppEngine(server.url, http_client, RESERVE)
-        with pytest.raises(TokenCountError) as info:
+        engine = LlamaCppEngine(server.url, http_client)
+        with pytest.raises(EngineAnswered) as info:
             await engine.count_prompt_tokens(chat_body("m", 3))
-        assert "500" in info.value.message and "boom" in info.value.message
+        assert info.value.status == 500 and info.value.message == "boom"
+        assert json.loads(info.value.body) == {"error": {"code": 500, "message": "boom", "type": "x"}}
         assert engine._has_input_tokens  # a failure is not a missing endpoint
         assert "/apply-template" not in server.hits
     finally:
         server.stop()
 
 
-async def test_engine_rejection_is_bad_request(
+async def test_engine_rejection_is_the_engines_own_answer(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
-    with pytest.raises(BadRequest) as info:
+    engine = LlamaCppEngine(fake_server(), http_client)
+    with pytest.raises(EngineAnswered) as info:
         await engine.count_prompt_tokens({"model": "m", "messages": "not a list"})
     assert "Expected 'messages' to be an array" in info.value.message  # llama-server's own message
-    assert info.value.status == 400
+    assert info.value.status == 400 and b"Expected 'messages' to be an array" in info.value.body
+
+
+async def test_garbage_from_a_count_endpoint_is_a_failed_count(
+    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
+) -> None:
+    for mode in ("truncated", "content-type", "shape"):
+        engine = LlamaCppEngine(fake_server("--fake-count-garbage", mode), http_client)
+        with pytest.raises(TokenCountError) as info:
+            await engine.count_prompt_tokens(chat_body("m", 3))
+        assert info.value.status == 502, mode
+        with pytest.raises(TokenCountError):
+            await engine.count_text("a b c")
 
 
 async def test_unreachable_engine_raises_token_count_error(io_loop: Any, http_client: EngineHTTPClient) -> None:
     for has_input_tokens in (True, False):
-        engine = LlamaCppEngine(unreachable_url(), http_client, RESERVE)
+        engine = LlamaCppEngine(unreachable_url(), http_client)
         engine._has_input_tokens = has_input_tokens
         with pytest.raises(TokenCountError) as info:
-            await engine.estimate_tokens(chat_body("m", 3, max_tokens=10))
+            await engine.count_prompt_tokens(chat_body("m", 3, max_tokens=10))
         assert "unreachable" in info.value.message
         assert info.value.status == 502
 
 
-async def test_bad_max_tokens_is_bad_request(
-    io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
-) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+def test_bad_max_tokens_is_bad_request() -> None:
     bad: list[dict[str, Any]] = [
         {"max_tokens": -5},
         {"max_tokens": "10"},
@@ -249,7 +259,7 @@ async def test_bad_max_tokens_is_bad_request(
     ]
     for extra in bad:
         with pytest.raises(BadRequest) as info:
-            await engine.estimate_tokens(chat_body("m", 3, **extra))
+            CHAT.budget(chat_body("m", 3, **extra), RESERVE)
         assert info.value.status == 400
         assert next(iter(extra)) in info.value.message
 
@@ -258,11 +268,11 @@ async def test_bad_max_tokens_is_bad_request(
 
 
 async def test_check_health(io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient) -> None:
-    healthy = LlamaCppEngine(fake_server(), http_client, RESERVE)
-    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client, RESERVE)
+    healthy = LlamaCppEngine(fake_server(), http_client)
+    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client)
     assert await healthy.check_health(2.0) is True
     assert await loading.check_health(2.0) is False
-    assert await LlamaCppEngine(unreachable_url(), http_client, RESERVE).check_health(2.0) is False
+    assert await LlamaCppEngine(unreachable_url(), http_client).check_health(2.0) is False
 
 
 async def test_check_health_does_not_hang_on_a_silent_engine(io_loop: Any, http_client: EngineHTTPClient) -> None:
@@ -271,25 +281,23 @@ async def test_check_health_does_not_hang_on_a_silent_engine(io_loop: Any, http_
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         started = time.monotonic()
-        assert await LlamaCppEngine(url, http_client, RESERVE).check_health(0.3) is False
+        assert await LlamaCppEngine(url, http_client).check_health(0.3) is False
         assert time.monotonic() - started < HANG
 
 
 async def test_context_size_reads_props(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    assert await LlamaCppEngine(fake_server("-c", "3000"), http_client, RESERVE).context_size() == 3000
-    assert await LlamaCppEngine(fake_server("-c", "4096", "-np", "2"), http_client, RESERVE).context_size() == 2048
-    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client, RESERVE)
+    assert await LlamaCppEngine(fake_server("-c", "3000"), http_client).context_size() == 3000
+    assert await LlamaCppEngine(fake_server("-c", "4096", "-np", "2"), http_client).context_size() == 2048
+    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client)
     assert await loading.context_size() is None
-    assert await LlamaCppEngine(unreachable_url(), http_client, RESERVE).context_size() is None
+    assert await LlamaCppEngine(unreachable_url(), http_client).context_size() is None
 
 
 async def test_forward_request(io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client, RESERVE)
+    engine = LlamaCppEngine(fake_server(), http_client)
     body = json.dumps(chat_body("m", 4, max_tokens=3)).encode()
-    with pytest.raises(BadRequest):
-        engine.forward_request("/v1/completions", body, {})
     call = engine.forward_request("/v1/chat/completions", body, {"Content-Type": "application/json"})
     status, _ = await call.head()
     reply = json.loads(await call.read_body())

@@ -89,7 +89,7 @@ async def test_real_engine_starts_counts_exactly_and_stops(io_loop: Any, tmp_pat
                                              {"content": templated["prompt"], "add_special": True,
                                               "parse_special": True})
             assert counted == len(tokens["tokens"]) > 10
-            assert await client.estimate_tokens({**body, "max_tokens": 100}) == counted + 100
+            assert await client.count_prompt_tokens({**body, "max_tokens": 100}) == counted
     finally:
         await manager.shutdown()
         http.close()

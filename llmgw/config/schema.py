@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 LLAMACPP = "llama.cpp"
 KNOWN_ENGINES = (LLAMACPP,)
@@ -49,6 +50,10 @@ class Variant:
     # None: not declared, the gateway measures it.
     pools: tuple[str, ...] = ()
     memory: tuple[tuple[str, float], ...] | None = None
+    endpoints: tuple[str, ...] | None = None  # route families it serves (None: all); see config.requests
+
+    def serves(self, capability: str | None) -> bool:
+        return capability is None or self.endpoints is None or capability in self.endpoints
 
     @property
     def fingerprint(self) -> str:
@@ -71,6 +76,15 @@ class ModelConfig:
     completion_reserve: int | None = None  # overrides ServerConfig.completion_reserve
     pinned: bool = False  # placement never stops it to make room (idle unload and explicit unload still do)
     exclusive: bool = False  # runs alone: starting it stops the others, nothing else starts next to it
+    aliases: tuple[str, ...] = ()  # other names clients may use; answers carry the name they asked for
+    set_fields: tuple[tuple[str, Any], ...] = ()  # forced into every request
+    strip_fields: tuple[str, ...] = ()  # removed from every request
+    completion_limit: int | None = None  # caps every route's completion budget
+    strict_context: bool | None = None  # overrides ServerConfig.strict_context
+
+    def serves(self, capability: str | None) -> bool:
+        """Some variant serves the route family."""
+        return any(variant.serves(capability) for variant in self.variants)
 
     def smallest_fitting(self, tokens: int) -> Variant | None:
         """The variant with the smallest context that holds ``tokens``, or None."""
@@ -97,6 +111,12 @@ class ServerConfig:
     # MiB per memory pool, e.g. (("total", 64000.0),) or (("gpu0", 24000.0), ("gpu1", 24000.0)); () = no budget.
     memory_budget: tuple[tuple[str, float], ...] = ()
     state_dir: str | None = None  # where measured figures survive restarts (None: $XDG_STATE_HOME/llmgw)
+    default_model: str | None = None  # for requests that name no model
+    list_aliases: bool = True  # /v1/models lists aliases as models of their own
+    cors_origins: tuple[str, ...] = ("*",)  # browser origins allowed ("*": any, as llama-server)
+    # True: a request whose completion budget fits no variant is refused (400) instead of running
+    # on the largest variant until its context is full.
+    strict_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,10 +126,14 @@ class Config:
     models: tuple[ModelConfig, ...]
 
     def model(self, name: str) -> ModelConfig | None:
+        """The model called ``name`` or known by the alias ``name``."""
         for model in self.models:
-            if model.name == name:
+            if model.name == name or name in model.aliases:
                 return model
         return None
+
+    def strict(self, model: ModelConfig) -> bool:
+        return self.server.strict_context if model.strict_context is None else model.strict_context
 
     def model_names(self) -> list[str]:
         return [model.name for model in self.models]

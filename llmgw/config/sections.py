@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 from urllib.parse import urlsplit
 
-from llmgw.config import placement
+from llmgw.config import placement, requests
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
@@ -35,6 +36,10 @@ _SERVER_KEYS = _TIMEOUT_KEYS | {
     "max_engines",
     "memory_budget",
     "state_dir",
+    "default_model",
+    "list_aliases",
+    "cors_origins",
+    "strict_context",
 }
 _MODEL_KEYS = _TIMEOUT_KEYS | {
     "name",
@@ -46,9 +51,15 @@ _MODEL_KEYS = _TIMEOUT_KEYS | {
     "pinned",
     "exclusive",
     "devices",
+    "aliases",
+    "endpoints",
+    "set",
+    "strip",
+    "completion_limit",
+    "strict_context",
 }
 _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: accepted silently
-_VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices"}
+_VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
 _TOKENIZATION_KEYS = frozenset({"binary", "base_args", "extra_args", "extra_tokens_per_message", "extra_tokens"})
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
@@ -130,6 +141,7 @@ def server_section(node: Node) -> ServerConfig:
         items = keys_node.items("a list of strings", secret=True)
         api_keys = tuple(item.string(secret=True) for item in items)
     state_dir = node.child("state_dir")
+    default_model = node.child("default_model")
     return ServerConfig(
         listen=_listen(node),
         timeouts=_timeouts(node, DEFAULT_TIMEOUTS),
@@ -141,6 +153,10 @@ def server_section(node: Node) -> ServerConfig:
         max_engines=node.get_int("max_engines", 1, ServerConfig.max_engines),
         memory_budget=placement.memory_budget(node.child("memory_budget")),
         state_dir=state_dir.string() if state_dir.exists() else None,
+        default_model=default_model.string() if default_model.exists() else None,
+        list_aliases=node.get_bool("list_aliases", True),
+        cors_origins=requests.cors_origins(node.child("cors_origins")),
+        strict_context=node.get_bool("strict_context", False),
     )
 
 
@@ -238,6 +254,7 @@ def _variant(
         env=_env(env_node) if env_node.exists() else (),
         pools=pools,
         memory=placement.declared_memory(node.child("memory"), pools, budget),
+        endpoints=requests.endpoints(node.child("endpoints")),
     )
 
 
@@ -279,6 +296,10 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
             )
 
     tokenization_node = model.child("tokenization")
+    aliases = model.child("aliases")
+    model_endpoints = requests.endpoints(model.child("endpoints"))
+    if model_endpoints is not None:
+        variants = [v if v.endpoints is not None else replace(v, endpoints=model_endpoints) for v in variants]
     return ModelConfig(
         name=name,
         engine=engine,
@@ -287,6 +308,11 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
         completion_reserve=model.opt_int("completion_reserve", 1),
         pinned=model.get_bool("pinned", False),
         exclusive=model.get_bool("exclusive", False),
+        aliases=requests.names(aliases, "a list of names") if aliases.exists() else (),
+        set_fields=requests.set_fields(model.child("set")),
+        strip_fields=requests.strip_fields(model.child("strip")),
+        completion_limit=model.opt_int("completion_limit", 1),
+        strict_context=model.get_bool("strict_context", False) if model.child("strict_context").exists() else None,
     )
 
 
@@ -299,11 +325,17 @@ def models_section(node: Node, server: ServerConfig) -> tuple[ModelConfig, ...]:
     first_index: dict[str, int] = {}
     for index, item in enumerate(items, 1):
         model = _model(item, server)
-        if model.name in first_index:
-            raise ConfigError(
-                f"models[{index}] {quote(model.name)}: duplicate name, "
-                f"already used by models[{first_index[model.name]}]"
-            )
-        first_index[model.name] = index
+        for name in (model.name, *model.aliases):
+            if name in first_index:
+                what = "duplicate name" if name == model.name else f"alias {quote(name)}"
+                raise ConfigError(
+                    f"models[{index}] {quote(model.name)}: {what}, already used by models[{first_index[name]}]"
+                )
+            first_index[name] = index
         models.append(model)
+    if server.default_model is not None and server.default_model not in first_index:
+        raise ConfigError(
+            f"server.default_model {quote(server.default_model)} is not a model name or alias "
+            f"(models: {', '.join(quote(m.name) for m in models)})"
+        )
     return tuple(models)

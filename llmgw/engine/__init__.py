@@ -1,6 +1,6 @@
 """Engine layer: HTTP to engines (abortable calls, exact counting) and the standalone tokenizer."""
 
-from llmgw.engine.engine_client import EngineClient, completion_budget
+from llmgw.engine.engine_client import EngineClient
 from llmgw.engine.http import EngineHTTPClient, UpstreamCall, UpstreamError, relay_headers
 from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.engine.standalone_tokenizer import StandaloneTokenizer
@@ -12,6 +12,5 @@ __all__ = [
     "StandaloneTokenizer",
     "UpstreamCall",
     "UpstreamError",
-    "completion_budget",
     "relay_headers",
 ]

@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tornado import httputil, netutil
@@ -29,6 +30,14 @@ _STREAM_QUEUE_CHUNKS = 16
 
 class UpstreamError(Exception):
     """The engine could not be reached, or the connection broke mid-response."""
+
+
+@dataclass(frozen=True)
+class JsonReply:
+    status: int
+    data: Any  # the parsed body; None when it is not JSON
+    body: bytes
+    content_type: str
 
 
 class _AbortableConnection(_HTTPConnection):
@@ -85,6 +94,11 @@ class EngineHTTPClient(SimpleAsyncHTTPClient):
 
     async def json_call(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> tuple[int, Any]:
         """Small JSON request/response (health, props, counting). Raises UpstreamError if unreachable."""
+        reply = await self.json_exchange(url, payload, timeout)
+        return reply.status, reply.data
+
+    async def json_exchange(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> JsonReply:
+        """Like :meth:`json_call`, keeping the raw body and content type (to relay an engine's error as it is)."""
         body = None if payload is None else json.dumps(payload).encode()
         request = HTTPRequest(
             url,
@@ -100,11 +114,12 @@ class EngineHTTPClient(SimpleAsyncHTTPClient):
             raise UpstreamError(f"{url}: {exc}") from exc
         if response.code == 599:
             raise UpstreamError(f"{url}: {response.error}")
+        raw = response.body or b""
         try:
-            data = json.loads(response.body) if response.body else None
+            data = json.loads(raw) if raw else None
         except ValueError:
             data = None
-        return response.code, data
+        return JsonReply(response.code, data, raw, response.headers.get("Content-Type", ""))
 
 
 _HOP_BY_HOP = frozenset(
@@ -127,8 +142,12 @@ _HOP_BY_HOP = frozenset(
 
 
 def relay_headers(headers: httputil.HTTPHeaders) -> list[tuple[str, str]]:
-    """Headers worth passing to the client (the gateway sets framing headers itself)."""
-    return [(k, v) for k, v in headers.get_all() if k.lower() not in _HOP_BY_HOP]
+    """Headers worth passing to the client (the gateway sets framing, CORS and request-id headers itself)."""
+    return [
+        (k, v)
+        for k, v in headers.get_all()
+        if k.lower() not in _HOP_BY_HOP and not k.lower().startswith("access-control-") and k.lower() != "x-request-id"
+    ]
 
 
 class UpstreamCall:
@@ -139,7 +158,9 @@ class UpstreamCall:
     is read no faster than the client is written.
     """
 
-    def __init__(self, http: EngineHTTPClient, url: str, body: bytes, headers: dict[str, str]) -> None:
+    def __init__(
+        self, http: EngineHTTPClient, url: str, body: bytes | None, headers: dict[str, str], method: str = "POST"
+    ) -> None:
         self._http = http
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(_STREAM_QUEUE_CHUNKS)
         self._head: asyncio.Future[tuple[int, httputil.HTTPHeaders]] = asyncio.get_running_loop().create_future()
@@ -150,8 +171,8 @@ class UpstreamCall:
         self.error: UpstreamError | None = None
         request = HTTPRequest(
             url,
-            method="POST",
-            body=body,
+            method=method,
+            body=body if method == "POST" else None,
             headers=headers,
             header_callback=self._on_header_line,
             streaming_callback=self._on_chunk,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from llmgw.engine.engine_client import EngineClient
-from llmgw.engine.http import UpstreamCall, UpstreamError
-from llmgw.errors import BadRequest, TokenCountError, clip
+from llmgw.engine.http import JsonReply, UpstreamCall, UpstreamError
+from llmgw.errors import EngineAnswered, TokenCountError, clip
 
-FORWARDED_PATHS = frozenset({"/v1/chat/completions"})
+# llama-server's defaults for the logical and physical batch (-b / -ub).
+_DEFAULT_BATCH, _DEFAULT_UBATCH = 2048, 512
+_BATCH_FLAGS = {"-b": "batch", "--batch-size": "batch", "-ub": "ubatch", "--ubatch-size": "ubatch"}
+_DIGITS = re.compile(r"[0-9]+")
+_RELAYED_ERROR_LIMIT = 4096  # an engine error body relayed larger than this has its message clipped
 
 
 def _engine_message(data: Any) -> str:
@@ -20,45 +27,84 @@ def _engine_message(data: Any) -> str:
     return "no details"
 
 
+def physical_batch(args: Sequence[str]) -> int:
+    """Longest input llama-server embeds or reranks in one go: its physical batch.
+
+    With ``--embeddings`` llama-server sets the logical batch to the physical one, and a
+    physical batch larger than the logical one is cut to it: the limit is min(-b, -ub).
+    """
+    sizes = {"batch": _DEFAULT_BATCH, "ubatch": _DEFAULT_UBATCH}
+    items = list(args)
+    for i, arg in enumerate(items):
+        name, has_value, inline = arg.partition("=")
+        which = _BATCH_FLAGS.get(name)
+        value = inline if has_value else (items[i + 1] if i + 1 < len(items) else "")
+        if which is not None and _DIGITS.fullmatch(value):
+            sizes[which] = int(value)
+    return min(sizes.values())
+
+
 class LlamaCppEngine(EngineClient):
-    """Counting rule: ``POST /v1/chat/completions/input_tokens`` with the whole request body, so the
-    chat template, tools and any multimodal parts count exactly as llama-server will count them.
-    Builds without that endpoint get ``/apply-template`` (whole body) then ``/tokenize`` with
-    special tokens, which gives the same number.
+    """Counting rule: the engine's own counters with the whole request body
+    (``/v1/chat/completions/input_tokens``, ``/v1/messages/count_tokens``,
+    ``/v1/responses/input_tokens``), so templates, tools and multimodal parts count exactly as
+    llama-server will count them; prompts (completions, infill, embeddings) through ``/tokenize``
+    with special tokens, as llama-server tokenizes them. Builds without ``input_tokens`` get
+    ``/apply-template`` then ``/tokenize`` for chat, which gives the same number.
     """
 
     _has_input_tokens = True
 
     async def count_prompt_tokens(self, request_data: dict[str, Any]) -> int:
         if self._has_input_tokens:
-            status, data = await self._count_call("/v1/chat/completions/input_tokens", request_data)
-            if status == 200 and isinstance(data, dict) and isinstance(data.get("input_tokens"), int):
-                return int(data["input_tokens"])
-            if status not in (404, 405):
-                raise self._count_error(status, data)
+            reply = await self._count_call("/v1/chat/completions/input_tokens", request_data)
+            if reply.status not in (404, 405):
+                return self._input_tokens(reply)
             self._has_input_tokens = False
             self.logger.info("%s has no input_tokens endpoint; counting via apply-template", self.base_url)
-        status, data = await self._count_call("/apply-template", request_data)
-        if status != 200 or not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
-            raise self._count_error(status, data)
-        status, data = await self._count_call(
-            "/tokenize", {"content": data["prompt"], "add_special": True, "parse_special": True}
-        )
-        if status != 200 or not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
-            raise self._count_error(status, data)
+        reply = await self._count_call("/apply-template", request_data)
+        data = reply.data
+        if reply.status != 200 or not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise self._count_error(reply)
+        return await self.count_text(data["prompt"])
+
+    async def count_body(self, path: str, request_data: dict[str, Any]) -> int:
+        """Prompt tokens by one of the engine's counting routes, which takes the whole body."""
+        return self._input_tokens(await self._count_call(path, request_data))
+
+    async def count_text(self, prompt: str | Sequence[int | str]) -> int:
+        """Tokens of a prompt (text, token ids, or a mix) as llama-server tokenizes it for generation."""
+        if isinstance(prompt, Sequence) and not isinstance(prompt, str) and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
+        reply = await self._count_call("/tokenize", {"content": prompt, "add_special": True, "parse_special": True})
+        data = reply.data
+        if reply.status != 200 or not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+            raise self._count_error(reply)
         return len(data["tokens"])
 
-    async def _count_call(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
+    def _input_tokens(self, reply: JsonReply) -> int:
+        data = reply.data
+        if reply.status == 200 and isinstance(data, dict) and isinstance(data.get("input_tokens"), int):
+            return int(data["input_tokens"])
+        raise self._count_error(reply)
+
+    async def _count_call(self, path: str, payload: dict[str, Any]) -> JsonReply:
         try:
-            return await self.http.json_call(self.base_url + path, payload, timeout=120.0)
+            return await self.http.json_exchange(self.base_url + path, payload, timeout=120.0)
         except UpstreamError as exc:
             raise TokenCountError(f"could not count the request's tokens: engine unreachable ({exc})") from exc
 
-    def _count_error(self, status: int, data: Any) -> Exception:
-        if 400 <= status < 500:
-            return BadRequest(f"the engine rejected the request while counting its tokens: {_engine_message(data)}")
+    def _count_error(self, reply: JsonReply) -> Exception:
+        """The engine's own error answer is relayed as it is; anything else it says is a failed count."""
+        if reply.status >= 400 and isinstance(reply.data, dict) and isinstance(reply.data.get("error"), dict):
+            body = reply.body
+            if len(body) > _RELAYED_ERROR_LIMIT:  # llama-server quotes the request in some errors: clip that
+                error = {**reply.data["error"], "message": _engine_message(reply.data)}
+                body = json.dumps({**reply.data, "error": error}).encode()
+            return EngineAnswered(reply.status, body, reply.content_type, _engine_message(reply.data))
         return TokenCountError(
-            f"could not count the request's tokens: engine answered {status} ({_engine_message(data)})"
+            f"could not count the request's tokens: engine answered {reply.status} "
+            f"({_engine_message(reply.data) if reply.status >= 400 else 'an unexpected body'})"
         )
 
     async def check_health(self, timeout: float) -> bool:
@@ -79,7 +125,5 @@ class LlamaCppEngine(EngineClient):
         n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
         return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
 
-    def forward_request(self, path: str, body: bytes, headers: dict[str, str]) -> UpstreamCall:
-        if path not in FORWARDED_PATHS:
-            raise BadRequest(f"path {path!r} is not forwarded to llama.cpp engines")
-        return UpstreamCall(self.http, self.base_url + path, body, headers)
+    def forward_request(self, path: str, body: bytes, headers: dict[str, str], method: str = "POST") -> UpstreamCall:
+        return UpstreamCall(self.http, self.base_url + path, body, headers, method)

@@ -60,9 +60,7 @@ class RunningEngine:
 
 
 class Runtime(Protocol):
-    async def start(
-        self, model: ModelConfig, variant: Variant, completion_reserve: int, on_crash: Callable[[], None]
-    ) -> RunningEngine:
+    async def start(self, model: ModelConfig, variant: Variant, on_crash: Callable[[], None]) -> RunningEngine:
         """Start the engine and return once it answers requests.
 
         Raises EngineStartError / EngineStartTimeout (and ShuttingDown after :meth:`close`);

@@ -43,14 +43,12 @@ class ProcessRuntime:
     def close(self) -> None:
         self._closed = True
 
-    async def start(
-        self, model: ModelConfig, variant: Variant, completion_reserve: int, on_crash: Callable[[], None]
-    ) -> RunningEngine:
+    async def start(self, model: ModelConfig, variant: Variant, on_crash: Callable[[], None]) -> RunningEngine:
         if model.engine != LLAMACPP:
             raise EngineStartError(f"model {model.name!r}: engine type {model.engine!r} is not supported")
         if self._closed:
             raise ShuttingDown("the gateway is shutting down")
-        client = LlamaCppEngine(variant.connect, self.http, completion_reserve)
+        client = LlamaCppEngine(variant.connect, self.http)
         await self._check_port_free(model, variant)
 
         def exited(process: EngineProcess) -> None:

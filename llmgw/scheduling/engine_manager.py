@@ -88,11 +88,11 @@ class EngineManager:
     def effective_context(self, model: ModelConfig, variant: Variant) -> int:
         return self.scheduler.effective_context(model, variant)
 
-    def largest_context(self, model: ModelConfig) -> int:
-        return self.scheduler.largest_context(model)
+    def largest_context(self, model: ModelConfig, capability: str | None = None) -> int:
+        return self.scheduler.largest_context(model, capability)
 
-    def variant_for(self, model: ModelConfig, min_ctx: int) -> Variant:
-        return self.scheduler.variant_for(model, min_ctx)
+    def variant_for(self, model: ModelConfig, min_ctx: int, capability: str | None = None) -> Variant:
+        return self.scheduler.variant_for(model, min_ctx, capability)
 
     def memory_of(self, slot: Slot) -> tuple[dict[str, float], str]:
         """The engine's memory in MiB per pool, and where the figure comes from."""
@@ -101,12 +101,15 @@ class EngineManager:
     # ----------------------------------------------------------------- leases
 
     @contextlib.asynccontextmanager
-    async def lease(self, model: ModelConfig, min_ctx: int = 0) -> AsyncIterator[RunningEngine]:
-        """Hold an engine of ``model`` with at least ``min_ctx`` context for the whole block.
+    async def lease(
+        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None
+    ) -> AsyncIterator[RunningEngine]:
+        """Hold an engine of ``model`` with at least ``min_ctx`` context for the whole block, of a
+        variant serving ``capability`` (a route family; None: any).
 
         ``min_ctx`` 0 means "any variant": the running one, or the smallest if none runs.
         """
-        slot = await self._acquire(model, min_ctx)
+        slot = await self._acquire(model, min_ctx, capability)
         try:
             yield slot.handle
         finally:
@@ -121,9 +124,9 @@ class EngineManager:
         async with self.lease(model, min_ctx) as engine:
             return engine.client
 
-    async def _acquire(self, model: ModelConfig, min_ctx: int) -> Slot:
+    async def _acquire(self, model: ModelConfig, min_ctx: int, capability: str | None) -> Slot:
         loop = asyncio.get_running_loop()
-        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time())
+        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability)
         future: asyncio.Future[Slot] = loop.create_future()
         self._waiters[ticket.id] = future
         self._apply(effects)
@@ -256,10 +259,9 @@ class EngineManager:
 
     async def _start(self, slot: Slot) -> None:
         model, variant = slot.model, slot.variant
-        reserve = model.completion_reserve or self.config.server.completion_reserve
         started = self._now()
         try:
-            engine = await self.runtime.start(model, variant, reserve, lambda: self._on_crash(slot.id))
+            engine = await self.runtime.start(model, variant, lambda: self._on_crash(slot.id))
         except GatewayError as exc:
             self._apply(self.scheduler.start_failed(slot.id, exc, self._now()))
             return

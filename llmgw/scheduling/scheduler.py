@@ -104,6 +104,7 @@ class Ticket:
     model: ModelConfig
     min_ctx: int
     arrived: float
+    capability: str | None = None  # the route family it needs served (None: any)
     phase: Phase = Phase.QUEUED
     blocked_by: str = ""  # why it cannot be planned, for the queue-timeout message
 
@@ -161,15 +162,16 @@ class Scheduler:
         """Context a variant really gives: what its engine reported last time, else the config."""
         return self._learned_ctx.get((model.name, variant.fingerprint), variant.context)
 
-    def largest_context(self, model: ModelConfig) -> int:
-        return max(self.effective_context(model, v) for v in model.variants)
+    def largest_context(self, model: ModelConfig, capability: str | None = None) -> int:
+        """Largest context among the variants serving ``capability`` (0 if none does)."""
+        return max((self.effective_context(model, v) for v in model.variants if v.serves(capability)), default=0)
 
-    def variant_for(self, model: ModelConfig, min_ctx: int) -> Variant:
-        """Smallest variant whose (effective) context holds ``min_ctx`` tokens."""
+    def variant_for(self, model: ModelConfig, min_ctx: int, capability: str | None = None) -> Variant:
+        """Smallest variant serving ``capability`` whose (effective) context holds ``min_ctx`` tokens."""
         for variant in sorted(model.variants, key=lambda v: self.effective_context(model, v)):
-            if self.effective_context(model, variant) >= min_ctx:
+            if variant.serves(capability) and self.effective_context(model, variant) >= min_ctx:
                 return variant
-        raise ContextTooLarge(model.name, min_ctx, self.largest_context(model))
+        raise ContextTooLarge(model.name, min_ctx, self.largest_context(model, capability))
 
     # ------------------------------------------------------------------ queries
 
@@ -189,12 +191,15 @@ class Scheduler:
 
     # ------------------------------------------------------------------ requests
 
-    def submit(self, model: ModelConfig, min_ctx: int, now: float) -> tuple[Ticket, list[Effect]]:
-        """A request wants an engine of ``model`` with at least ``min_ctx`` context (0: any)."""
-        ticket = Ticket(next(self._arrivals), model, min_ctx, now)
+    def submit(
+        self, model: ModelConfig, min_ctx: int, now: float, capability: str | None = None
+    ) -> tuple[Ticket, list[Effect]]:
+        """A request wants an engine of ``model`` with at least ``min_ctx`` context (0: any), of a
+        variant serving ``capability`` (None: any)."""
+        ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability)
         if self.closed:
             return ticket, [Fail(ticket, ShuttingDown("the gateway is shutting down"))]
-        largest = self.largest_context(model)
+        largest = self.largest_context(model, capability)
         if min_ctx > largest:
             return ticket, [Fail(ticket, ContextTooLarge(model.name, min_ctx, largest))]
         slot = self._serving(ticket)
@@ -319,8 +324,8 @@ class Scheduler:
             error: GatewayError | None = None
             if model is None:
                 error = ModelNotFound(f"model {ticket.model.name!r} was removed by a config reload")
-            elif ticket.min_ctx > self.largest_context(model):
-                error = ContextTooLarge(model.name, ticket.min_ctx, self.largest_context(model))
+            elif ticket.min_ctx > self.largest_context(model, ticket.capability):
+                error = ContextTooLarge(model.name, ticket.min_ctx, self.largest_context(model, ticket.capability))
             if error is not None:
                 self.queue.remove(ticket)
                 effects.append(Fail(ticket, error))
@@ -349,6 +354,7 @@ class Scheduler:
                 and slot.model.name == ticket.model.name
                 and slot.n_ctx is not None
                 and slot.n_ctx >= ticket.min_ctx
+                and slot.variant.serves(ticket.capability)
                 and slot.evict_for is None
                 and (slot.unload_from is None or ticket.id < slot.unload_from)
             ):
@@ -368,7 +374,7 @@ class Scheduler:
 
     def _wanted_variant(self, ticket: Ticket) -> Variant | None:
         try:
-            return self.variant_for(ticket.model, ticket.min_ctx)
+            return self.variant_for(ticket.model, ticket.min_ctx, ticket.capability)
         except ContextTooLarge:
             return None
 
@@ -396,7 +402,8 @@ class Scheduler:
                 continue
             own = next((s for s in self.slots if s.model.name == name), None)  # one per model at most
             if own is not None and own.state is EngineState.STARTING:
-                fits = self.effective_context(own.model, own.variant) >= ticket.min_ctx
+                fits = own.variant.serves(ticket.capability)
+                fits = fits and self.effective_context(own.model, own.variant) >= ticket.min_ctx
                 ticket.phase = Phase.STARTING if fits and own.unload_from is None else Phase.QUEUED
                 continue
             if own is not None and (own.state is EngineState.STOPPING or own.draining):
@@ -408,7 +415,7 @@ class Scheduler:
                 ticket.phase = Phase.QUEUED
                 continue
             try:
-                variant = self.variant_for(ticket.model, ticket.min_ctx)
+                variant = self.variant_for(ticket.model, ticket.min_ctx, ticket.capability)
             except ContextTooLarge as exc:  # the context learned from an engine shrank the largest
                 self.queue.remove(ticket)
                 effects.append(Fail(ticket, exc))

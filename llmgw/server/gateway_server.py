@@ -10,18 +10,22 @@ from typing import Any
 
 from tornado import httpserver, netutil, web
 
+from llmgw.api import ROUTES
 from llmgw.config import Config
 from llmgw.engine import EngineHTTPClient
+from llmgw.errors import BadRequest, EngineNotRunning
 from llmgw.models import ModelSelector
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import Slot
-from llmgw.server import ops_handlers
+from llmgw.server import ops_handlers, views
 from llmgw.server.metrics import GatewayMetrics
-from llmgw.server.proxy import ChatProxy
+from llmgw.server.proxy import Proxy
 from llmgw.server.request_handler import (
-    ChatCompletionsHandler,
+    EngineInfoHandler,
     HealthHandler,
+    ModelHandler,
+    ModelRouteHandler,
     ModelsHandler,
     NotFoundHandler,
 )
@@ -40,9 +44,14 @@ class GatewayServer:
         self.http: EngineHTTPClient | None = None
         self.guard = ProcessGuard()
         routes: list[tuple[str, type[web.RequestHandler]]] = [
-            ("/v1/chat/completions", ChatCompletionsHandler),
+            *((path, ModelRouteHandler) for path in ROUTES),
             ("/v1/models", ModelsHandler),
+            ("/models", ModelsHandler),
+            ("/v1/models/(.+)", ModelHandler),
+            ("/props", EngineInfoHandler),
+            ("/slots", EngineInfoHandler),
             ("/health", HealthHandler),
+            ("/v1/health", HealthHandler),
             ("/running", ops_handlers.RunningHandler),
             ("/unload", ops_handlers.UnloadHandler),
             ("/load", ops_handlers.LoadHandler),
@@ -59,7 +68,7 @@ class GatewayServer:
     # Built in start(), inside the running loop (Tornado clients must not be made at import time).
     manager: EngineManager
     selector: ModelSelector
-    proxy: ChatProxy
+    proxy: Proxy
 
     async def start(self) -> None:
         self.http = EngineHTTPClient.create()
@@ -70,7 +79,7 @@ class GatewayServer:
         self.manager.on_engine_stopped = self.metrics.observe_stop
         self.selector = ModelSelector(self.manager, self.config)
         self.selector.on_counted = self.metrics.observe_count
-        self.proxy = ChatProxy(self.selector)
+        self.proxy = Proxy(self.selector)
         for host, port in self.config.server.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sockets = netutil.bind_sockets(port, address=host, family=family)
@@ -121,65 +130,46 @@ class GatewayServer:
         await self.manager.adopt_config(config)
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
 
-    # ----------------------------------------------------------- views
+    # ----------------------------------------------------------- what handlers ask
 
     def models_list(self) -> dict[str, Any]:
-        data = []
-        for model in self.config.models:
-            contexts = [self.manager.effective_context(model, v) for v in model.variants]
-            data.append(
-                {
-                    "id": model.name,
-                    "object": "model",
-                    "created": self.created,
-                    "owned_by": "llmgw",
-                    "context_length": max(contexts),
-                    "meta": {"n_ctx": max(contexts), "variants": sorted(contexts)},
-                }
-            )
-        return {"object": "list", "data": data}
+        return views.models_list(self.config, self.manager, self.created)
+
+    def model_view(self, name: str) -> dict[str, Any]:
+        return views.model_view(self.config, self.manager, name, self.created)
 
     def running(self) -> dict[str, Any]:
-        """What runs and what waits: GET /running."""
-        now = asyncio.get_running_loop().time()
-        queue = [
-            {
-                "model": ticket.model.name,
-                "min_context": ticket.min_ctx,
-                "waiting": round(now - ticket.arrived, 3),
-                "phase": ticket.phase.value,
-                **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
-            }
-            for ticket in self.manager.waiting
-        ]
-        return {
-            "engines": [self.engine_view(slot, now) for slot in self.manager.engines],
-            "queue": queue,
-            "in_flight": self.manager.in_flight,
-            "queued": self.manager.queued,
-        }
-
-    def engine_view(self, slot: Slot, now: float) -> dict[str, Any]:
-        handle = slot.handle
-        memory, source = self.manager.memory_of(slot)
-        return {
-            "model": slot.model.name,
-            "variant": slot.variant.index,
-            "context": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
-            "pid": handle.process.pid if handle is not None else None,
-            "state": slot.state.value,
-            "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},
-            "memory_source": source,
-            "in_flight": slot.in_flight,
-            "last_used": round(time.time() - (now - slot.last_used), 3) if slot.last_used else None,
-            "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
-            "pinned": slot.model.pinned,
-            **({"stopping_because": slot.stop_reason} if slot.stop_reason else {}),
-        }
+        return views.running(self.manager)
 
     def health(self) -> dict[str, Any]:
-        ready = sum(1 for slot in self.manager.engines if slot.ready)
-        return {"status": "ok", "engines": ready, "in_flight": self.manager.in_flight, "queued": self.manager.queued}
+        return views.health(self.manager)
+
+    def engine_view(self, slot: Slot) -> dict[str, Any]:
+        return views.engine_view(self.manager, slot, asyncio.get_running_loop().time())
+
+    def http_client(self) -> EngineHTTPClient:
+        assert self.http is not None
+        return self.http
+
+    def running_engine_for(self, name: str | None) -> str:
+        """Base URL of the running engine of ``name`` (default: server.default_model, else the only
+        engine running); never starts one."""
+        engines = [slot for slot in self.manager.engines if slot.ready]
+        if name is None:
+            name = self.config.server.default_model
+        if name is None:
+            if len(engines) == 1:
+                return str(engines[0].variant.connect)
+            running = ", ".join(sorted(slot.model.name for slot in engines)) or "none"
+            raise BadRequest(f"say which model with ?model= (running: {running})")
+        model = self.selector.model(name)
+        for slot in engines:
+            if slot.model.name == model.name:
+                return str(slot.variant.connect)
+        raise EngineNotRunning(
+            f"model {model.name!r} is not running (it is not started just to answer this; "
+            "send it a request or POST /load first)"
+        )
 
     def refresh_gauges(self) -> None:
         self.metrics.refresh(self.config.model_names(), self.manager.engines, self.manager.waiting)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from llmgw.errors import BadRequest, GatewayError
 from llmgw.server.json_body import parse_json_object
 from llmgw.server.metrics import CONTENT_TYPE
@@ -51,7 +49,7 @@ class LoadHandler(RequestHandler):
                 self.gateway.manager.variant_for(model, context)  # raises ContextTooLarge
             async with self.gateway.manager.lease(model, context) as engine:
                 slot = next(s for s in self.gateway.manager.engines if s.handle is engine)
-                view = self.gateway.engine_view(slot, asyncio.get_running_loop().time())
+                view = self.gateway.engine_view(slot)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return

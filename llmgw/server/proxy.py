@@ -1,17 +1,20 @@
-"""ChatProxy: select an engine for a request and relay its answer to the client.
+"""Proxy: select an engine for a request and relay its answer to the client, on any route.
 
-Kept apart from the Tornado handlers so the rules (retry on context overflow, what a
-client sees when the engine dies mid-stream) are plain code with one job.
+Kept apart from the Tornado handlers so the rules (retry on context overflow, the model name
+the client gets back, what a client sees when the engine dies mid-stream, errors in the
+route's own protocol) are plain code with one job.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from llmgw.engine import UpstreamCall, UpstreamError, completion_budget, relay_headers
-from llmgw.errors import EngineUnavailable, GatewayError
+from llmgw.api import Endpoint, ModelRewriter, Sizing, engine_error_body, stream_error_event
+from llmgw.config import ModelConfig
+from llmgw.engine import UpstreamCall, UpstreamError, relay_headers
+from llmgw.errors import EngineUnavailable
 from llmgw.models import ModelSelector
 from llmgw.runtime import RunningEngine
 
@@ -39,9 +42,15 @@ class ClientSink(Protocol):
         """Write and flush; raises ClientGone."""
 
 
-def sse_error_event(error: GatewayError) -> bytes:
-    payload = {"error": {"message": error.message, "type": error.error_type, "code": error.code}}
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+@dataclass(frozen=True)
+class ProxyRequest:
+    endpoint: Endpoint
+    path: str  # forwarded as it is: llama-server answers every route the gateway serves
+    body: bytes
+    data: dict[str, Any]
+    model: ModelConfig
+    requested: str  # the name the client used (a model name or an alias): answers carry it
+    request_id: str
 
 
 def _engine_failed(model_name: str, exc: UpstreamError, when: str = "") -> EngineUnavailable:
@@ -49,18 +58,22 @@ def _engine_failed(model_name: str, exc: UpstreamError, when: str = "") -> Engin
     return EngineUnavailable(f"engine of model {model_name!r} failed{when}: {exc}")
 
 
-class ChatProxy:
+class Proxy:
     def __init__(self, selector: ModelSelector) -> None:
         self.selector = selector
         self.active: set[UpstreamCall] = set()
 
-    async def forward(self, path: str, body: bytes, request_data: dict[str, Any], sink: ClientSink) -> None:
+    async def forward(self, request: ProxyRequest, sink: ClientSink) -> None:
         """Serve one request. Raises GatewayError only while nothing has been sent to the client."""
-        model_name: str = request_data["model"]
-        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        endpoint, model = request.endpoint, request.model
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "X-Request-Id": request.request_id,
+        }
 
         def send_upstream(engine: RunningEngine) -> UpstreamCall:
-            call = engine.client.forward_request(path, body, headers)
+            call = engine.client.forward_request(request.path, request.body, headers)
             self.active.add(call)
             call.add_done_callback(self.active.discard)
             sink.watch(call)
@@ -69,13 +82,15 @@ class ChatProxy:
         def send_while_counting(engine: RunningEngine) -> UpstreamCall | None:
             # Speculate only when the request surely fits (text takes at least a byte per token):
             # an aborted request makes llama-server linger ~1 s on the SIGTERM of a switch.
-            budget = completion_budget(request_data, engine.client.completion_reserve)
-            return send_upstream(engine) if len(body) + budget <= engine.n_ctx else None
+            if endpoint.sizing is not Sizing.GENERATE:
+                return None
+            budget = endpoint.budget(request.data, self.selector.reserve(model))
+            return send_upstream(engine) if len(request.body) + budget <= engine.n_ctx else None
 
         min_ctx = 0
         for attempt in (1, 2):
             async with self.selector.select_variant(
-                model_name, request_data, min_ctx, send_while_counting
+                model, endpoint, request.data, min_ctx, send_while_counting
             ) as selection:
                 engine = selection.engine
                 call = selection.call or send_upstream(engine)
@@ -87,25 +102,28 @@ class ChatProxy:
                     except UpstreamError as exc:
                         if sink.gone:
                             return
-                        raise _engine_failed(model_name, exc) from exc
-                    if status == 400 and attempt == 1:
-                        error_body = await self._read_all(call, model_name)
-                        if _OVERFLOW_MARK in error_body and engine.n_ctx < self.selector.engine_manager.largest_context(
-                            engine.model
+                        raise _engine_failed(model.name, exc) from exc
+                    if status >= 400:
+                        error_body = await self._read_all(call, model.name)
+                        if (
+                            status == 400
+                            and attempt == 1
+                            and _OVERFLOW_MARK in error_body
+                            and engine.n_ctx < self.selector.engine_manager.largest_context(model, endpoint.capability)
                         ):
                             logger.warning(
                                 "model %r: engine reported a context overflow at %d tokens (counted %d); "
                                 "retrying on a larger variant",
-                                model_name,
+                                model.name,
                                 engine.n_ctx,
                                 selection.tokens_needed,
                             )
                             min_ctx = engine.n_ctx + 1
                             continue
                         sink.start_response(status, relay_headers(upstream_headers))
-                        await sink.send(error_body)
+                        await sink.send(engine_error_body(endpoint.protocol, status, error_body))
                         return
-                    await self._relay(call, status, upstream_headers, sink, model_name)
+                    await self._relay(call, status, upstream_headers, sink, request)
                     return
                 finally:
                     sink.watch(None)
@@ -117,23 +135,33 @@ class ChatProxy:
         except UpstreamError as exc:
             raise _engine_failed(model_name, exc) from exc
 
-    async def _relay(self, call: UpstreamCall, status: int, headers: Any, sink: ClientSink, model_name: str) -> None:
+    async def _relay(
+        self, call: UpstreamCall, status: int, headers: Any, sink: ClientSink, request: ProxyRequest
+    ) -> None:
+        rewriter = ModelRewriter(request.requested)
+        model_name = request.model.name
         streaming = "text/event-stream" in headers.get("Content-Type", "")
         if not streaming:
             # JSON answers are small: read them whole so a failure can still be a clean 502.
             body = await self._read_all(call, model_name)
             sink.start_response(status, relay_headers(headers))
-            await sink.send(body)
+            await sink.send(rewriter.body(body))
             return
         sink.start_response(status, relay_headers(headers))
         try:
             async for chunk in call.chunks():
-                await sink.send(chunk)
+                out = rewriter.chunk(chunk)
+                if out:
+                    await sink.send(out)
+            rest = rewriter.flush()
+            if rest:
+                await sink.send(rest)
         except UpstreamError as exc:
             if sink.gone:
                 return
             logger.warning("model %r: engine stream broke: %s", model_name, exc)
-            await sink.send(sse_error_event(_engine_failed(model_name, exc, " mid-stream")))
+            error = _engine_failed(model_name, exc, " mid-stream")
+            await sink.send(rewriter.flush() + stream_error_event(request.endpoint, error))
 
     def abort_all(self) -> None:
         for call in list(self.active):

@@ -1,4 +1,8 @@
-"""Tornado handlers: parse, validate, call the plain classes, shape errors the OpenAI way."""
+"""Tornado handlers: parse, validate, call the plain classes, answer in the route's own protocol.
+
+Every answer carries an ``X-Request-Id`` (the client's own when it sent a sane one) and, for
+allowed origins, the CORS headers llama-server sends; preflights are answered on any path.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,18 @@ import json
 import logging
 import re
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from tornado import iostream, web
 from tornado.http1connection import HTTP1Connection
 
-from llmgw.engine import UpstreamCall, completion_budget
-from llmgw.errors import BadRequest, GatewayError, clip
-from llmgw.server.json_body import JsonBody, parse_json_object
-from llmgw.server.proxy import ClientGone
+from llmgw.api import ROUTES, engine_error_body, error_body, protocol_of
+from llmgw.api.filters import apply_filters
+from llmgw.engine import UpstreamCall
+from llmgw.errors import BadRequest, EngineAnswered, GatewayError, clip, echo
+from llmgw.server.json_body import parse_json_object
+from llmgw.server.proxy import ClientGone, ProxyRequest
 
 if TYPE_CHECKING:
     from llmgw.server.gateway_server import GatewayServer
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DIGITS = re.compile("[0-9]+")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
 
 _STATUS_ERRORS = {
     400: ("invalid_request_error", "invalid_request"),
@@ -34,19 +42,68 @@ _STATUS_ERRORS = {
 }
 
 
+def problem(status: int, message: str, error_type: str | None = None, code: str | None = None) -> GatewayError:
+    """A GatewayError for a status the handlers decide themselves (401, 404, 405, 413...)."""
+    default_type, default_code = _STATUS_ERRORS.get(status, ("server_error", "internal_error"))
+    error = GatewayError(message)
+    error.status, error.error_type, error.code = status, error_type or default_type, code or default_code
+    return error
+
+
 class RequestHandler(web.RequestHandler):
-    """Base of every gateway route: API keys, JSON errors, no tracebacks to clients."""
+    """Base of every gateway route: API keys, request ids, CORS, errors in the route's protocol,
+    no tracebacks to clients."""
 
     gateway: GatewayServer
     public = False  # True: no API key needed (health)
+    _request_id: str | None = None
 
     def initialize(self, gateway: GatewayServer) -> None:
         self.gateway = gateway
+        self.set_default_headers()  # Tornado called it once already, before the gateway was known
+
+    @property
+    def request_id(self) -> str:
+        if self._request_id is None:
+            given = self.request.headers.get("X-Request-Id", "")
+            self._request_id = given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        return self._request_id
+
+    def set_default_headers(self) -> None:
+        """Also re-applied by every ``clear()``: errors carry them too."""
+        if getattr(self, "gateway", None) is None:
+            return
+        self.set_header("X-Request-Id", self.request_id)
+        origin = self._allowed_origin()
+        if origin is not None:
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
+            self.set_header("Vary", "Origin")
+
+    def _allowed_origin(self) -> str | None:
+        origin = self.request.headers.get("Origin")
+        allowed = self.gateway.config.server.cors_origins
+        if origin is None or not ("*" in allowed or origin in allowed):
+            return None
+        return origin
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight, on any path, without an API key (browsers send none), as llama-server."""
+        if self._allowed_origin() is not None:
+            requested = self.request.headers.get("Access-Control-Request-Headers", "*")
+            self.set_header("Access-Control-Allow-Credentials", "true")
+            self.set_header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+            self.set_header("Access-Control-Allow-Headers", requested)
+            self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(200)
+        self.finish()
 
     def prepare(self) -> None:
         keys = self.gateway.config.server.api_keys
-        if keys and not self.public and not self._key_ok(keys):
-            self.send_json_error(401, "missing or invalid API key (use 'Authorization: Bearer KEY' or 'x-api-key')")
+        if keys and not self.public and self.request.method != "OPTIONS" and not self._key_ok(keys):
+            self.send_gateway_error(
+                problem(401, "missing or invalid API key (use 'Authorization: Bearer KEY' or 'x-api-key')")
+            )
             return
 
     def _key_ok(self, keys: tuple[str, ...]) -> bool:
@@ -56,34 +113,18 @@ class RequestHandler(web.RequestHandler):
         # Compare against every key, constant time each, so timing tells nothing about which matched.
         return sum(hmac.compare_digest(given_b, key.encode()) for key in keys) > 0
 
-    def send_json_error(
-        self,
-        status: int,
-        message: str,
-        error_type: str | None = None,
-        code: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        default_type, default_code = _STATUS_ERRORS.get(status, ("server_error", "internal_error"))
-        self.clear()
-        self.set_status(status)
-        if retry_after is not None:
-            self.set_header("Retry-After", str(max(1, round(retry_after))))
-        self.set_header("Content-Type", "application/json")
-        self.finish(
-            json.dumps(
-                {
-                    "error": {
-                        "message": message,
-                        "type": error_type or default_type,
-                        "code": code or default_code,
-                    }
-                }
-            )
-        )
-
     def send_gateway_error(self, exc: GatewayError) -> None:
-        self.send_json_error(exc.status, exc.message, exc.error_type, exc.code, exc.retry_after)
+        """The error in the route's protocol; an engine's own error answer as the engine gave it."""
+        self.clear()
+        self.set_status(exc.status)
+        if exc.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
+        self.set_header("Content-Type", "application/json")
+        protocol = protocol_of(self.request.path)
+        if isinstance(exc, EngineAnswered):
+            self.finish(engine_error_body(protocol, exc.status, exc.body))
+        else:
+            self.finish(error_body(protocol, exc))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Reached for Tornado's own errors (405, malformed requests) and unexpected exceptions.
@@ -97,10 +138,10 @@ class RequestHandler(web.RequestHandler):
         elif status_code == 405:
             message = f"method {clip(str(self.request.method))} is not allowed on {clip(self.request.path)}"
         elif status_code >= 500:
-            message = "internal gateway error (see the gateway log)"
+            message = f"internal gateway error (see the gateway log, request {self.request_id})"
         else:
             message = self._reason
-        self.send_json_error(status_code, message)
+        self.send_gateway_error(problem(status_code, message))
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -114,12 +155,21 @@ class RequestHandler(web.RequestHandler):
         self.gateway.metrics.observe_request(self._route(), model, self.get_status(), self.request.request_time())
 
     def _route(self) -> str:
-        return self.request.path if self.request.path in self.gateway.known_routes else "other"
+        path = self.request.path
+        if path in self.gateway.known_routes:
+            return path
+        return "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
 
 
 class NotFoundHandler(RequestHandler):
     def prepare(self) -> None:
-        self.send_json_error(404, f"no route {clip(str(self.request.method))} {clip(self.request.path)}")
+        if self.request.method == "OPTIONS":
+            return
+        super().prepare()
+        if self._finished:
+            return
+        message = f"no route {clip(str(self.request.method))} {clip(self.request.path)}"
+        self.send_gateway_error(problem(404, message))
 
 
 class HealthHandler(RequestHandler):
@@ -134,54 +184,37 @@ class ModelsHandler(RequestHandler):
         self.write_json(self.gateway.models_list())
 
 
-def parse_chat_request(body: bytes) -> JsonBody:
-    """Validate what the gateway itself reads (and what llama-server answers with a 500 when
-    malformed); the engine validates the rest."""
-    request = parse_json_object(body)
-    data = request.data
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' is required and must be a non-empty array")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"messages[{i}] must be an object with a string 'role'")
-        content = message.get("content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise BadRequest(f"messages[{i}].content[{j}] must be an object with a string 'type'")
-        elif content is not None and not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string, an array of parts or null")
-    if "stream" in data and not isinstance(data["stream"], bool):
-        raise BadRequest("'stream' must be a boolean")
-    if data.get("stream_options") is not None and not isinstance(data["stream_options"], dict):
-        raise BadRequest("'stream_options' must be an object or null")
-    _check_tools(data.get("tools"))
-    # Checked here too (not only when counting) so a bad limit is refused before any engine starts.
-    completion_budget(data, 0)
-    return request
+class ModelHandler(RequestHandler):
+    """GET /v1/models/{id}: one model, by name or alias."""
+
+    def get(self, name: str) -> None:
+        try:
+            self.write_json(self.gateway.model_view(name))
+        except GatewayError as exc:
+            self.send_gateway_error(exc)
 
 
-def _check_tools(tools: Any) -> None:
-    """Tools shaped as OpenAI defines them: llama-server answers others with a 500 ("Failed to parse tools")."""
-    if tools is None:
-        return
-    if not isinstance(tools, list):
-        raise BadRequest("'tools' must be an array")
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise BadRequest(f"tools[{i}] must be an object with a string 'type'")
-        function = tool.get("function")
-        if tool["type"] == "function" and not (isinstance(function, dict) and isinstance(function.get("name"), str)):
-            raise BadRequest(f"tools[{i}].function must be an object with a string 'name'")
+class EngineInfoHandler(RequestHandler):
+    """GET /props and /slots: asked of the running engine of ``?model=`` (never started for this)."""
+
+    async def get(self) -> None:
+        try:
+            name = self.get_query_argument("model", None)
+            await self._relay(self.gateway.running_engine_for(name))
+        except GatewayError as exc:
+            self.send_gateway_error(exc)
+
+    async def _relay(self, base_url: str) -> None:
+        reply = await self.gateway.http_client().json_exchange(base_url + self.request.path, timeout=30.0)
+        self.set_status(reply.status)
+        self.set_header("Content-Type", reply.content_type or "application/json")
+        self.finish(reply.body)
 
 
 @web.stream_request_body
-class ChatCompletionsHandler(RequestHandler):
-    """POST /v1/chat/completions, relayed to the engine chosen for it. Implements ClientSink."""
+class ModelRouteHandler(RequestHandler):
+    """POST on every model route (chat, completions, embeddings, messages, responses...), relayed to
+    the engine chosen for it. Implements ClientSink."""
 
     def initialize(self, gateway: GatewayServer) -> None:
         super().initialize(gateway)
@@ -209,7 +242,8 @@ class ChatCompletionsHandler(RequestHandler):
 
     def _send_too_large(self, size: int | str) -> None:
         limit = self.gateway.config.server.max_body_bytes
-        self.send_json_error(413, f"request body of {size} bytes is over the limit of {limit} bytes (max_body_size)")
+        message = f"request body of {size} bytes is over the limit of {limit} bytes (max_body_size)"
+        self.send_gateway_error(problem(413, message))
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -230,24 +264,62 @@ class ChatCompletionsHandler(RequestHandler):
         self._chunks.clear()
         started = time.monotonic()
         try:
-            request = parse_chat_request(body)
-            self.model_name = request.data["model"]
-            await self.gateway.proxy.forward(self.request.path, request.raw, request.data, self)
+            request = self._proxy_request(body)
+            await self.gateway.proxy.forward(request, self)
         except ClientGone:
-            logger.info("client left during a %r request after %.3f s", self.model_name, time.monotonic() - started)
+            logger.info(
+                "[%s] client left during a %r request after %.3f s",
+                self.request_id,
+                self.model_name,
+                time.monotonic() - started,
+            )
             return
         except GatewayError as exc:
             if self._gone:
                 return
             if self._headers_written:
-                logger.warning("error after the response started: %s", exc.message)
+                logger.warning("[%s] error after the response started: %s", self.request_id, exc.message)
             else:
                 level = logging.WARNING if exc.status >= 500 else logging.INFO
-                logger.log(level, "%s %s -> %d %s", self.request.method, self.request.path, exc.status, exc.message)
+                logger.log(
+                    level,
+                    "[%s] %s %s -> %d %s",
+                    self.request_id,
+                    self.request.method,
+                    self.request.path,
+                    exc.status,
+                    exc.message,
+                )
                 self.send_gateway_error(exc)
                 return
         if not self._finished and not self._gone:
             await self._finish_relayed()
+
+    def _proxy_request(self, body: bytes) -> ProxyRequest:
+        """Parse and check the request, find its model, apply the model's filters."""
+        endpoint = ROUTES[self.request.path]
+        parsed = parse_json_object(body)
+        data = parsed.data
+        requested = data.get("model")
+        if requested is None or requested == "":
+            requested = self.gateway.config.server.default_model
+            if requested is None:
+                raise BadRequest("'model' is required (this gateway has no server.default_model)")
+        elif not isinstance(requested, str):
+            raise BadRequest(f"'model' must be a string, got {echo(requested)}")
+        model = self.gateway.selector.model(requested)
+        self.model_name = model.name
+        if not model.serves(endpoint.capability):
+            serving = [m.name for m in self.gateway.config.models if m.serves(endpoint.capability)]
+            raise BadRequest(
+                f"model {model.name!r} does not serve {endpoint.capability} requests "
+                f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
+            )
+        endpoint.check(data)
+        raw = parsed.raw
+        if apply_filters(model, endpoint, data):
+            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        return ProxyRequest(endpoint, self.request.path, raw, data, model, requested, self.request_id)
 
     async def _finish_relayed(self) -> None:
         """Finish a relayed answer, whose length was unknown when its headers went out.

@@ -1,0 +1,75 @@
+"""Errors in each protocol's own shape: OpenAI's ``{"error": {...}}`` for the OpenAI and llama.cpp
+routes, Anthropic's ``{"type": "error", "error": {...}}`` for Messages, and the matching error
+event inside a stream that has already begun."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from llmgw.api.endpoints import RESPONSES, Endpoint, Protocol
+from llmgw.errors import ContextTooLarge, GatewayError
+
+# Anthropic's error types by HTTP status (docs.anthropic.com, "Errors").
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def _openai_error(error: GatewayError) -> dict[str, Any]:
+    body: dict[str, Any] = {"message": error.message, "type": error.error_type, "code": error.code}
+    if isinstance(error, ContextTooLarge):
+        body["n_prompt_tokens"] = error.prompt
+        body["n_ctx"] = error.largest
+    return body
+
+
+def _anthropic_error(status: int, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+
+
+def _anthropic_message(error: GatewayError) -> str:
+    if isinstance(error, ContextTooLarge):
+        # Claude Code recognises this wording ("prompt is too long") and compacts the conversation.
+        return f"prompt is too long: {error.needed} tokens > {error.largest} maximum ({error.message})"
+    return error.message
+
+
+def error_body(protocol: Protocol, error: GatewayError) -> bytes:
+    if protocol is Protocol.ANTHROPIC:
+        return json.dumps(_anthropic_error(error.status, _anthropic_message(error))).encode()
+    return json.dumps({"error": _openai_error(error)}).encode()
+
+
+def stream_error_event(endpoint: Endpoint, error: GatewayError) -> bytes:
+    """The event that ends a stream the client already reads, in the route's own stream format."""
+    if endpoint.protocol is Protocol.ANTHROPIC:
+        payload = _anthropic_error(error.status, _anthropic_message(error))
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    if endpoint is RESPONSES:
+        payload = {"type": "error", "code": error.code, "message": error.message, "param": None}
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    return b"data: " + json.dumps({"error": _openai_error(error)}).encode() + b"\n\n"
+
+
+def engine_error_body(protocol: Protocol, status: int, body: bytes) -> bytes:
+    """An engine's own error answer: unchanged, except on Anthropic routes, where llama-server's
+    OpenAI-shaped error is reshaped (same status, same message) so Anthropic clients can read it."""
+    if protocol is not Protocol.ANTHROPIC:
+        return body
+    try:
+        error = json.loads(body)["error"]
+        message = str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return body
+    if error.get("type") == "exceed_context_size_error" and isinstance(error.get("n_prompt_tokens"), int):
+        message = f"prompt is too long: {error['n_prompt_tokens']} tokens > {error.get('n_ctx')} maximum ({message})"
+    return json.dumps(_anthropic_error(status, message)).encode()

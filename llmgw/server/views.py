@@ -1,0 +1,94 @@
+"""What the read-only routes show: the model list, one model, the engines and the queue, health.
+
+Plain functions of the config and the engine manager, so the handlers stay thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from llmgw.config import Config, ModelConfig
+from llmgw.errors import ModelNotFound, echo
+from llmgw.scheduling import EngineManager
+from llmgw.scheduling.scheduler import Slot
+
+
+def model_entry(config: Config, manager: EngineManager, model: ModelConfig, name: str, created: int) -> dict[str, Any]:
+    """One model as OpenAI lists it, with its context (largest variant) and variants; ``name`` is the
+    name or the alias it is listed under."""
+    contexts = sorted(manager.effective_context(model, v) for v in model.variants)
+    entry: dict[str, Any] = {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "llmgw",
+        "context_length": contexts[-1],
+        "aliases": list(model.aliases),
+        "meta": {"n_ctx": contexts[-1], "variants": contexts},
+    }
+    if name != model.name:
+        entry["alias_of"] = model.name
+    return entry
+
+
+def models_list(config: Config, manager: EngineManager, created: int) -> dict[str, Any]:
+    data = []
+    for model in config.models:
+        data.append(model_entry(config, manager, model, model.name, created))
+        if config.server.list_aliases:
+            data.extend(model_entry(config, manager, model, alias, created) for alias in model.aliases)
+    return {"object": "list", "data": data}
+
+
+def model_view(config: Config, manager: EngineManager, name: str, created: int) -> dict[str, Any]:
+    model = config.model(name)
+    if model is None:
+        raise ModelNotFound(f"model {echo(name)} does not exist")
+    return model_entry(config, manager, model, name, created)
+
+
+def engine_view(manager: EngineManager, slot: Slot, now: float) -> dict[str, Any]:
+    handle = slot.handle
+    memory, source = manager.memory_of(slot)
+    return {
+        "model": slot.model.name,
+        "variant": slot.variant.index,
+        "context": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
+        "pid": handle.process.pid if handle is not None else None,
+        "state": slot.state.value,
+        "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},
+        "memory_source": source,
+        "in_flight": slot.in_flight,
+        "last_used": round(time.time() - (now - slot.last_used), 3) if slot.last_used else None,
+        "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
+        "pinned": slot.model.pinned,
+        **({"stopping_because": slot.stop_reason} if slot.stop_reason else {}),
+    }
+
+
+def running(manager: EngineManager) -> dict[str, Any]:
+    """What runs and what waits: GET /running."""
+    now = asyncio.get_running_loop().time()
+    queue = [
+        {
+            "model": ticket.model.name,
+            "min_context": ticket.min_ctx,
+            "waiting": round(now - ticket.arrived, 3),
+            "phase": ticket.phase.value,
+            **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
+        }
+        for ticket in manager.waiting
+    ]
+    return {
+        "engines": [engine_view(manager, slot, now) for slot in manager.engines],
+        "queue": queue,
+        "in_flight": manager.in_flight,
+        "queued": manager.queued,
+    }
+
+
+def health(manager: EngineManager) -> dict[str, Any]:
+    ready = sum(1 for slot in manager.engines if slot.ready)
+    return {"status": "ok", "engines": ready, "in_flight": manager.in_flight, "queued": manager.queued}
