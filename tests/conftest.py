@@ -38,14 +38,18 @@ class FakeModel:
     events: Path | None = None
     tokenization: bool = False
     model_extra: dict[str, Any] = field(default_factory=dict)
+    variant_extra: dict[int, dict[str, Any]] = field(default_factory=dict)  # context -> "args" to add, other keys
+
+    def variant(self, ctx: int) -> dict[str, Any]:
+        args = [FAKE_ENGINE, "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx), "-m", self.name]
+        if self.events is not None:
+            args += ["--fake-events", str(self.events)]
+        extra = dict(self.variant_extra.get(ctx, {}))
+        args += self.extra_args + list(extra.pop("args", []))
+        return {"binary": sys.executable, "args": args, "context": ctx, **extra}
 
     def table(self) -> dict[str, Any]:
-        variants = []
-        for ctx in self.contexts:
-            args = [FAKE_ENGINE, "--host", "127.0.0.1", "--port", str(self.port), "-c", str(ctx), "-m", self.name]
-            if self.events is not None:
-                args += ["--fake-events", str(self.events)]
-            variants.append({"binary": sys.executable, "args": args + self.extra_args, "context": ctx})
+        variants = [self.variant(ctx) for ctx in self.contexts]
         table: dict[str, Any] = {
             "name": self.name,
             "engine": "llama.cpp",
