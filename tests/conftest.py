@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from fake_engine.configs import FAKE_ENGINE, FAKE_TOKENIZE, free_port, lua
 from llmgw.config import Config, ConfigLoader
+from llmgw.demo import DemoUnavailable, RealEngine, real_engine
 from llmgw.server import GatewayServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +159,16 @@ def no_engine_left_behind() -> Iterator[None]:
             except (ProcessLookupError, PermissionError):
                 proc.kill()
         pytest.fail(f"processes outlived the test: {described}")
+
+
+@pytest.fixture(scope="session")
+def engine_files() -> RealEngine:
+    try:
+        return real_engine()
+    except DemoUnavailable as exc:
+        if os.environ.get("LLMGW_REQUIRE_REAL_ENGINE"):
+            raise
+        pytest.skip(str(exc))
 
 
 def only_engine(running: dict[str, Any]) -> dict[str, Any] | None:

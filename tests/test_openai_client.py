@@ -90,3 +90,35 @@ async def test_oversize_prompt_raises_bad_request(start_gateway, make_model) -> 
     assert caught.value.status_code == 400
     assert caught.value.code == "context_length_exceeded"
     assert "2048" in caught.value.message
+
+
+async def test_completions_embeddings_and_responses(start_gateway, make_model) -> None:
+    gw = await start_gateway([make_model("m", [2048], extra_args=["--embeddings", "--fake-tokens", "3"])])
+
+    def run(client: openai.OpenAI) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        out["completion"] = client.completions.create(model="m", prompt="Once upon a time", max_tokens=3)
+        stream = client.completions.create(model="m", prompt="Once upon a time", max_tokens=3, stream=True)
+        out["completion_stream"] = [choice.text for chunk in stream for choice in chunk.choices]
+        out["embeddings"] = client.embeddings.create(model="m", input=["a b", "c d e"])
+        out["response"] = client.responses.create(model="m", input="Say hi", max_output_tokens=3)
+        events = list(client.responses.create(model="m", input="Say hi", max_output_tokens=3, stream=True))
+        out["response_events"] = events
+        return out
+
+    out = await in_thread(gw, run)
+    completion = out["completion"]
+    assert completion.object == "text_completion" and completion.model == "m"
+    assert completion.choices[0].text == "tok0 tok1 tok2" and completion.usage.completion_tokens == 3
+    assert "".join(out["completion_stream"]) == "tok0 tok1 tok2"
+    embeddings = out["embeddings"]
+    assert embeddings.model == "m" and [d.index for d in embeddings.data] == [0, 1]
+    assert all(len(d.embedding) > 0 for d in embeddings.data)
+    response = out["response"]
+    assert response.model == "m" and response.output_text == "tok0 tok1 tok2"
+    kinds = [event.type for event in out["response_events"]]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in out["response_events"] if e.type == "response.output_text.delta") == (
+        "tok0 tok1 tok2"
+    )
+    assert out["response_events"][-1].response.model == "m"

@@ -12,7 +12,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from conftest import free_port, lua
 from llmgw.config import ConfigLoader
-from llmgw.demo import DemoUnavailable, RealEngine, real_engine
+from llmgw.demo import RealEngine
 from llmgw.engine import EngineHTTPClient, LlamaCppEngine
 from llmgw.runtime import ProcessRuntime
 from llmgw.scheduling import EngineManager
@@ -21,16 +21,6 @@ from llmgw.server import GatewayServer
 pytestmark = pytest.mark.real_engine
 
 SMALL, LARGE = 512, 2048
-
-
-@pytest.fixture(scope="module")
-def engine_files() -> RealEngine:
-    try:
-        return real_engine()
-    except DemoUnavailable as exc:
-        if os.environ.get("LLMGW_REQUIRE_REAL_ENGINE"):
-            raise
-        pytest.skip(str(exc))
 
 
 def real_config(tmp_path: Path, files: RealEngine, gateway_port: int, engine_port: int) -> Any:
