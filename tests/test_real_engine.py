@@ -83,7 +83,7 @@ async def test_real_engine_starts_counts_exactly_and_stops(io_loop: Any, tmp_pat
     finally:
         await manager.shutdown()
         http.close()
-    assert manager.current is None
+    assert manager.engines == []
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
 
