@@ -59,6 +59,15 @@ server = {
   -- Where measured figures are kept across restarts (default: $XDG_STATE_HOME/llmgw, else
   -- ~/.local/state/llmgw).
   state_dir = os.getenv("HOME") .. "/.local/state/llmgw",
+
+  -- Requests.
+  default_model = "qwen3-8b", -- for requests that name no model (without it they get a 400)
+  list_aliases = true, -- /v1/models lists each alias as a model of its own (false: only in "aliases")
+  cors_origins = { "http://localhost:3000" }, -- browser origins allowed; "*" (the default) allows any
+  -- A request whose completion budget (max_tokens...) fits no variant runs on the largest variant,
+  -- provided the prompt plus completion_reserve fits, and stops when its context is full (as
+  -- llama-server does). true: such a request is refused with a 400 instead.
+  strict_context = false,
 }
 
 -- A model with two variants: the gateway starts the smallest context that fits the request
@@ -72,6 +81,13 @@ local qwen = {
   pinned = true, -- placement never stops it to make room (its idle timeout and /unload still do)
   exclusive = false, -- true: runs alone (starting it stops the others once they are idle)
   devices = { "gpu0", "ram" }, -- memory pools it uses (default: every pool of memory_budget)
+  aliases = { "gpt-4o-mini" }, -- other names clients may use; answers carry the name they used
+  endpoints = { "chat", "completions", "messages", "responses", "tokenize" }, -- routes it serves
+  -- (chat, completions, embeddings, responses, messages, infill, rerank, tokenize; default: all)
+  set = { temperature = 0.6, chat_template_kwargs = { enable_thinking = false } }, -- forced fields
+  strip = { "top_k" }, -- fields removed from every request
+  completion_limit = 4096, -- caps max_tokens / max_completion_tokens / max_output_tokens / n_predict
+  strict_context = true, -- overrides server.strict_context for this model
   variants = {
     {
       binary = llama_server, -- executable to launch
@@ -99,6 +115,8 @@ local gemma = {
   name = "gemma-3-4b",
   engine = presets.engines.llamacpp,
   devices = { "ram" }, -- a CPU-only model: it never takes GPU memory
+  -- endpoints may also be set per variant, e.g. a variant started with --embeddings that serves
+  -- { "embeddings" } while the others serve chat (variants of one model never run together).
   tokenization = {
     binary = "/opt/llama.cpp/bin/llama-tokenize",
     base_args = { "--log-disable", "--stdin", "--ids" }, -- the default, shown for completeness

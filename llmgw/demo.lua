@@ -26,6 +26,7 @@ end
 server = {
   listen_v4 = "127.0.0.1:7777",
   listen_v6 = "none",
+  max_engines = 2, -- the chat model and the embedding model stay loaded side by side
 }
 
 -- The same model at three context sizes: the gateway starts the smallest one that fits
@@ -47,5 +48,22 @@ models = {
     connect = "http://127.0.0.1:7778",
     engine_idle_timeout = 300, -- stop llama-server after 5 idle minutes
     variants = variants,
+  },
+  {
+    -- The same small model as an embedding model (llama-server needs --embeddings and a pooling).
+    name = "gemma-3-270m-embed",
+    engine = presets.engines.llamacpp,
+    connect = "http://127.0.0.1:7779",
+    endpoints = { "embeddings", "tokenize" },
+    engine_idle_timeout = 300,
+    variants = {
+      {
+        binary = llama_server,
+        args = { "-m", model_file, "--host", "127.0.0.1", "--port", "7779", "-c", 2048, "-np", "1", "--no-webui",
+                 "--embeddings", "--pooling", "mean" },
+        context = 2048,
+        env = engine_env,
+      },
+    },
   },
 }
