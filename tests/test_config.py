@@ -360,8 +360,9 @@ def test_demo_config_loads(monkeypatch: pytest.MonkeyPatch, lib_dir: str | None)
         monkeypatch.setenv("LLMGW_LLAMA_LIB", lib_dir)
     cfg = ConfigLoader(str(DEMO)).load()
     assert cfg.server.listen == (("127.0.0.1", 7777),)
-    assert cfg.model_names() == ["gemma-3-270m"]
-    model = cfg.models[0]
+    assert cfg.model_names() == ["gemma-3-270m", "gemma-3-270m-embed"]
+    assert cfg.server.max_engines == 2  # the chat model and the embedding model side by side
+    model, embed = cfg.models
     assert [v.context for v in model.variants] == [2048, 8192, 32768]
     for variant in model.variants:
         assert variant.binary == "/opt/bin/llama-server"
@@ -372,6 +373,9 @@ def test_demo_config_loads(monkeypatch: pytest.MonkeyPatch, lib_dir: str | None)
             "-m", "/opt/models/gemma-3-270m.gguf", "--host", "127.0.0.1", "--port", "7778",
             "-c", str(variant.context), "-np", "1", "--no-webui",
         )  # fmt: skip
+    (variant,) = embed.variants
+    assert variant.connect == "http://127.0.0.1:7779" and variant.endpoints == ("embeddings", "tokenize")
+    assert variant.args[-3:] == ("--embeddings", "--pooling", "mean")
 
 
 @pytest.mark.parametrize("missing", ["LLMGW_LLAMA_SERVER", "LLMGW_DEMO_MODEL"])
