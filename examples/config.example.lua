@@ -39,6 +39,7 @@ server = {
   engine_startup_timeout = 120, -- from spawning an engine until it reports healthy
   engine_idle_timeout = 0, -- stop an engine idle for this long; 0 keeps it running
   engine_stop_timeout = 15, -- SIGTERM, then SIGKILL after this grace
+  stream_idle_timeout = 120, -- a stream (or a count) with no byte from the engine for this long fails; 0 = never
 
   max_body_size = 64 * 1024 * 1024, -- largest accepted request body, in bytes
   queue_timeout = 600, -- longest wait for a variant switch or a queue slot before a 503

@@ -47,6 +47,8 @@ class FakeRuntime:
         self.crash_hooks: dict[int, Callable[[], None]] = {}
         self.violations: list[str] = []
         self.closed = False
+        self.frozen: set[str] = set()  # models whose engines stop answering
+        self.killed: list[str] = []
 
     def gate(self, name: str) -> asyncio.Event:
         """Starts of ``name`` now wait until the returned event is set."""
@@ -73,8 +75,13 @@ class FakeRuntime:
         self.crash_hooks[id(engine)] = on_crash
         return engine
 
-    async def stop(self, engine: RunningEngine) -> None:
-        if self.in_use.get(id(engine)) and engine.process.is_running:
+    async def responsive(self, engine: RunningEngine, timeout: float) -> bool:
+        return engine.process.is_running and engine.model.name not in self.frozen
+
+    async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
+        if kill:
+            self.killed.append(engine.model.name)
+        if self.in_use.get(id(engine)) and engine.process.is_running and not kill:  # only a hung one is killed
             self.violations.append(f"{engine.model.name} stopped with {self.in_use[id(engine)]} request(s) on it")
         self.stops.append(engine.model.name)
         await asyncio.sleep(0)

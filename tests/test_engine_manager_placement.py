@@ -327,3 +327,18 @@ def test_random_traffic_keeps_the_rules(io_loop: Any, plan: dict[str, Any]) -> N
     assert all("pinned" in message for message in timeouts), timeouts
     assert not runtime.violations, runtime.violations
     assert runtime.running == {}
+
+
+async def test_a_busy_engine_that_stops_answering_is_killed(io_loop: Any, managers: list) -> None:
+    a = model("a", port=2001)
+    runtime = FakeRuntime(1)
+    manager = make(config([a]), runtime)
+    managers.append(manager)
+    async with leased(manager, a) as engine:
+        runtime.frozen.add("a")
+        await wait_for(lambda: not engine.process.is_running, what="the hung engine to be killed")
+    assert runtime.killed == ["a"]
+    runtime.frozen.clear()
+    async with leased(manager, a) as engine:
+        assert engine.process.is_running
+    assert runtime.starts == ["a", "a"]

@@ -23,6 +23,10 @@ class Timeouts:
     engine_startup: float  # spawn -> healthy
     engine_idle: float  # idle engine is stopped after this; 0 disables idle unload
     engine_stop: float  # SIGTERM -> SIGKILL grace
+    # A stream the engine sends nothing on for this long is ended with an error event and aborted;
+    # 0 disables. llama-server sends a keep-alive comment every 30 s (--sse-ping-interval), during
+    # prompt processing too, so a slow prefill never trips the default.
+    stream_idle: float = 120.0
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,13 @@ DEFAULT_TIMEOUTS = Timeouts(health_check=5.0, engine_startup=120.0, engine_idle=
 DEFAULT_TOKENIZE_BASE_ARGS = ("--log-disable", "--stdin", "--ids")
 
 _TIMEOUT_KEYS = frozenset(
-    {"health_check_timeout", "engine_startup_timeout", "engine_idle_timeout", "engine_stop_timeout"}
+    {
+        "health_check_timeout",
+        "engine_startup_timeout",
+        "engine_idle_timeout",
+        "engine_stop_timeout",
+        "stream_idle_timeout",
+    }
 )
 _SERVER_KEYS = _TIMEOUT_KEYS | {
     "listen_v4",
@@ -71,6 +77,7 @@ def _timeouts(node: Node, base: Timeouts) -> Timeouts:
         engine_startup=node.get_seconds("engine_startup_timeout", base.engine_startup),
         engine_idle=node.get_seconds("engine_idle_timeout", base.engine_idle, allow_zero=True),
         engine_stop=node.get_seconds("engine_stop_timeout", base.engine_stop),
+        stream_idle=node.get_seconds("stream_idle_timeout", base.stream_idle, allow_zero=True),
     )
 
 

@@ -12,9 +12,10 @@ from llmgw.engine.http import EngineHTTPClient, UpstreamCall
 class EngineClient(ABC):
     """HTTP side of one running engine: health, context size, token counting, forwarding."""
 
-    def __init__(self, base_url: str, http: EngineHTTPClient) -> None:
+    def __init__(self, base_url: str, http: EngineHTTPClient, count_timeout: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = http
+        self.count_timeout = count_timeout or 600.0  # an engine that never answers a count is an error
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
     @abstractmethod

@@ -215,14 +215,31 @@ class UpstreamCall:
             if not self._aborted:
                 await self._queue.put(None)
 
-    async def head(self) -> tuple[int, httputil.HTTPHeaders]:
-        """Status and headers; raises UpstreamError if the engine failed before answering."""
-        return await asyncio.shield(self._head)
+    async def head(self, timeout: float = 0.0) -> tuple[int, httputil.HTTPHeaders]:
+        """Status and headers; raises UpstreamError if the engine failed before answering, or
+        (``timeout`` > 0) did not answer within that time, after aborting the call."""
+        if timeout <= 0:
+            return await asyncio.shield(self._head)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._head), timeout)
+        except TimeoutError:
+            self.abort()
+            raise UpstreamError(f"the engine did not answer within {timeout:g} s (stream_idle_timeout)") from None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """Body chunks in order; raises UpstreamError if the body was cut short."""
+    async def chunks(self, idle_timeout: float = 0.0) -> AsyncIterator[bytes]:
+        """Body chunks in order; raises UpstreamError if the body was cut short, or (``idle_timeout``
+        > 0) if no byte came for that long, after aborting the call."""
         while True:
-            chunk = await self._queue.get()
+            if idle_timeout > 0 and self._queue.empty():
+                try:
+                    chunk = await asyncio.wait_for(self._queue.get(), idle_timeout)
+                except TimeoutError:
+                    self.abort()
+                    raise UpstreamError(
+                        f"the engine sent nothing for {idle_timeout:g} s (stream_idle_timeout)"
+                    ) from None
+            else:
+                chunk = await self._queue.get()
             if chunk is None:
                 break
             yield chunk

@@ -90,7 +90,7 @@ class LlamaCppEngine(EngineClient):
 
     async def _count_call(self, path: str, payload: dict[str, Any]) -> JsonReply:
         try:
-            return await self.http.json_exchange(self.base_url + path, payload, timeout=120.0)
+            return await self.http.json_exchange(self.base_url + path, payload, timeout=self.count_timeout)
         except UpstreamError as exc:
             raise TokenCountError(f"could not count the request's tokens: engine unreachable ({exc})") from exc
 

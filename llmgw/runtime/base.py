@@ -68,8 +68,12 @@ class Runtime(Protocol):
         called if the engine later exits without being stopped.
         """
 
-    async def stop(self, engine: RunningEngine) -> None:
-        """Stop the engine; returns once it is gone."""
+    async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
+        """Stop the engine (``kill``: at once, without a grace period); returns once it is gone."""
+
+    async def responsive(self, engine: RunningEngine, timeout: float) -> bool:
+        """True when the engine answers HTTP at all within ``timeout`` (any status: a busy or flapping
+        engine is alive; a stopped process or a stuck GPU is not)."""
 
     async def measure(self, engine: RunningEngine) -> Usage | None:
         """Memory the engine uses now; None if it cannot be measured."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from llmgw.config import LLAMACPP, ModelConfig, Variant
 from llmgw.engine.engine_client import EngineClient
-from llmgw.engine.http import EngineHTTPClient
+from llmgw.engine.http import EngineHTTPClient, UpstreamError
 from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.errors import EngineStartError, EngineStartTimeout, ShuttingDown
 from llmgw.runtime.base import RunningEngine, Usage
@@ -48,7 +48,7 @@ class ProcessRuntime:
             raise EngineStartError(f"model {model.name!r}: engine type {model.engine!r} is not supported")
         if self._closed:
             raise ShuttingDown("the gateway is shutting down")
-        client = LlamaCppEngine(variant.connect, self.http)
+        client = LlamaCppEngine(variant.connect, self.http, variant.timeouts.stream_idle)
         await self._check_port_free(model, variant)
 
         def exited(process: EngineProcess) -> None:
@@ -101,9 +101,18 @@ class ProcessRuntime:
         )
         return RunningEngine(model, variant, process, client, n_ctx)
 
-    async def stop(self, engine: RunningEngine) -> None:
+    async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
         assert isinstance(engine.process, EngineProcess)
-        await engine.process.stop(timeout=engine.variant.timeouts.engine_stop)
+        await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
+
+    async def responsive(self, engine: RunningEngine, timeout: float) -> bool:
+        if not engine.process.is_running:
+            return False
+        try:
+            await self.http.json_call(engine.client.base_url + "/health", timeout=timeout)
+        except UpstreamError:
+            return False
+        return True
 
     async def measure(self, engine: RunningEngine) -> Usage | None:
         pid = engine.process.pid

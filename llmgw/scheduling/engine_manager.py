@@ -44,6 +44,9 @@ from llmgw.state import StateStore
 logger = logging.getLogger(__name__)
 
 _REMEASURE_EVERY = 30.0  # seconds between memory measurements of a busy engine (the KV cache grows with use)
+# A busy engine that misses this many health probes in a row (one every health_check_timeout, each
+# waiting that long) is hung: noticed within 2 x 2 x health_check_timeout, 20 s by default.
+_HUNG_AFTER = 2
 _MEMORY_SECTION = "memory"
 
 
@@ -59,6 +62,7 @@ class EngineManager:
         self._idle: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         self._measured_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._watched: set[int] = set()  # engines whose health is watched while they serve requests
         # Observers (metrics); plain callables so this layer knows nothing of Prometheus.
         self.on_engine_started: Callable[[str, float], None] | None = None
         self.on_engine_stopped: Callable[[str, str], None] | None = None
@@ -244,13 +248,14 @@ class EngineManager:
                 self._gone[effect.slot.id] = asyncio.Event()
                 self._spawn(self._start(effect.slot))
             elif isinstance(effect, Stop):
-                self._spawn(self._stop(effect.slot, effect.reason))
+                self._spawn(self._stop(effect.slot, effect.reason, effect.kill))
             elif isinstance(effect, Gone):
                 event = self._gone.pop(effect.slot.id, None)
                 if event is not None:
                     event.set()
                 self._measured_at.pop(effect.slot.id, None)
         self._sync_idle_timers()
+        self._watch_busy_engines()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -276,11 +281,11 @@ class EngineManager:
         self._apply(self.scheduler.started(slot.id, engine, engine.n_ctx, self._now()))
         await self._measure(slot)
 
-    async def _stop(self, slot: Slot, reason: str) -> None:
+    async def _stop(self, slot: Slot, reason: str, kill: bool = False) -> None:
         logger.info("stopping engine of model %r (variant %d): %s", slot.model.name, slot.variant.index, reason)
         try:
             if slot.handle is not None:
-                await self.runtime.stop(slot.handle)
+                await self.runtime.stop(slot.handle, kill)
         except Exception:
             logger.exception("stopping the engine of model %r failed", slot.model.name)
         finally:
@@ -310,6 +315,35 @@ class EngineManager:
 
     def _on_crash(self, slot_id: int) -> None:
         self._apply(self.scheduler.crashed(slot_id, self._now()))
+
+    # ----------------------------------------------------------------- hung engines
+
+    def _watch_busy_engines(self) -> None:
+        for slot in self.scheduler.slots:
+            if slot.ready and slot.busy and slot.id not in self._watched:
+                self._watched.add(slot.id)
+                self._spawn(self._watch(slot))
+
+    async def _watch(self, slot: Slot) -> None:
+        """Probe a busy engine's health; one that stops answering is killed (see Scheduler.hung)."""
+        interval = slot.variant.timeouts.health_check
+        misses = 0
+        try:
+            while slot.ready and slot.busy and self.scheduler.slot(slot.id) is slot:
+                await asyncio.sleep(interval)
+                if not (slot.ready and slot.busy):
+                    break
+                if await self.runtime.responsive(slot.handle, interval):
+                    misses = 0
+                    continue
+                misses += 1
+                logger.warning("model %r: engine did not answer its health check (%d)", slot.model.name, misses)
+                if misses >= _HUNG_AFTER:
+                    logger.error("model %r: engine no longer answers (hung?): killing it", slot.model.name)
+                    self._apply(self.scheduler.hung(slot.id, self._now()))
+                    break
+        finally:
+            self._watched.discard(slot.id)
 
     # ----------------------------------------------------------------- idle unload
 

@@ -118,6 +118,7 @@ class Start:
 class Stop:
     slot: Slot
     reason: str
+    kill: bool = False  # no grace period: the engine no longer answers
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,15 @@ class Scheduler:
             return []  # a start reports its own failure; a stop its own end
         return [self._stop(slot, "crashed"), *self._pump(now)]
 
+    def hung(self, slot_id: int, now: float) -> list[Effect]:
+        """A ready engine stopped answering (a stopped process, a stuck GPU): it is killed, which
+        ends the requests it holds (the client gets an error, not a wait), and the next request
+        starts a new one."""
+        slot = self.slot(slot_id)
+        if slot is None or slot.state is not EngineState.READY:
+            return []
+        return [self._stop(slot, "not answering (hung)", kill=True), *self._pump(now)]
+
     def measured(self, slot_id: int, now: float) -> list[Effect]:
         """The memory book learned a new figure for this engine's variant."""
         slot = self.slot(slot_id)
@@ -366,11 +376,11 @@ class Scheduler:
         slot.last_used = now
         return Grant(ticket, slot)
 
-    def _stop(self, slot: Slot, reason: str) -> Stop:
+    def _stop(self, slot: Slot, reason: str, kill: bool = False) -> Stop:
         slot.state = EngineState.STOPPING
         slot.evict_for = None
         slot.stop_reason = reason
-        return Stop(slot, reason)
+        return Stop(slot, reason, kill)
 
     def _wanted_variant(self, ticket: Ticket) -> Variant | None:
         try:

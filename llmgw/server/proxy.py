@@ -97,8 +97,14 @@ class Proxy:
                 try:
                     if sink.gone:
                         return
+                    # A stream's head comes at once (llama-server sends it before the prompt is processed),
+                    # and so does any answer but a generation's: those are bounded; a non-streamed
+                    # generation may take minutes, and a frozen engine is caught by its health watch.
+                    streamed = request.data.get("stream") is True or endpoint.sizing is not Sizing.GENERATE
                     try:
-                        status, upstream_headers = await call.head()
+                        status, upstream_headers = await call.head(
+                            engine.variant.timeouts.stream_idle if streamed else 0
+                        )
                     except UpstreamError as exc:
                         if sink.gone:
                             return
@@ -123,7 +129,9 @@ class Proxy:
                         sink.start_response(status, relay_headers(upstream_headers))
                         await sink.send(engine_error_body(endpoint.protocol, status, error_body))
                         return
-                    await self._relay(call, status, upstream_headers, sink, request)
+                    await self._relay(
+                        call, status, upstream_headers, sink, request, engine.variant.timeouts.stream_idle
+                    )
                     return
                 finally:
                     sink.watch(None)
@@ -136,7 +144,7 @@ class Proxy:
             raise _engine_failed(model_name, exc) from exc
 
     async def _relay(
-        self, call: UpstreamCall, status: int, headers: Any, sink: ClientSink, request: ProxyRequest
+        self, call: UpstreamCall, status: int, headers: Any, sink: ClientSink, request: ProxyRequest, idle: float
     ) -> None:
         rewriter = ModelRewriter(request.requested)
         model_name = request.model.name
@@ -149,7 +157,7 @@ class Proxy:
             return
         sink.start_response(status, relay_headers(headers))
         try:
-            async for chunk in call.chunks():
+            async for chunk in call.chunks(idle):
                 out = rewriter.chunk(chunk)
                 if out:
                     await sink.send(out)
