@@ -45,8 +45,8 @@ class Plan:
     alternate_fake: AlternateParams = field(default_factory=lambda: AlternateParams(requests=300, repeats=5))
     alternate_real: AlternateParams = field(default_factory=lambda: AlternateParams(requests=40, repeats=5,
                                                                                     warmup=6))
-    starting_fake: StartingParams = field(default_factory=lambda: StartingParams(rounds=6, idle_pairs=150))
-    starting_real: StartingParams = field(default_factory=lambda: StartingParams(rounds=10, idle_pairs=6))
+    starting_fake: StartingParams = field(default_factory=lambda: StartingParams(rounds=6, idle_pairs=300))
+    starting_real: StartingParams = field(default_factory=lambda: StartingParams(rounds=14, idle_pairs=7))
 
 
 FULL = Plan()
@@ -59,7 +59,7 @@ QUICK = Plan(
     concurrency=ConcurrencyParams(repeats=1),
     alternate_fake=AlternateParams(requests=60, repeats=2),
     alternate_real=AlternateParams(requests=8, repeats=2, warmup=4),
-    starting_fake=StartingParams(rounds=2, idle_pairs=60),
+    starting_fake=StartingParams(rounds=2, idle_pairs=100),
     starting_real=StartingParams(rounds=2, idle_pairs=4),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
