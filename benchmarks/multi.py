@@ -26,11 +26,14 @@ After the start the benchmark waits for the load to answer, checks A's pid, and 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from benchmarks.client import Connection, Response
 from benchmarks.common import Ctx, chat
@@ -93,14 +96,21 @@ def _engines_by_model(running: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _events(path: Path | None) -> list[dict[str, Any]]:
-    import json
-
     if path is None or not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 _STARTING = re.compile(r"llmgw\.runtime\.local: starting model '([^']*)'")
+
+
+_PROBE_503 = re.compile(r"llmgw\.engine\.output\.B#\d+: .*GET /health \S+ 503")
+
+
+def readiness_probes(log: Path) -> int:
+    """B's /health requests answered 503 (loading), as the fake engine logs them and the gateway relays
+    its output; llama-server does not log /health, so this is 0 with the real engine."""
+    return len(_PROBE_503.findall(log.read_text(errors="replace")))
 
 
 def gateway_starts(log: Path) -> dict[str, int]:
@@ -240,6 +250,11 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
         direct = Connection(HOST, a.port)
         try:
             a_pid = _engines_by_model(await _running(control))["A"]["pid"]
+            gw_proc = psutil.Process(gw.proc.pid)
+
+            def gateway_cpu() -> float:
+                t = gw_proc.cpu_times()
+                return float(t.user + t.system)
             flip = [0]
 
             async def pair() -> tuple[float, float]:
@@ -264,6 +279,7 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
                 kept: dict[str, list[float]] = {"gateway": [], "direct": []}
                 dropped = 0
                 # The same pattern as while B starts: one /running read before the first pair and after each.
+                c0 = gateway_cpu()
                 before = idle_state(await _running(control))
                 for _ in range(params.idle_pairs):
                     g, d = await pair()
@@ -274,12 +290,13 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
                     else:
                         dropped += 1
                     before = after
-                return {"samples": kept, "dropped": dropped}
+                cpu = (gateway_cpu() - c0) / params.idle_pairs
+                return {"samples": kept, "dropped": dropped, "gateway_cpu_ms_per_pair": round(cpu * 1000, 3)}
 
             async def starting_phase(r: int) -> dict[str, Any]:
                 kept: dict[str, list[float]] = {"gateway": [], "direct": []}
                 dropped = 0
-                t0 = time.perf_counter()
+                c0, t0 = gateway_cpu(), time.perf_counter()
                 load = asyncio.ensure_future(gw.load("B"))
                 try:
                     deadline = time.perf_counter() + 30
@@ -300,6 +317,7 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
                             break
                     else:
                         raise RuntimeError(f"round {r + 1}: B still starting after {params.max_starting_pairs} pairs")
+                    cpu = (gateway_cpu() - c0) / (len(kept["gateway"]) + dropped)
                     await asyncio.wait_for(asyncio.shield(load), 180)
                     start_s = time.perf_counter() - t0
                 finally:
@@ -309,7 +327,8 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
                 if engines.get("B", {}).get("state") != "ready" or engines.get("A", {}).get("pid") != a_pid:
                     raise RuntimeError(f"round {r + 1}: after B's start, /running says {engines}")
                 await gw.unload("B")
-                return {"samples": kept, "dropped": dropped, "load_s": round(start_s, 3)}
+                return {"samples": kept, "dropped": dropped, "load_s": round(start_s, 3),
+                        "gateway_cpu_ms_per_pair": round(cpu * 1000, 3)}
 
             for _ in range(max(3, params.idle_pairs // 10)):  # warm-up
                 await pair()
@@ -333,7 +352,10 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
     expected = {"A": 1, "B": params.rounds}
     if starts != expected or (fake_starts and fake_starts != expected):
         raise RuntimeError(f"expected starts {expected}; gateway log {starts}, fake events {fake_starts}")
-    return _starting_result(engine, params, extra, rounds, starts, fake_starts)
+    result = _starting_result(engine, params, extra, rounds, starts, fake_starts)
+    if engine == "fake":
+        result["readiness_probes_per_start"] = round(readiness_probes(gw.proc.log_path) / params.rounds, 1)
+    return result
 
 
 def _starting_result(engine: str, params: StartingParams, extra: dict[str, Any], rounds: list[dict[str, Any]],
@@ -346,7 +368,9 @@ def _starting_result(engine: str, params: StartingParams, extra: dict[str, Any],
         idle, starting = row["idle"]["samples"], row["starting"]["samples"]
         out = {"round": row["round"], "load_s": row["starting"]["load_s"], "n_idle": len(idle["gateway"]),
                "n_starting": len(starting["gateway"]), "dropped_idle": row["idle"]["dropped"],
-               "dropped_starting": row["starting"]["dropped"]}
+               "dropped_starting": row["starting"]["dropped"],
+               "idle_gateway_cpu_ms_per_pair": row["idle"]["gateway_cpu_ms_per_pair"],
+               "starting_gateway_cpu_ms_per_pair": row["starting"]["gateway_cpu_ms_per_pair"]}
         for phase, s in (("idle", idle), ("starting", starting)):
             out[f"{phase}_gateway_ms"] = round(med(s["gateway"]), 4)
             out[f"{phase}_direct_ms"] = round(med(s["direct"]), 4)
@@ -381,6 +405,10 @@ def _starting_result(engine: str, params: StartingParams, extra: dict[str, Any],
         "added_more_ms": spread([r["added_more_ms"] for r in usable], 3),
         "idle_added_ms": spread([r["idle_added_ms"] for r in usable], 3),
         "starting_added_ms": spread([r["starting_added_ms"] for r in usable], 3),
+        # The gateway's CPU time (psutil, user + system) over a phase, per pair sent: its request work plus
+        # whatever else it does meanwhile (while B starts: spawning, readiness probes, relaying B's output).
+        "gateway_cpu_ms_per_pair": {phase: spread([r[f"{phase}_gateway_cpu_ms_per_pair"] for r in per_round], 3)
+                                    for phase in ("idle", "starting")},
         "pooled": pool,
         "per_round": per_round,
     }

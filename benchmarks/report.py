@@ -291,7 +291,19 @@ def _starting_md(sg: dict[str, Any]) -> str:
                       "added ms (per round)"], rows)
             + f"\nPer round, starting - idle: gateway **{fmt(sg['gateway_more_ms'], 3)} ms** (the target's figure); "
             f"direct {fmt(sg['direct_more_ms'], 3)} ms (the engine itself, sharing the machine with B's start); "
-            f"gateway's own part (added while starting - added idle) {fmt(sg['added_more_ms'], 3)} ms.\n")
+            f"gateway's own part (added while starting - added idle) {fmt(sg['added_more_ms'], 3)} ms.\n"
+            + _starting_cpu(sg))
+
+
+def _starting_cpu(sg: dict[str, Any]) -> str:
+    cpu = sg.get("gateway_cpu_ms_per_pair")
+    if not cpu:
+        return ""
+    text = (f"\nGateway CPU time over a phase per pair sent (psutil; its request work plus whatever else it does "
+            f"meanwhile): idle {fmt(cpu['idle'], 3)} ms, while B starts {fmt(cpu['starting'], 3)} ms")
+    if sg.get("readiness_probes_per_start") is not None:
+        text += f"; the gateway probed B's `/health` {sg['readiness_probes_per_start']:g} times per start"
+    return text + ".\n"
 
 
 def _memory_md(cc: dict[str, Any]) -> str:

@@ -122,6 +122,8 @@ def test_starting_shape(smoke_results: dict[str, Any]) -> None:
     for phase in ("idle", "starting"):
         for path in ("gateway", "direct"):
             assert _positive(sg["pooled"][phase][path])
+        assert isinstance(sg["gateway_cpu_ms_per_pair"][phase]["median"], float)
+    assert isinstance(sg["readiness_probes_per_start"], float)
 
 
 def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
