@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import random
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from traffic import Traffic
+from traffic import Traffic, assert_no_growth, snapshot
 
 from conftest import FakeModel, Gateway, get, post, write_config
 from llmgw.config import ConfigLoader
@@ -33,15 +32,6 @@ SECONDS = float(os.environ.get("LLMGW_CHAOS_SECONDS", "120"))
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(seconds=SECONDS + 180)]
 
 CLIENTS = 6
-MAX_FD_GROWTH = 16
-MAX_TASK_GROWTH = 8
-MAX_RSS_GROWTH = 64 * 1024 * 1024
-
-
-def _snapshot() -> dict[str, int]:
-    gc.collect()
-    proc = psutil.Process()
-    return {"fds": proc.num_fds(), "tasks": len(asyncio.all_tasks()), "rss": proc.memory_info().rss}
 
 
 def _engine_ports() -> list[tuple[int, int]]:
@@ -154,14 +144,14 @@ async def test_chaos(
     try:
         await clients(time.monotonic() + 5)  # warm-up
         await quiet()
-        before = _snapshot()
+        before = snapshot()
         until = time.monotonic() + SECONDS
         await asyncio.gather(clients(until), chaos(until))
         for pid in list(stopped):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         await quiet()
-        after = _snapshot()
+        after = snapshot()
         # The gateway still serves every model after all that.
         for model in models:
             resp = await post(traffic.http, gw.url + "/v1/chat/completions", {"model": model.name, "messages": [
@@ -179,6 +169,4 @@ async def test_chaos(
     assert traffic.outcomes["ok"] > 50, traffic.outcomes
     assert len(set(actions)) == 7, actions  # every kind of chaos happened
     assert gw.server.manager.in_flight == 0 and gw.server.manager.queued == 0
-    assert after["fds"] - before["fds"] <= MAX_FD_GROWTH, (before, after)
-    assert after["tasks"] - before["tasks"] <= MAX_TASK_GROWTH, (before, after)
-    assert after["rss"] - before["rss"] <= MAX_RSS_GROWTH, (before, after)
+    assert_no_growth(before, after)

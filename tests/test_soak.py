@@ -9,15 +9,13 @@ beyond stated bounds once traffic stops.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 
-import psutil
 import pytest
-from traffic import Traffic
+from traffic import Traffic, assert_no_growth, snapshot
 
 from conftest import FakeModel, Gateway
 
@@ -25,16 +23,6 @@ SECONDS = float(os.environ.get("LLMGW_SOAK_SECONDS", "120"))
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(seconds=SECONDS + 120)]  # pytest-tornasync's hang guard
 
 CLIENTS = 6
-# Bounds once traffic has stopped, relative to the state after warm-up.
-MAX_FD_GROWTH = 16
-MAX_TASK_GROWTH = 8
-MAX_RSS_GROWTH = 64 * 1024 * 1024
-
-
-def _snapshot() -> dict[str, int]:
-    gc.collect()
-    proc = psutil.Process()
-    return {"fds": proc.num_fds(), "tasks": len(asyncio.all_tasks()), "rss": proc.memory_info().rss}
 
 
 async def test_soak(start_gateway: Callable[..., Awaitable[Gateway]], make_model: Callable[..., FakeModel]) -> None:
@@ -58,14 +46,14 @@ async def test_soak(start_gateway: Callable[..., Awaitable[Gateway]], make_model
     try:
         await asyncio.gather(*(client_loop(time.monotonic() + 5) for _ in range(CLIENTS)))  # warm-up
         await asyncio.sleep(1.0)
-        before = _snapshot()
+        before = snapshot()
         await asyncio.gather(*(client_loop(time.monotonic() + SECONDS) for _ in range(CLIENTS)))
         for _ in range(100):  # let aborted requests unwind
             if gateway.server.manager.in_flight == 0:
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
-        after = _snapshot()
+        after = snapshot()
     finally:
         traffic.close()
     outcomes = traffic.outcomes
@@ -77,7 +65,5 @@ async def test_soak(start_gateway: Callable[..., Awaitable[Gateway]], make_model
     starts = sum(s.value for m in gateway.server.metrics.engine_starts.collect() for s in m.samples
                  if s.name.endswith("_total"))
     assert starts > 3  # models really alternated
-    assert after["fds"] - before["fds"] <= MAX_FD_GROWTH, (before, after)
-    assert after["tasks"] - before["tasks"] <= MAX_TASK_GROWTH, (before, after)
-    assert after["rss"] - before["rss"] <= MAX_RSS_GROWTH, (before, after)
+    assert_no_growth(before, after)
     print(f"soak: {dict(outcomes)}; before {before}; after {after}")

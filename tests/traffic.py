@@ -6,16 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import random
 from collections import Counter
 from typing import Any
 
+import psutil
 from tornado.httpclient import AsyncHTTPClient
 
 from conftest import chat_body
 
 HI = [{"role": "user", "content": "hi there"}]
+
+# How much the gateway process may have grown once traffic has stopped, against its state before.
+MAX_FD_GROWTH = 16
+MAX_TASK_GROWTH = 8
+MAX_RSS_GROWTH = 64 * 1024 * 1024
+
+
+def snapshot() -> dict[str, int]:
+    gc.collect()
+    proc = psutil.Process()
+    return {"fds": proc.num_fds(), "tasks": len(asyncio.all_tasks()), "rss": proc.memory_info().rss}
+
+
+def assert_no_growth(before: dict[str, int], after: dict[str, int]) -> None:
+    assert after["fds"] - before["fds"] <= MAX_FD_GROWTH, (before, after)
+    assert after["tasks"] - before["tasks"] <= MAX_TASK_GROWTH, (before, after)
+    assert after["rss"] - before["rss"] <= MAX_RSS_GROWTH, (before, after)
 
 
 def _words(n: int) -> str:
