@@ -99,6 +99,8 @@ async def test_chaos(
 
     async def chaos(until: float) -> None:
         background: set[asyncio.Task[None]] = set()
+        kinds = ["kill", "stop", "load", "unload", "unload_all", "reload", "reload_changed"]
+        plan: list[str] = []
         for _ in range(100_000):
             if time.monotonic() >= until:
                 break
@@ -106,7 +108,9 @@ async def test_chaos(
             ports = [port for port, _ in _engine_ports()]
             if len(ports) != len(set(ports)):
                 violations.append(f"two engines on one port: {sorted(ports)}")
-            action = rng.choice(["kill", "stop", "load", "unload", "unload_all", "reload", "reload_changed"])
+            if not plan:  # every kind once per round, in a random order
+                plan = rng.sample(kinds, len(kinds))
+            action = plan.pop()
             actions.append(action)
             ready = [e for e in await engines() if e["state"] == "ready" and e["pid"]]
             if action == "kill" and ready:
