@@ -151,7 +151,7 @@ async def test_progress_of_a_waiting_request(tmp_path: Path) -> None:
     # A load time learned before a restart (a long one: the estimate stays low while the test runs).
     big_variant = model("a", (1024, 4096), port=9101).variants[1]
     StateStore(tmp_path).put(LOAD_SECTION, {launch_key(model("a", port=9101), big_variant): 1000.0})
-    manager, runtime, watch, bus, cfg = watched(tmp_path)
+    manager, runtime, watch, _, cfg = watched(tmp_path)
     a, b = cfg.models
     tickets: list[Ticket] = []
     gate = runtime.gate("a")
