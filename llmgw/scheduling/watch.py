@@ -98,7 +98,7 @@ class EngineWatch:
         self._seen: dict[int, _Seen] = {}
         self._spawned: dict[int, int] = {}  # slot id -> pid, for engines whose process runs
         self._queue: tuple[tuple[int, str], ...] = ()
-        self.failed: dict[str, float] = {}  # model -> wall time of its last failed start
+        self.failed: dict[str, float] = {}  # model -> loop time of its last failed start (cleared by a success)
 
     # ------------------------------------------------------------------ observers
 
@@ -129,7 +129,8 @@ class EngineWatch:
         queue = tuple((ticket.id, ticket.phase.value) for ticket in self.manager.waiting)
         if queue != self._queue:
             self._queue = queue
-            self.bus.publish("queue", queue=self.queue_view(now))
+            if self.bus.watched:
+                self.bus.publish("queue", queue=self.queue_view(now))
 
     def spawned(self, model: ModelConfig, variant: Variant, pid: int) -> None:
         """The runtime spawned an engine process: its slot is now loading."""

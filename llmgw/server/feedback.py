@@ -119,6 +119,8 @@ class LoadingFeedback:
 
     async def _pump(self) -> None:
         assert self._stream is not None
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         try:
             while not self._stop.is_set():
                 progress = self._progress(self._ticket) if self._ticket is not None else None
@@ -129,10 +131,13 @@ class LoadingFeedback:
                     self.started = True
                     await self._send(self._stream.open())
                 await self._send(self._stream.text(self._render(progress)))
+                due += self._interval  # on a fixed beat: a slow write does not stretch the gaps
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), self._interval)
-        except Exception as exc:  # the client left (ClientGone): the proxy notices on its own
-            logger.debug("loading feedback ended: %r", exc)
+                    await asyncio.wait_for(self._stop.wait(), max(due - loop.time(), 0.0))
+        except Exception as exc:
+            if self._sink.gone:  # the client left (ClientGone): the proxy notices on its own
+                return
+            logger.warning("loading feedback stopped: %r", exc, exc_info=True)
 
     def _render(self, progress: Progress) -> str:
         assert self._stream is not None
