@@ -36,9 +36,8 @@ class ModelRewriter:
             self._pending = b""
         if data.endswith(_EVENT_END):
             return self.body(data)
-        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
-        cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-        if cut == 0:  # no event ends here
+        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
+        if cut <= 1:
             self._pending = data
             return b""
         self._pending = data[cut:]
