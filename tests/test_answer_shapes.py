@@ -127,8 +127,8 @@ def test_anthropic_engine_stream_follows_the_thinking_block() -> None:
             "content_block_delta",
         )
     )
-    # Cut mid-event: the splice sees whole events only.
-    relayed = splice.chunk(engine[:50]) + splice.chunk(engine[50:]) + splice.flush()
+    # Cut mid-event, and mid-line: the splice looks at whole events only.
+    relayed = splice.chunk(engine[:3]) + splice.chunk(engine[3:50]) + splice.chunk(engine[50:]) + splice.flush()
     got = events(ours + relayed)
     assert [kind for kind, _ in got] == [
         "message_start",

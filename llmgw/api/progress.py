@@ -279,6 +279,7 @@ class _Splice:
         self._seen = seen
         self._drop = tuple(b"event: " + kind + b"\n" for kind in drop)
         self._shift = shift_index
+        self._pending = b""  # an event not ended yet (it waits whole)
 
     def body(self, data: bytes) -> bytes:
         return self._rewriter.body(data)
@@ -287,13 +288,17 @@ class _Splice:
         return self._fix(self._rewriter.chunk(data))
 
     def flush(self) -> bytes:
-        return self._fix(self._rewriter.flush())
+        return self._fix(self._rewriter.flush(), last=True)
 
-    def _fix(self, data: bytes) -> bytes:
+    def _fix(self, data: bytes, last: bool = False) -> bytes:
+        data = self._pending + data.replace(b"\r\n", b"\n")
         if not data:
             return data
+        *events, self._pending = data.split(b"\n\n")
+        if last and self._pending:
+            events, self._pending = [*events, self._pending], b""
         kept = []
-        for event in data.replace(b"\r\n", b"\n").split(b"\n\n"):
+        for event in events:
             if not event:
                 continue
             if event.startswith(self._drop):
