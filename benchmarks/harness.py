@@ -280,9 +280,10 @@ class GatewayProc:
             raise RuntimeError(f"/load {model}: {resp.status} {resp.body[:300]!r}")
         return dict(resp.json())
 
-    async def unload(self) -> None:
+    async def unload(self, model: str | None = None) -> None:
+        """Every engine (no body), or the one of ``model``; returns once they are gone."""
         async with self.connection() as conn:
-            resp = await conn.request("POST", "/unload", timeout=60)
+            resp = await conn.request("POST", "/unload", None if model is None else {"model": model}, timeout=60)
         if resp.status != 200:
             raise RuntimeError(f"/unload: {resp.status} {resp.body[:300]!r}")
 

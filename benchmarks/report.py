@@ -10,6 +10,18 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 FINDINGS = HERE / "findings.md"
 
+STARTING_METHOD = (
+    "A gateway with `max_engines = 2`; A loaded. Each round has an idle phase (A alone) and a phase while B starts "
+    '(`POST /load {"model": "B"}` sent in the background), order flipped between rounds. Both phases sample alike: '
+    "`GET /running`, then a pair (the small request to A through the gateway and straight to A's process, order "
+    "flipped), then `GET /running` again. **While B is starting** means: a pair counts only if the reads before and "
+    "after it both show B in state `starting` (B enters that state once, when the gateway decides to start it, and "
+    "leaves it once, when it is ready), so B was starting during the whole pair; the pair during which the start "
+    "ended is dropped. Idle pairs count only if both reads show A alone and `ready` with its first pid. After each "
+    'start, B is unloaded (`POST /unload {"model": "B"}` returns once it is gone). Differences are taken per round '
+    "(starting - idle), then summarised over rounds.\n"
+)
+
 KIND_LABEL = {"model_switch": "switch between 2 models", "variant_switch": "switch to the larger variant",
               "cold": "cold first request"}
 
@@ -72,7 +84,33 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         failed = [row["clients"] for row in cc["levels"] if not row["all_ok"]]
         add("5. concurrency", "every client of every level succeeds", 0 if not failed else len(failed), not failed,
             "all succeeded" if not failed else f"failures at {failed} clients")
+    for engine in ("fake", "real"):
+        al = b.get(f"alternate_{engine}")
+        if al:
+            value = _v(al["difference_ms"])
+            same = al["within_spread"] or (value is not None and value <= 0)
+            add(f"7. alternation ({engine} engine)", "added latency, alternating 2 loaded models = single model "
+                "(difference within the spread), no engine start", value,
+                value is not None and same and al["all_ok"] and al["engine_starts_during_measurement"] == 0,
+                _alternate_shown(al))
+    for engine in ("fake", "real"):
+        sg = b.get(f"starting_{engine}")
+        if sg:
+            value = _v(sg["gateway_more_ms"])
+            add(f"8. while another starts ({engine} engine)", "request to a loaded model while another model starts: "
+                "median <= 5 ms more than with nothing starting", value,
+                value is not None and value <= 5 and sg["all_ok"],
+                f"{fmt(sg['gateway_more_ms'], 2)} ms (gateway's own part: {fmt(sg['added_more_ms'], 2)} ms)")
     return rows
+
+
+def _alternate_shown(al: dict[str, Any]) -> str:
+    diff = _v(al["difference_ms"]) or 0.0
+    verdict = "within the spread" if al["within_spread"] else ("lower, outside the spread" if diff <= 0
+                                                                else "higher, outside the spread")
+    return (f"(a) {fmt(al['single']['added_ms']['median'], 2)}, (b) {fmt(al['alternating']['added_ms']['median'], 2)}"
+            f" ms; (b) - (a) {fmt(al['difference_ms'], 2)} ms, {verdict}; "
+            f"engine starts during: {al['engine_starts_during_measurement']}")
 
 
 # --------------------------------------------------------------------------- markdown
@@ -217,6 +255,57 @@ def _concurrency_md(cc: dict[str, Any]) -> str:
                       "gateway chunks/s", "direct TTFT ms (median client)", "gateway TTFT ms"], rows))
 
 
+def _alternate_md(al: dict[str, Any]) -> str:
+    rows = []
+    for mode, label in (("single", "(a) single model (A only)"), ("alternating", "(b) alternating A, B, A, B...")):
+        m = al[mode]
+        rows.append([label, fmt(m["direct_ms"], 3), fmt(m["gateway_ms"], 3), f"**{fmt(m['added_ms']['median'], 3)}**",
+                     fmt(m["added_ms"]["p99"], 3)])
+    verdict = "within" if al["within_spread"] else "outside"
+    starts = al["engine_starts"]
+    fake = f", fake engines' event files {starts['fake_events']}" if starts.get("fake_events") else ""
+    return (f"### {al['engine']} engine\n\n{al['requests_per_block']} gateway requests (and as many direct) per block, "
+            f"{al['repeats']} repeats, `max_tokens` {al['max_tokens']}.\n\n"
+            + _table(["requests", "direct median ms", "gateway median ms", "added median ms", "added p99 ms"], rows)
+            + f"\n(b) - (a), per repeat: **{fmt(al['difference_ms'], 3)} ms**, {verdict} the spread of the two "
+            f"(the min-max ranges of (a) and (b) {'overlap' if al['within_spread'] else 'do not overlap'}). "
+            f"Engine starts: gateway log {starts['gateway_log']}{fake} (the loads before measuring, nothing else); "
+            f"/running read {al['checks']} times (after loading, after the warm-up, after every block): the same pids "
+            f"{al['pids']}, both `ready`, nothing queued.\n")
+
+
+def _starting_md(sg: dict[str, Any]) -> str:
+    pool = sg["pooled"]
+    rows = []
+    for phase, label in (("idle", "nothing starting"), ("starting", "while B starts")):
+        gw, direct = pool[phase]["gateway"], pool[phase]["direct"]
+        rows.append([label, gw["n"], fmt(direct, 3), fmt(gw, 3), f"{gw['p99']:.3f}", fmt(sg[f"{phase}_added_ms"], 3)])
+    how = (f"fake engine, B with `--fake-load-delay {sg['load_delay_s']:g}`" if sg["engine"] == "fake"
+           else "real llama-server, B's real load")
+    samples = sg["samples"]
+    return (f"### {sg['engine']} engine\n\n{how}; {sg['rounds']} rounds; B's start as the benchmark saw it (load "
+            f"sent to load answered): {fmt(sg['b_start_s'], 3)} s. Pairs kept: {samples['idle']} idle, "
+            f"{samples['starting']} while B started (dropped: {samples['dropped_idle']} idle, "
+            f"{samples['dropped_starting']} during which B's start ended).\n\n"
+            + _table(["A's small request", "pairs", "direct ms (all pairs)", "gateway ms (all pairs)", "gateway p99 ms",
+                      "added ms (per round)"], rows)
+            + f"\nPer round, starting - idle: gateway **{fmt(sg['gateway_more_ms'], 3)} ms** (the target's figure); "
+            f"direct {fmt(sg['direct_more_ms'], 3)} ms (the engine itself, sharing the machine with B's start); "
+            f"gateway's own part (added while starting - added idle) {fmt(sg['added_more_ms'], 3)} ms.\n"
+            + _starting_cpu(sg))
+
+
+def _starting_cpu(sg: dict[str, Any]) -> str:
+    cpu = sg.get("gateway_cpu_ms_per_pair")
+    if not cpu:
+        return ""
+    text = (f"\nGateway CPU time over a phase per pair sent (psutil; its request work plus whatever else it does "
+            f"meanwhile): idle {fmt(cpu['idle'], 3)} ms, while B starts {fmt(cpu['starting'], 3)} ms")
+    if sg.get("readiness_probes_per_start") is not None:
+        text += f"; the gateway probed B's `/health` {sg['readiness_probes_per_start']:g} times per start"
+    return text + ".\n"
+
+
 def _memory_md(cc: dict[str, Any]) -> str:
     m = cc["memory"]
     rows = [["idle, no engine", m.get("idle_no_engine_mb")], ["idle, engine loaded", m.get("idle_engine_loaded_mb")],
@@ -259,6 +348,17 @@ def _blockers(data: dict[str, Any]) -> str:
                      f"floor (GET /health) adds {fmt(ov['added_health_ms']['median'], 3)} ms; the exact count it "
                      f"makes per request costs {fmt(ov['count_new_conn_ms']['median'], 3)} ms straight to the engine "
                      f"on a new connection ({fmt(ov['count_direct_ms']['median'], 3)} ms on keep-alive).")
+        elif t["benchmark"].startswith("7. alternation"):
+            al = b["alternate_" + ("real" if "real" in t["benchmark"] else "fake")]
+            line += (f" Gateway medians: single {fmt(al['single']['gateway_ms'], 3)} ms, alternating "
+                     f"{fmt(al['alternating']['gateway_ms'], 3)} ms; direct: {fmt(al['single']['direct_ms'], 3)} and "
+                     f"{fmt(al['alternating']['direct_ms'], 3)} ms. Engine starts in the gateway log: "
+                     f"{al['engine_starts']['gateway_log']}.")
+        elif t["benchmark"].startswith("8. while another starts"):
+            sg = b["starting_" + ("real" if "real" in t["benchmark"] else "fake")]
+            line += (f" Of that, the engine itself (direct requests to the same process, same moments) is "
+                     f"{fmt(sg['direct_more_ms'], 2)} ms slower while the other engine starts; the gateway's own part "
+                     f"(added while starting - added idle) is {fmt(sg['added_more_ms'], 2)} ms.")
         elif t["benchmark"].startswith("2. streaming"):
             st = b["streaming"]
             line += (f" The gateway spends {fmt(st['gateway']['gateway_cpu_us_per_chunk'])} µs of CPU per chunk, the "
@@ -317,6 +417,22 @@ def write(data: dict[str, Any], report_dir: Path, suffix: str = "") -> Path:
         if "concurrency" in plots:
             md.append(f"![concurrency]({plots['concurrency']})\n")
         md += ["## 6. Memory\n", _memory_md(b["concurrency"])]
+    alternates = [b[k] for k in ("alternate_fake", "alternate_real") if b.get(k)]
+    if alternates:
+        md.append("## 7. Alternating between two loaded models\n")
+        md.append("A gateway with `max_engines = 2` and models A and B, both loaded before anything is measured. "
+                  "(a) single: small non-streamed requests to A only; (b) alternating: the same requests to A, B, A, "
+                  "B...; the two blocks alternate (order flipped between repeats). Each gateway request is paired with "
+                  "the same request straight to the engine process that serves it. Added = gateway median - direct "
+                  "median per block; figures over repeats.\n")
+        md += [_alternate_md(al) for al in alternates]
+    startings = [b[k] for k in ("starting_fake", "starting_real") if b.get(k)]
+    if startings:
+        md.append("## 8. A loaded model while another starts\n")
+        md.append(STARTING_METHOD)
+        md += [_starting_md(sg) for sg in startings]
+    if "multi" in plots:
+        md.append(f"![several engines]({plots['multi']})\n")
     path = report_dir / f"RESULTS{suffix}.md"
     path.write_text("\n".join(md))
     return path
@@ -403,6 +519,38 @@ def make_plots(data: dict[str, Any], report_dir: Path, suffix: str) -> dict[str,
         ax2.set_xlabel("concurrent streaming clients")
         ax2.set_ylabel("gateway / direct wall time")
         save(fig, "concurrency")
+    alternates = [b[k] for k in ("alternate_fake", "alternate_real") if b.get(k)]
+    startings = [b[k] for k in ("starting_fake", "starting_real") if b.get(k)]
+    if alternates or startings:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+
+        def bars(ax: Any, groups: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> None:
+            width = 0.8 / max(len(series) for _, series in groups)
+            for g, (_, series) in enumerate(groups):
+                for i, (label, sp) in enumerate(series):
+                    med = sp["median"]
+                    ax.bar(g + i * width, med, width, yerr=[[med - sp["min"]], [sp["max"] - med]], capsize=3,
+                           color=f"C{i}", label=label if g == 0 else None)
+            ax.set_xticks([g + width * (len(s) - 1) / 2 for g, (_, s) in enumerate(groups)],
+                          [name for name, _ in groups], fontsize=8)
+            ax.axhline(0, color="black", lw=0.5)
+            ax.legend(fontsize=7)
+
+        if alternates:
+            bars(ax1, [(f"{al['engine']} engine", [("(a) single model", al["single"]["added_ms"]["median"]),
+                                                   ("(b) alternating A, B", al["alternating"]["added_ms"]["median"])])
+                       for al in alternates])
+        ax1.set_ylabel("gateway - direct, ms (median per block)", fontsize=7)
+        ax1.set_title("7. added latency, two loaded models", fontsize=9)
+        if startings:
+            bars(ax2, [(f"{sg['engine']} engine", [("gateway (target)", sg["gateway_more_ms"]),
+                                                   ("direct (the engine)", sg["direct_more_ms"]),
+                                                   ("gateway's own part", sg["added_more_ms"])])
+                       for sg in startings])
+            ax2.axhline(5, ls="--", color="gray", lw=1)
+        ax2.set_ylabel("while B starts - idle, ms (per round)", fontsize=7)
+        ax2.set_title("8. request to A while B starts", fontsize=9)
+        save(fig, "multi")
     ct = b.get("counting")
     if ct:
         fig, ax = plt.subplots(figsize=(5, 3))
@@ -452,6 +600,16 @@ def headlines(data: dict[str, Any]) -> dict[str, float]:
         for k, v in b["concurrency"]["memory"].items():
             if isinstance(v, float):
                 out[f"memory.{k}"] = v
+    for engine in ("fake", "real"):
+        al = b.get(f"alternate_{engine}")
+        if al:
+            for mode in ("single", "alternating"):
+                out[f"alternate_{engine}.{mode}.added_ms"] = al[mode]["added_ms"]["median"]["median"]
+            out[f"alternate_{engine}.difference_ms"] = al["difference_ms"]["median"]
+        sg = b.get(f"starting_{engine}")
+        if sg:
+            for key in ("gateway_more_ms", "direct_more_ms", "added_more_ms"):
+                out[f"starting_{engine}.{key}"] = sg[key]["median"]
     return {k: v for k, v in out.items() if v is not None}
 
 

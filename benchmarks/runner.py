@@ -23,13 +23,15 @@ from benchmarks.common import Ctx
 from benchmarks.concurrency import ConcurrencyParams, run_concurrency
 from benchmarks.counting import CountParams, run_counting
 from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real_engine_files
+from benchmarks.multi import AlternateParams, StartingParams, run_alternate, run_starting
 from benchmarks.overhead import OverheadParams, run_overhead
 from benchmarks.streaming import StreamParams, run_streaming
 from benchmarks.switch import SwitchParams, run_switch
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("switch_fake", "switch_real", "streaming", "overhead", "counting", "concurrency")
-REAL_ONLY = ("switch_real", "counting")
+NAMES = ("switch_fake", "switch_real", "streaming", "overhead", "counting", "concurrency", "alternate_fake",
+         "alternate_real", "starting_fake", "starting_real")
+REAL_ONLY = ("switch_real", "counting", "alternate_real", "starting_real")
 
 
 @dataclass
@@ -40,6 +42,11 @@ class Plan:
     overhead: OverheadParams = field(default_factory=lambda: OverheadParams(requests=400, repeats=3))
     counting: CountParams = field(default_factory=lambda: CountParams(repeats=9))
     concurrency: ConcurrencyParams = field(default_factory=lambda: ConcurrencyParams(repeats=5))
+    alternate_fake: AlternateParams = field(default_factory=lambda: AlternateParams(requests=300, repeats=5))
+    alternate_real: AlternateParams = field(default_factory=lambda: AlternateParams(requests=40, repeats=5,
+                                                                                    warmup=6))
+    starting_fake: StartingParams = field(default_factory=lambda: StartingParams(rounds=6, idle_pairs=300))
+    starting_real: StartingParams = field(default_factory=lambda: StartingParams(rounds=14, idle_pairs=7))
 
 
 FULL = Plan()
@@ -50,6 +57,10 @@ QUICK = Plan(
     overhead=OverheadParams(requests=100, repeats=2, cpu_requests=100),
     counting=CountParams(repeats=3),
     concurrency=ConcurrencyParams(repeats=1),
+    alternate_fake=AlternateParams(requests=60, repeats=2),
+    alternate_real=AlternateParams(requests=8, repeats=2, warmup=4),
+    starting_fake=StartingParams(rounds=2, idle_pairs=100),
+    starting_real=StartingParams(rounds=2, idle_pairs=4),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
 SMOKE = Plan(
@@ -57,6 +68,8 @@ SMOKE = Plan(
     streaming=StreamParams(tokens=300, repeats=1),
     overhead=OverheadParams(requests=5, repeats=1, cpu_requests=5),
     concurrency=ConcurrencyParams(clients=(1, 2), tokens=20, token_delay=0.001, repeats=1),
+    alternate_fake=AlternateParams(requests=6, repeats=2, warmup=2),
+    starting_fake=StartingParams(rounds=2, idle_pairs=5, load_delay=0.5),
 )
 
 
@@ -68,6 +81,10 @@ def runners(plan: Plan) -> dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]
         "overhead": lambda ctx: run_overhead(ctx, plan.overhead),
         "counting": lambda ctx: run_counting(ctx, plan.counting),
         "concurrency": lambda ctx: run_concurrency(ctx, plan.concurrency),
+        "alternate_fake": lambda ctx: run_alternate(ctx, "fake", plan.alternate_fake),
+        "alternate_real": lambda ctx: run_alternate(ctx, "real", plan.alternate_real),
+        "starting_fake": lambda ctx: run_starting(ctx, "fake", plan.starting_fake),
+        "starting_real": lambda ctx: run_starting(ctx, "real", plan.starting_real),
     }
 
 

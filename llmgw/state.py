@@ -52,6 +52,9 @@ class StateStore:
         except OSError as exc:
             logger.warning("state file %s cannot be read (%s); starting without it", self.path, exc)
             return {}
+        except UnicodeDecodeError as exc:
+            logger.warning("state file %s is corrupt (%s); ignoring it", self.path, exc)
+            return {}
         try:
             data = json.loads(text)
         except ValueError as exc:

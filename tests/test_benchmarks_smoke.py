@@ -18,7 +18,7 @@ from benchmarks.common import Ctx  # noqa: E402
 from benchmarks.harness import kill_all  # noqa: E402
 from benchmarks.runner import SMOKE, run_suite  # noqa: E402
 
-FAKE_BENCHMARKS = ["switch_fake", "streaming", "overhead", "concurrency"]
+FAKE_BENCHMARKS = ["switch_fake", "streaming", "overhead", "concurrency", "alternate_fake", "starting_fake"]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,44 @@ def test_concurrency_and_memory_shape(smoke_results: dict[str, Any]) -> None:
     assert memory["peak_under_load_mb"] >= memory["idle_no_engine_mb"] * 0.5
 
 
+def test_alternate_shape(smoke_results: dict[str, Any]) -> None:
+    al = smoke_results["benchmarks"]["alternate_fake"]
+    assert al["all_ok"]
+    # Both engines loaded once before measuring, then never restarted (the benchmark raises otherwise).
+    assert al["engine_starts"] == {"gateway_log": {"A": 1, "B": 1}, "fake_events": {"A": 1, "B": 1}}
+    assert al["engine_starts_during_measurement"] == 0
+    assert set(al["pids"]) == {"A", "B"} and all(isinstance(pid, int) for pid in al["pids"].values())
+    assert sorted(blk["mode"] for blk in al["blocks"]) == ["alternating", "alternating", "single", "single"]
+    for blk in al["blocks"]:
+        models = {"A", "B"} if blk["mode"] == "alternating" else {"A"}
+        assert set(blk["per_model"]) == models
+        assert blk["gateway"]["n"] == blk["direct"]["n"] == 6
+    for mode in ("single", "alternating"):
+        assert _positive(al[mode]["gateway_ms"]) and _positive(al[mode]["direct_ms"])
+        assert isinstance(al[mode]["added_ms"]["median"]["median"], float)
+    assert isinstance(al["difference_ms"]["median"], float)
+    assert isinstance(al["within_spread"], bool)
+
+
+def test_starting_shape(smoke_results: dict[str, Any]) -> None:
+    sg = smoke_results["benchmarks"]["starting_fake"]
+    assert sg["all_ok"]
+    # A loaded once; B started once per round (and unloaded after it).
+    assert sg["engine_starts"] == {"gateway_log": {"A": 1, "B": 2}, "fake_events": {"A": 1, "B": 2}}
+    assert len(sg["per_round"]) == 2
+    for row in sg["per_round"]:
+        assert row["n_idle"] > 0 and row["n_starting"] > 0
+        assert isinstance(row["load_s"], float)
+    assert sg["samples"]["starting"] > 0 and sg["samples"]["idle"] > 0
+    for key in ("gateway_more_ms", "direct_more_ms", "added_more_ms", "idle_added_ms", "starting_added_ms"):
+        assert isinstance(sg[key]["median"], float), key
+    for phase in ("idle", "starting"):
+        for path in ("gateway", "direct"):
+            assert _positive(sg["pooled"][phase][path])
+        assert isinstance(sg["gateway_cpu_ms_per_pair"][phase]["median"], float)
+    assert isinstance(sg["readiness_probes_per_start"], float)
+
+
 def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
     data = dict(smoke_results)
     data["meta"] = {
@@ -98,7 +136,10 @@ def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
     path = report.write(data, tmp_path, "-smoke")
     text = path.read_text()
     for heading in ("## Targets", "## 1. Switch time", "## 2. Streaming", "## 3. Per-request", "## 5. Concurrency",
-                    "## 6. Memory"):
+                    "## 6. Memory", "## 7. Alternating", "## 8. A loaded model while another starts"):
         assert heading in text
-    assert {t["benchmark"] for t in data["targets"]} >= {"2. streaming", "3. overhead", "5. concurrency"}
+    assert {t["benchmark"] for t in data["targets"]} >= {"2. streaming", "3. overhead", "5. concurrency",
+                                                          "7. alternation (fake engine)",
+                                                          "8. while another starts (fake engine)"}
+    assert "alternate_fake.difference_ms" in report.headlines(data)
     assert "counting" not in report.compare(data, data)

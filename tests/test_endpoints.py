@@ -390,3 +390,14 @@ async def test_an_engines_refusal_of_a_route_is_relayed(start_gateway, make_mode
     resp = await post(http, gw.url + "/v1/embeddings", {"model": "m", "input": "x"})
     assert resp.code == 501 and json.loads(resp.body)["error"]["type"] == "not_supported_error"
     assert [e["model"] for e in (await running(http, gw))["engines"]] == ["m"]
+
+
+async def test_a_reserve_as_big_as_the_context_does_not_refuse_requests_without_a_budget(
+    start_gateway, make_model, http
+) -> None:
+    m = make_model("m", [1024])
+    gw = await start_gateway([m], completion_reserve=4096)  # more than the model's whole context
+    resp = await post(http, gw.url + "/v1/chat/completions", chat_body("m", 10))
+    assert resp.code == 200, resp.body  # half the context is kept for the answer instead
+    resp = await post(http, gw.url + "/v1/chat/completions", chat_body("m", 700))
+    assert_error(resp, 400, "context_length_exceeded")  # 703 + 512 do not fit 1024

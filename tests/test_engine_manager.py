@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -230,11 +229,9 @@ async def test_parallel_slots_context_is_learned(io_loop: Any, harness: Harness,
 
 async def test_exit_at_startup_fails_fast_with_stderr(io_loop: Any, harness: Harness, make_model: MakeModel) -> None:
     a = make_model("a", [2048], extra_args=["--fake-exit-at-startup", "3"])
-    manager = harness.manager([a], engine_startup_timeout=60)
-    started = time.monotonic()
-    with pytest.raises(EngineStartError) as info:
+    manager = harness.manager([a], engine_startup_timeout=600)
+    with pytest.raises(EngineStartError) as info:  # the exit is noticed: not a 600 s start-up timeout
         await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), HANG)
-    assert time.monotonic() - started < HANG  # not the 60 s start-up timeout
     assert "fake startup failure" in info.value.message
     assert "code 3" in info.value.message
     assert current(manager) is None
@@ -246,10 +243,8 @@ async def test_never_healthy_times_out_and_leaves_nothing(
 ) -> None:
     a = make_model("a", [2048], extra_args=["--fake-never-healthy"])
     manager = harness.manager([a], engine_startup_timeout=1.5)
-    started = time.monotonic()
     with pytest.raises(EngineStartTimeout) as info:
         await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), 1.5 + HANG)
-    assert time.monotonic() - started < 1.5 + HANG
     assert info.value.status == 504
     assert current(manager) is None
     events = a.read_events()
@@ -306,13 +301,10 @@ async def test_concurrent_leases_start_one_engine(io_loop: Any, harness: Harness
 async def test_readiness_is_noticed_quickly(io_loop: Any, harness: Harness, make_model: MakeModel) -> None:
     a = make_model("a", [2048], extra_args=["--fake-load-delay", "1.0"])
     manager = harness.manager([a])
-    await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), HANG)
-    ready = time.time()
-    started = next(e["t"] for e in a.read_events() if e["event"] == "start")
-    # Not before the engine answered 200 (it answers 503 for its first second)...
-    assert ready - started >= 0.9
-    # ...and soon after (hang guard: probes are frequent, not once per health_check_timeout).
-    assert ready - started < 1.0 + 2.0
+    client = await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), HANG)
+    # Not before the engine answers 200 (it answers 503 for its first second). How soon after is a
+    # figure for the benchmarks (spawn to ready, benchmarks/switch.py), not for a test.
+    assert await client.check_health(2.0)
 
 
 # ----------------------------------------------------------------------------- queue and switch rules
@@ -362,10 +354,8 @@ async def test_queue_timeout_while_engine_is_held(io_loop: Any, harness: Harness
     holder = harness.hold(manager, model_of(manager, a))
     pid_a = pid_of(await holder.wait_acquired())
 
-    started = time.monotonic()
     with pytest.raises(QueueTimeout) as info:
         await asyncio.wait_for(manager.ensure_engine(model_of(manager, b)), HANG)
-    assert time.monotonic() - started < HANG
     assert info.value.status == 503
     assert info.value.retry_after is not None and info.value.retry_after > 0
     assert manager.queued == 0
@@ -520,11 +510,9 @@ async def test_shutdown_during_start_up_stops_the_loading_engine(
     starting = asyncio.ensure_future(manager.ensure_engine(model_of(manager, a)))
     await wait_for(lambda: kinds(a) == ["start"], what="the engine to start loading")
 
-    started = time.monotonic()
-    await asyncio.wait_for(manager.shutdown(), HANG)
+    await asyncio.wait_for(manager.shutdown(), HANG)  # not the 120 s start-up timeout, nor the 60 s load
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(starting, HANG)
-    assert time.monotonic() - started < HANG
     assert current(manager) is None
     events = a.read_events()
     assert [e["event"] for e in events] == ["start", "exit"]

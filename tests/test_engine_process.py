@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +179,7 @@ async def test_sigterm_ignored_gets_sigkill(io_loop: Any, tmp_path: Path) -> Non
     process, events = await start_fake(tmp_path, "--fake-ignore-sigterm")
     pid = process.pid
     assert pid is not None
-    started = time.monotonic()
     await asyncio.wait_for(process.stop(timeout=0.5), HANG)
-    assert time.monotonic() - started < HANG
     assert process.returncode == -signal.SIGKILL
     assert process.status is EngineStatus.STOPPED
     assert pid_gone(pid)

@@ -422,7 +422,6 @@ def test_concurrent_requests(spawn: Callable[..., Fake]) -> None:
         results.append(fake.request("POST", "/v1/chat/completions", USER_ABC).status)
 
     threads = [threading.Thread(target=one) for _ in range(4)]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
     wait_until(lambda: len(fake.events("request")) == 4, what="4 requests")
@@ -430,8 +429,7 @@ def test_concurrent_requests(spawn: Callable[..., Fake]) -> None:
     assert [slot["is_processing"] for slot in busy] == [True, True]
     for thread in threads:
         thread.join(TIMEOUT)
-    assert results == [200] * 4
-    assert time.monotonic() - started < 1.5  # 4 x 0.5 s would be 2 s if serialized
+    assert results == [200] * 4  # the two slots were busy at once (checked above): requests run in parallel
 
 
 # ----------------------------------------------------------------------------- disconnects and crashes
@@ -445,7 +443,7 @@ def test_disconnect_mid_stream(spawn: Callable[..., Fake]) -> None:
     assert len(content_chunks(data_lines(received))) >= 3
     wait_until(lambda: bool(fake.events("cancelled")), timeout=2, what="cancelled event")
     [cancelled] = fake.events("cancelled")
-    assert 3 <= cancelled["tokens"] < 50
+    assert 3 <= cancelled["tokens"] < 200  # cancelled before the end, whatever the speed
     assert cancelled["id"] == fake.events("request")[0]["id"]
     assert not fake.events("done")
     wait_until(lambda: "cancel_tasks: task cancelled" in fake.stderr(), what="cancel log")
@@ -478,11 +476,11 @@ def test_exit_after_chunks(spawn: Callable[..., Fake]) -> None:
 
 
 def test_sigterm_exits_after_shutdown_delay(spawn: Callable[..., Fake]) -> None:
-    fake = spawn("--fake-shutdown-delay", "0.4")
-    started = time.monotonic()
+    fake = spawn("--fake-shutdown-delay", "3")
     fake.proc.send_signal(signal.SIGTERM)
+    assert fake.try_health() == 200  # still serving during its shutdown delay
+    assert fake.proc.poll() is None
     assert fake.proc.wait(timeout=TIMEOUT) == 0
-    assert time.monotonic() - started >= 0.4
     assert [e["event"] for e in fake.events()] == ["start", "exit"]
 
 

@@ -28,15 +28,15 @@ json_values = st.recursive(
 @pytest.fixture
 def fuzz_gateway(io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]],
                  make_model: Callable[..., FakeModel]) -> Gateway:
-    model = make_model("alpha", [128, 512])
+    model = make_model("alpha", [128, 512], extra_args=["--embeddings", "--reranking", "--fake-infill"])
     return io_loop.run_sync(lambda: start_gateway([model], max_body_size=200_000))
 
 
-def _post(io_loop: Any, gateway: Gateway, body: bytes) -> tuple[int, bytes]:
+def _post(io_loop: Any, gateway: Gateway, body: bytes, path: str = "/v1/chat/completions") -> tuple[int, bytes]:
     async def go() -> tuple[int, bytes]:
         client = AsyncHTTPClient(force_instance=True)
         try:
-            response = await client.fetch(gateway.url + "/v1/chat/completions", method="POST", body=body,
+            response = await client.fetch(gateway.url + path, method="POST", body=body,
                                           raise_error=False, request_timeout=30)
             return response.code, response.body
         finally:
@@ -45,15 +45,20 @@ def _post(io_loop: Any, gateway: Gateway, body: bytes) -> tuple[int, bytes]:
     return io_loop.run_sync(go, timeout=60)
 
 
-def _assert_clean(status: int, body: bytes) -> None:
+def _assert_clean(status: int, body: bytes, path: str = "/v1/chat/completions") -> None:
     assert status != 599, "no answer"
-    assert status < 500, (status, body[:300])
+    assert status < 500, (path, status, body[:300])
     assert b"Traceback" not in body
     if status >= 400:
-        error = json.loads(body)["error"]
+        data = json.loads(body)
+        error = data["error"]
         assert isinstance(error["message"], str) and error["message"]
         assert len(error["message"]) <= 1000, error["message"][:300]  # never the whole of a huge input
-        assert isinstance(error["type"], str) and "code" in error
+        assert isinstance(error["type"], str)
+        if path.startswith("/v1/messages"):
+            assert data["type"] == "error", data  # Anthropic's shape
+        else:
+            assert "code" in error, data
 
 
 def _still_serves(io_loop: Any, gateway: Gateway) -> None:
@@ -86,6 +91,50 @@ def test_wrong_types_in_fields(io_loop: Any, fuzz_gateway: Gateway, model: Any, 
     if field not in ("max_tokens", "max_completion_tokens"):
         body["max_tokens"] = 4
     _assert_clean(*_post(io_loop, fuzz_gateway, json.dumps(body).encode()))
+
+
+# Every model route and the fields it reads, with a valid body each fuzzed field is put into.
+ROUTE_FIELDS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "/v1/completions": ({"model": "alpha", "prompt": "a b", "max_tokens": 2}, ["prompt", "max_tokens", "stream"]),
+    "/completion": ({"model": "alpha", "prompt": "a b", "n_predict": 2}, ["prompt", "n_predict", "stream"]),
+    "/v1/embeddings": ({"model": "alpha", "input": "a b"}, ["input", "encoding_format"]),
+    "/embedding": ({"model": "alpha", "content": "a b"}, ["content", "input"]),
+    "/v1/messages": ({"model": "alpha", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+                     ["messages", "max_tokens", "system", "stream", "tools"]),
+    "/v1/messages/count_tokens": ({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]},
+                                  ["messages", "system", "tools"]),
+    "/v1/responses": ({"model": "alpha", "input": "hi", "max_output_tokens": 2},
+                      ["input", "max_output_tokens", "instructions", "stream", "tools"]),
+    "/v1/responses/input_tokens": ({"model": "alpha", "input": "hi"}, ["input", "instructions"]),
+    "/v1/chat/completions/input_tokens": ({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]},
+                                          ["messages", "tools"]),
+    "/infill": ({"model": "alpha", "input_prefix": "a", "input_suffix": "b", "n_predict": 2},
+                ["input_prefix", "input_suffix", "input_extra", "prompt", "n_predict"]),
+    "/rerank": ({"model": "alpha", "query": "q", "documents": ["a", "b"]}, ["query", "documents", "top_n"]),
+    "/tokenize": ({"model": "alpha", "content": "a b"}, ["content", "add_special", "with_pieces"]),
+    "/detokenize": ({"model": "alpha", "tokens": [2, 10]}, ["tokens"]),
+    "/apply-template": ({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}, ["messages"]),
+}  # fmt: skip
+ROUTE_CASES = [(path, field) for path, (_, fields) in ROUTE_FIELDS.items() for field in [*fields, "model"]]
+
+
+@pytest.mark.parametrize(("path", "field"), ROUTE_CASES)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=json_values)
+def test_wrong_types_in_every_field_of_every_route(
+    io_loop: Any, fuzz_gateway: Gateway, path: str, field: str, value: Any
+) -> None:
+    body = dict(ROUTE_FIELDS[path][0])
+    for candidate in ({k: v for k, v in body.items() if k != field}, {**body, field: value}):  # missing, wrong
+        status, answer = _post(io_loop, fuzz_gateway, json.dumps(candidate).encode(), path)
+        _assert_clean(status, answer, path)
+
+
+@FUZZ
+@given(path=st.sampled_from(list(ROUTE_FIELDS)), body=json_values)
+def test_random_json_bodies_on_every_route(io_loop: Any, fuzz_gateway: Gateway, path: str, body: Any) -> None:
+    status, answer = _post(io_loop, fuzz_gateway, json.dumps(body).encode(), path)
+    _assert_clean(status, answer, path)
 
 
 # What json.dumps never writes but a hostile client does: deep nesting, NaN and overflowing

@@ -73,15 +73,13 @@ async def test_a_truncated_body_is_a_502_or_an_error_event(start_gateway, make_m
 async def test_requests_an_engine_never_answers_end_with_a_502(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048], extra_args=["--fake-hang-requests"])
     gw = await start_gateway([m, make_model("ok", [2048])], max_engines=2, stream_idle_timeout=1)
-    started = time.monotonic()
     for path, body in (
         (CHAT, chat_body("m", max_tokens=4)),  # the count never comes back
         (CHAT, chat_body("m", max_tokens=4, stream=True)),
         ("/tokenize", {"model": "m", "content": "a b"}),  # forwarded at once: its answer never comes
     ):
-        resp = await post(http, gw.url + path, body)
+        resp = await asyncio.wait_for(post(http, gw.url + path, body), GUARD)
         assert resp.code == 502, (path, resp.code, resp.body)
-    assert time.monotonic() - started < GUARD
     assert events_of(m, "hung")  # the engine did get them
     await no_lease_left(gw)
     await serves(http, gw)
@@ -100,15 +98,13 @@ async def test_a_flapping_health_check_does_not_stop_a_working_engine(start_gate
 async def test_a_stream_that_stalls_ends_with_an_error_event_and_is_aborted(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048], extra_args=["--fake-stall-after-chunks", "2", "--fake-tokens", "10"])
     gw = await start_gateway([m], stream_idle_timeout=1)
-    started = time.monotonic()
     for path, body, marker in (
         (CHAT, chat_body("m", stream=True), b'data: {"error": {'),
         ("/v1/messages", {"model": "m", "max_tokens": 10, "stream": True,
                           "messages": [{"role": "user", "content": "hi"}]}, b"event: error"),
     ):  # fmt: skip
-        resp = await post(http, gw.url + path, body)
+        resp = await asyncio.wait_for(post(http, gw.url + path, body), GUARD)
         assert resp.code == 200 and marker in resp.body and b"stream_idle_timeout" in resp.body, resp.body[-300:]
-    assert time.monotonic() - started < GUARD
     assert len(events_of(m, "stalled")) == 2
     await no_lease_left(gw)
     deadline = time.monotonic() + GUARD
@@ -129,9 +125,7 @@ async def test_a_frozen_engine_is_noticed_killed_and_restarted(start_gateway, ma
     pid = events_of(m, "start")[0]["pid"]
     os.kill(pid, signal.SIGSTOP)  # a stopped process: the kernel still accepts, nothing answers
     try:
-        started = time.monotonic()
-        resp = await asyncio.wait_for(request, GUARD)
-        noticed = time.monotonic() - started
+        resp = await asyncio.wait_for(request, GUARD)  # noticed, not left waiting for 200 tokens
     finally:
         if psutil.pid_exists(pid):
             os.kill(pid, signal.SIGCONT)
@@ -139,7 +133,6 @@ async def test_a_frozen_engine_is_noticed_killed_and_restarted(start_gateway, ma
         assert resp.code == 200 and b'"error"' in resp.body.split(b"\n\n")[-2], resp.body[-200:]
     else:
         assert_error(resp, 502, "engine_unavailable")
-    assert noticed < GUARD
     await wait_for(lambda: gone(pid), GUARD, "the frozen engine to be killed")
     await no_lease_left(gw)
     await serves(http, gw, "m")  # a new engine

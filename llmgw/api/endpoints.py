@@ -247,9 +247,10 @@ def check_rerank(data: dict[str, Any]) -> None:
 
 
 def check_tokenize(data: dict[str, Any]) -> None:
+    """llama-server answers anything else with a 500 ("type must be string")."""
     content = data.get("content", "")
-    if not isinstance(content, (str, list)):
-        raise BadRequest("'content' must be a string or an array")
+    if not (isinstance(content, str) or (isinstance(content, list) and all(map(_is_prompt_piece, content)))):
+        raise BadRequest("'content' must be a string, or an array of strings and token ids")
 
 
 def check_detokenize(data: dict[str, Any]) -> None:

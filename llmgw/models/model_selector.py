@@ -210,8 +210,10 @@ class ModelSelector:
             return max(full, engine.n_ctx + 1)
         if self.cfg.strict(model):
             raise ContextTooLarge(model.name, full, largest, need.prompt)
-        # No variant holds the whole budget: the largest runs, and the answer ends at its context.
-        minimum = need.prompt + max(1, min(need.budget, self.reserve(model)))
+        # No variant holds the whole budget: the largest runs, and the answer ends at its context,
+        # provided it leaves the answer completion_reserve tokens (at most half of that context:
+        # a reserve as big as the model's context would refuse every request without max_tokens).
+        minimum = need.prompt + max(1, min(need.budget, self.reserve(model), largest // 2))
         if minimum <= engine.n_ctx and engine.n_ctx >= largest:
             return None
         if minimum <= largest:

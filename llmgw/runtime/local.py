@@ -28,8 +28,11 @@ from llmgw.runtime.probe import SystemProbe
 
 logger = logging.getLogger(__name__)
 
-# Readiness probe period while an engine loads; output from the engine triggers an extra probe.
+# Readiness probe period while an engine loads; output from the engine triggers an extra probe,
+# but not sooner than _EARLY_PROBE after the last one: an engine that logs each request would
+# otherwise log the probe itself, and that line would trigger the next probe at once.
 _READY_POLL = 0.02
+_EARLY_PROBE = 0.01
 
 
 class ProcessRuntime:
@@ -175,11 +178,15 @@ class ProcessRuntime:
             if now >= next_log:
                 logger.info("waiting for model %r to become ready... %.1f s", model.name, timeout - (deadline - now))
                 next_log = now + 5.0
+            await asyncio.sleep(_EARLY_PROBE)
+            now = loop.time()
             process.output_event.clear()
             waits = [asyncio.ensure_future(process.output_event.wait()), asyncio.ensure_future(process.exited.wait())]
             try:
                 await asyncio.wait(
-                    waits, timeout=min(_READY_POLL, max(deadline - now, 0.0)), return_when=asyncio.FIRST_COMPLETED
+                    waits,
+                    timeout=min(_READY_POLL - _EARLY_PROBE, max(deadline - now, 0.0)),
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 for w in waits:

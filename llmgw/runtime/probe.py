@@ -60,7 +60,8 @@ class SystemProbe:
 
     async def _query(self, query: str) -> list[list[str]]:
         """Rows of ``nvidia-smi QUERY --format=csv,noheader,nounits``; [] when it fails."""
-        assert self._nvidia_smi is not None
+        if self._nvidia_smi is None:  # it could not run before: GPU memory is not measured
+            return []
         try:
             proc = await asyncio.create_subprocess_exec(
                 self._nvidia_smi,
