@@ -69,6 +69,12 @@ server = {
   -- provided the prompt plus completion_reserve fits, and stops when its context is full (as
   -- llama-server does). true: such a request is refused with a 400 instead.
   strict_context = false,
+  -- A streaming request that waits for an engine (start, switch, queue) gets its answer's headers
+  -- at once and progress once a second until the engine is ready: "comments" (the default: SSE
+  -- comment lines, which clients ignore but which keep connections alive), "reasoning" (text chat
+  -- UIs show in their thinking box: reasoning_content, an Anthropic thinking block, Responses
+  -- reasoning events; comments on other routes) or "none".
+  loading_feedback = "comments",
 }
 
 -- A model with two variants: the gateway starts the smallest context that fits the request
@@ -89,6 +95,7 @@ local qwen = {
   strip = { "top_k" }, -- fields removed from every request
   completion_limit = 4096, -- caps max_tokens / max_completion_tokens / max_output_tokens / n_predict
   strict_context = true, -- overrides server.strict_context for this model
+  loading_feedback = "reasoning", -- overrides server.loading_feedback for this model
   variants = {
     {
       binary = llama_server, -- executable to launch

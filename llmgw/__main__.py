@@ -1,4 +1,4 @@
-"""Entry point: ``python -m llmgw --config config.lua``."""
+"""Entry point: ``python -m llmgw --config config.lua``; ``python -m llmgw ps``: what a gateway has loaded."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from llmgw import ps
 from llmgw.config import ConfigError, ConfigLoader
 from llmgw.demo import DemoUnavailable, demo_config_path, demo_environment
 from llmgw.server import GatewayServer
@@ -17,7 +18,9 @@ logger = logging.getLogger("llmgw")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="llmgw", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="llmgw", description=__doc__, epilog="python -m llmgw ps --help: what a running gateway has loaded"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--config", help="Lua configuration file")
     source.add_argument(
@@ -69,6 +72,9 @@ async def serve(config_path: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["ps"]:  # a subcommand of its own: the gateway's own options stay as they were
+        return ps.main(given[1:])
     args = parse_args(argv)
     if args.demo:
         try:

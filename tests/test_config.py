@@ -968,3 +968,26 @@ def test_summary_warns_when_pinned_models_can_fill_every_place(tmp_path: Path) -
     assert "note: pinned model(s) 'm' can fill all 1 engine place(s)" in load_text(tmp_path, config_text(cfg)).summary()
     cfg = with_value(cfg, ("server", "max_engines"), 2)
     assert "note:" not in load_text(tmp_path, config_text(cfg)).summary()
+
+
+# -- loading_feedback ----------------------------------------------------------------------------
+
+
+def test_loading_feedback_defaults_to_comments_and_cascades_server_to_model(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, config_text(base_config()))
+    assert cfg.server.loading_feedback == "comments"
+    assert cfg.feedback(cfg.models[0]) == "comments"
+    both = with_value(
+        with_value(base_config(), ("server", "loading_feedback"), "none"),
+        ("models", 0, "loading_feedback"),
+        "reasoning",
+    )
+    cfg = load_text(tmp_path, config_text(both))
+    assert (cfg.server.loading_feedback, cfg.feedback(cfg.models[0])) == ("none", "reasoning")
+
+
+@pytest.mark.parametrize("where", [("server",), ("models", 0)])
+def test_loading_feedback_must_be_a_known_mode(tmp_path: Path, where: tuple[Any, ...]) -> None:
+    bad = with_value(base_config(), (*where, "loading_feedback"), "thinking")
+    message = load_error(tmp_path, config_text(bad))
+    assert 'loading_feedback must be one of "reasoning", "comments", "none", got "thinking"' in message

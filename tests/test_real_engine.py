@@ -23,7 +23,7 @@ pytestmark = pytest.mark.real_engine
 SMALL, LARGE = 512, 2048
 
 
-def real_config(tmp_path: Path, files: RealEngine, gateway_port: int, engine_port: int) -> Any:
+def real_config(tmp_path: Path, files: RealEngine, gateway_port: int, engine_port: int, **server_extra: Any) -> Any:
     variants = [
         {
             "binary": files.binary,
@@ -39,6 +39,7 @@ def real_config(tmp_path: Path, files: RealEngine, gateway_port: int, engine_por
         "listen_v6": "none",
         "engine_startup_timeout": 120,
         "engine_stop_timeout": 10,
+        **server_extra,
     }
     model = {"name": "gemma", "engine": "llama.cpp", "connect": f"http://127.0.0.1:{engine_port}", "variants": variants}
     path = tmp_path / "real.lua"
@@ -119,6 +120,38 @@ async def test_long_prompt_goes_to_larger_variant_through_gateway(io_loop: Any, 
                                     body=json.dumps({**long_prompt_body(20), "stream": True}))
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         assert stream.body.rstrip().endswith(b"data: [DONE]")
+    finally:
+        client.close()
+        await gateway.stop(grace=1.0)
+
+
+async def test_cold_stream_gets_loading_feedback_and_real_timings(io_loop: Any, tmp_path: Path,
+                                                                  engine_files: RealEngine) -> None:
+    gateway_port = free_port()
+    config = real_config(tmp_path, engine_files, gateway_port, free_port(), state_dir=str(tmp_path / "state"))
+    gateway = GatewayServer(config)
+    await gateway.start()
+    client = AsyncHTTPClient(force_instance=True, defaults={"request_timeout": 300})
+    url = f"http://127.0.0.1:{gateway_port}"
+    body = {"model": "gemma", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8, "stream": True}
+    try:
+        # Cold start: progress comments come before llama-server's first event.
+        stream = await client.fetch(url + "/v1/chat/completions", method="POST", body=json.dumps(body))
+        text = stream.body.decode()
+        head = text[: text.index("data:")]
+        assert head.startswith(": llmgw Loading model 'gemma' (variant 1, context 512):"), text[:500]
+        assert text.rstrip().endswith("data: [DONE]")
+        models = json.loads((await client.fetch(url + "/v1/models")).body)["data"]
+        assert models[0]["status"]["value"] == "loaded" and models[0]["status"]["n_ctx"] == SMALL
+        # The engine's own timings reached the request history.
+        record = json.loads((await client.fetch(url + "/api/requests")).body)["requests"][0]
+        assert record["status"] == 200 and record["generated_tokens"] == 8 and record["prompt_tokens"] > 5
+        assert record["decode_tps"] is not None and record["prefill_tps"] is not None
+        # A second cold start knows the first one's load time: a percentage.
+        await client.fetch(url + "/unload", method="POST", body=b"{}")
+        again = (await client.fetch(url + "/v1/chat/completions", method="POST", body=json.dumps(body))).body
+        first = again.decode().split("\n")[0]
+        assert first.startswith(": llmgw Loading model 'gemma'") and first.endswith("%"), first
     finally:
         client.close()
         await gateway.stop(grace=1.0)

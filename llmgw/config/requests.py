@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
+from llmgw.config.schema import FEEDBACK_MODES
 
 # What ``endpoints = { ... }`` may list: one name per family of routes (see llmgw.api.endpoints).
 CAPABILITIES = ("chat", "completions", "embeddings", "responses", "messages", "infill", "rerank", "tokenize")
@@ -34,6 +35,16 @@ def endpoints(node: Node) -> tuple[str, ...] | None:
         if name not in CAPABILITIES:
             node.item(index).fail(f"is not a route name: {quote(name)} (route names: {', '.join(CAPABILITIES)})")
     return listed
+
+
+def loading_feedback(node: Node) -> str | None:
+    """``loading_feedback``: one of FEEDBACK_MODES; None when absent."""
+    if not node.exists():
+        return None
+    mode = node.string()
+    if mode not in FEEDBACK_MODES:
+        node.fail(f"must be one of {', '.join(map(quote, FEEDBACK_MODES))}, got {quote(mode)}")
+    return mode
 
 
 def json_value(node: Node) -> Any:

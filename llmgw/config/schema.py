@@ -9,6 +9,9 @@ from typing import Any
 
 LLAMACPP = "llama.cpp"
 KNOWN_ENGINES = (LLAMACPP,)
+# How a streaming request that waits for an engine hears about it (``loading_feedback``):
+# progress as reasoning deltas, SSE comment lines (default: clients ignore them), or nothing.
+FEEDBACK_MODES = ("reasoning", "comments", "none")
 
 
 class ConfigError(Exception):
@@ -85,6 +88,7 @@ class ModelConfig:
     strip_fields: tuple[str, ...] = ()  # removed from every request
     completion_limit: int | None = None  # caps every route's completion budget
     strict_context: bool | None = None  # overrides ServerConfig.strict_context
+    loading_feedback: str | None = None  # overrides ServerConfig.loading_feedback
 
     def serves(self, capability: str | None) -> bool:
         """Some variant serves the route family."""
@@ -121,6 +125,7 @@ class ServerConfig:
     # True: a request whose completion budget fits no variant is refused (400) instead of running
     # on the largest variant until its context is full.
     strict_context: bool = False
+    loading_feedback: str = "comments"  # one of FEEDBACK_MODES
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,10 @@ class Config:
 
     def strict(self, model: ModelConfig) -> bool:
         return self.server.strict_context if model.strict_context is None else model.strict_context
+
+    def feedback(self, model: ModelConfig) -> str:
+        """The model's ``loading_feedback``, else the server's."""
+        return model.loading_feedback or self.server.loading_feedback
 
     def model_names(self) -> list[str]:
         return [model.name for model in self.models]

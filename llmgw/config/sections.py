@@ -46,6 +46,7 @@ _SERVER_KEYS = _TIMEOUT_KEYS | {
     "list_aliases",
     "cors_origins",
     "strict_context",
+    "loading_feedback",
 }
 _MODEL_KEYS = _TIMEOUT_KEYS | {
     "name",
@@ -63,6 +64,7 @@ _MODEL_KEYS = _TIMEOUT_KEYS | {
     "strip",
     "completion_limit",
     "strict_context",
+    "loading_feedback",
 }
 _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: accepted silently
 _VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
@@ -164,6 +166,7 @@ def server_section(node: Node) -> ServerConfig:
         list_aliases=node.get_bool("list_aliases", True),
         cors_origins=requests.cors_origins(node.child("cors_origins")),
         strict_context=node.get_bool("strict_context", False),
+        loading_feedback=requests.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
     )
 
 
@@ -320,6 +323,7 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
         strip_fields=requests.strip_fields(model.child("strip")),
         completion_limit=model.opt_int("completion_limit", 1),
         strict_context=model.get_bool("strict_context", False) if model.child("strict_context").exists() else None,
+        loading_feedback=requests.loading_feedback(model.child("loading_feedback")),
     )
 
 

@@ -36,6 +36,7 @@ from llmgw.engine.llamacpp_engine import LlamaCppEngine, physical_batch
 from llmgw.errors import BadRequest, ContextTooLarge, ModelNotFound, TokenCountError, echo
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
+from llmgw.scheduling.scheduler import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +87,19 @@ class ModelSelector:
         request_data: dict[str, Any],
         min_ctx: int = 0,
         prefetch: Prefetch | None = None,
+        on_wait: Callable[[Ticket], None] | None = None,
     ) -> AsyncIterator[Selection]:
         """Lease the smallest engine of the model that holds the request, for the whole block.
 
         ``prefetch`` sends the request to the leased engine while it counts, so the count costs
         no round trip of its own; the engine's answer is only relayed once the count says it
         fits, and a request that does not fit is aborted (the engine drops it at once).
+        ``on_wait`` is told the ticket of each wait for an engine (see EngineManager.lease).
         """
         manager = self.engine_manager
         capability = endpoint.capability
         if endpoint.sizing is Sizing.ANY:
-            async with manager.lease(model, min_ctx, capability) as engine:
+            async with manager.lease(model, min_ctx, capability, on_wait) as engine:
                 yield Selection(engine, 0, 0)
             return
         largest = manager.largest_context(model, capability)
@@ -109,7 +112,7 @@ class ModelSelector:
             min_ctx = max(min_ctx, min(estimate, largest))
         restarted = False
         for _ in range(len(model.variants) + 2):
-            async with manager.lease(model, min_ctx, capability) as engine:
+            async with manager.lease(model, min_ctx, capability, on_wait) as engine:
                 call = prefetch(engine) if prefetch is not None else None
                 try:
                     need = await self._measure(endpoint, engine, request_data)

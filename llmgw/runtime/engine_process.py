@@ -59,6 +59,7 @@ class EngineProcess:
         tail_lines: int = 40,
         on_exit: Callable[[EngineProcess], None] | None = None,
         guard: ProcessGuard | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.binary_path = binary_path
         self.args = list(args)
@@ -73,6 +74,7 @@ class EngineProcess:
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
         self._on_exit = on_exit
         self._guard = guard
+        self._on_line = on_line  # every output line, for watchers (GET /events?logs=1)
         self.output_event = asyncio.Event()  # set whenever a line arrives (readiness probes react to it)
         self.exited = asyncio.Event()
         self.start_time: float | None = None
@@ -143,6 +145,8 @@ class EngineProcess:
             if tagged is not None:
                 level = _LEVELS[tagged.group(1)]
         self._out_log.log(level, "[%s] %s", self.name, line)
+        if self._on_line is not None:
+            self._on_line(line)
         self.output_event.set()
 
     async def _wait_exit(self) -> None:

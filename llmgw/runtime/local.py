@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import urllib.parse
@@ -42,6 +43,9 @@ class ProcessRuntime:
         self.guard = guard
         self.probe = probe or SystemProbe()
         self._closed = False
+        # Observers (EngineWatch, the engine log book); plain callables, as the manager's.
+        self.on_spawned: Callable[[ModelConfig, Variant, int], None] | None = None
+        self.on_output: Callable[[ModelConfig, Variant, str], None] | None = None
 
     def close(self) -> None:
         self._closed = True
@@ -65,6 +69,7 @@ class ProcessRuntime:
             env=dict(variant.env),
             on_exit=exited,
             guard=self.guard,
+            on_line=None if self.on_output is None else functools.partial(self.on_output, model, variant),
         )
         logger.info("starting model %r variant %d (context %d)", model.name, variant.index, variant.context)
         t0 = time.monotonic()
@@ -74,6 +79,8 @@ class ProcessRuntime:
             raise EngineStartError(
                 f"model {model.name!r}: cannot start engine {variant.binary!r}: {exc.strerror or exc}"
             ) from exc
+        if self.on_spawned is not None and process.pid is not None:
+            self.on_spawned(model, variant, process.pid)
         try:
             await self._wait_for_engine_ready(
                 model, process, client, variant.timeouts.engine_startup, variant.timeouts.health_check

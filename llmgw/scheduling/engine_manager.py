@@ -66,6 +66,7 @@ class EngineManager:
         # Observers (metrics); plain callables so this layer knows nothing of Prometheus.
         self.on_engine_started: Callable[[str, float], None] | None = None
         self.on_engine_stopped: Callable[[str, str], None] | None = None
+        self.on_change: Callable[[], None] | None = None  # after every batch of effects (EngineWatch)
 
     # ----------------------------------------------------------------- queries
 
@@ -106,14 +107,19 @@ class EngineManager:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None
+        self,
+        model: ModelConfig,
+        min_ctx: int = 0,
+        capability: str | None = None,
+        on_wait: Callable[[Ticket], None] | None = None,
     ) -> AsyncIterator[RunningEngine]:
         """Hold an engine of ``model`` with at least ``min_ctx`` context for the whole block, of a
         variant serving ``capability`` (a route family; None: any).
 
         ``min_ctx`` 0 means "any variant": the running one, or the smallest if none runs.
+        ``on_wait`` is told the request's ticket when it has to wait (loading feedback).
         """
-        slot = await self._acquire(model, min_ctx, capability)
+        slot = await self._acquire(model, min_ctx, capability, on_wait)
         try:
             yield slot.handle
         finally:
@@ -128,7 +134,9 @@ class EngineManager:
         async with self.lease(model, min_ctx) as engine:
             return engine.client
 
-    async def _acquire(self, model: ModelConfig, min_ctx: int, capability: str | None) -> Slot:
+    async def _acquire(
+        self, model: ModelConfig, min_ctx: int, capability: str | None, on_wait: Callable[[Ticket], None] | None
+    ) -> Slot:
         loop = asyncio.get_running_loop()
         ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability)
         future: asyncio.Future[Slot] = loop.create_future()
@@ -136,6 +144,8 @@ class EngineManager:
         self._apply(effects)
         if not future.done():
             try:
+                if on_wait is not None:
+                    on_wait(ticket)
                 await self._wait(ticket, future)
             except BaseException:
                 self._waiters.pop(ticket.id, None)
@@ -256,6 +266,8 @@ class EngineManager:
                 self._measured_at.pop(effect.slot.id, None)
         self._sync_idle_timers()
         self._watch_busy_engines()
+        if self.on_change is not None:
+            self.on_change()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -14,13 +14,17 @@ from llmgw.api import ROUTES
 from llmgw.config import Config
 from llmgw.engine import EngineHTTPClient
 from llmgw.errors import BadRequest, EngineNotRunning
+from llmgw.events import EventBus
 from llmgw.models import ModelSelector
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import Slot
-from llmgw.server import ops_handlers, views
+from llmgw.scheduling.watch import EngineWatch
+from llmgw.server import ops_handlers, views, watch_handlers
+from llmgw.server.activity import EngineLogs, RequestLog
+from llmgw.server.feedback import LoadingFeedback
 from llmgw.server.metrics import GatewayMetrics
-from llmgw.server.proxy import Proxy
+from llmgw.server.proxy import ClientSink, Proxy, ProxyRequest
 from llmgw.server.request_handler import (
     EngineInfoHandler,
     HealthHandler,
@@ -43,6 +47,10 @@ class GatewayServer:
         self._stopped = asyncio.Event()
         self.http: EngineHTTPClient | None = None
         self.guard = ProcessGuard()
+        self.bus = EventBus()
+        self.activity = RequestLog(self.bus, self.metrics.observe_answer)
+        self.engine_logs = EngineLogs(self.bus)
+        self._ticker: asyncio.Task[None] | None = None
         routes: list[tuple[str, type[web.RequestHandler]]] = [
             *((path, ModelRouteHandler) for path in ROUTES),
             ("/v1/models", ModelsHandler),
@@ -56,10 +64,21 @@ class GatewayServer:
             ("/unload", ops_handlers.UnloadHandler),
             ("/load", ops_handlers.LoadHandler),
             ("/metrics", ops_handlers.MetricsHandler),
+            ("/events", watch_handlers.EventsHandler),
+            ("/api/requests", watch_handlers.RequestsHandler),
+            ("/api/logs", watch_handlers.EngineLogsHandler),
         ]
         self.known_routes = frozenset(path for path, _ in routes)
+        ui: list[Any] = [
+            (r"/ui", web.RedirectHandler, {"url": "/ui/"}),
+            (
+                r"/ui/(.*)",
+                watch_handlers.UIHandler,
+                {"path": str(watch_handlers.UI_DIR), "default_filename": "index.html"},
+            ),
+        ]
         self.app = web.Application(
-            [(path, handler, {"gateway": self}) for path, handler in routes],
+            [(path, handler, {"gateway": self}) for path, handler in routes] + ui,
             default_handler_class=NotFoundHandler,
             default_handler_args={"gateway": self},
             compress_response=False,
@@ -69,17 +88,25 @@ class GatewayServer:
     manager: EngineManager
     selector: ModelSelector
     proxy: Proxy
+    watch: EngineWatch
 
     async def start(self) -> None:
         self.http = EngineHTTPClient.create()
         self.guard.start()
         state = StateStore(self.config.server.state_dir or default_state_dir())
-        self.manager = EngineManager(self.config, ProcessRuntime(self.http, self.guard), state)
+        runtime = ProcessRuntime(self.http, self.guard)
+        self.manager = EngineManager(self.config, runtime, state)
         self.manager.on_engine_started = self.metrics.observe_start
         self.manager.on_engine_stopped = self.metrics.observe_stop
+        self.watch = EngineWatch(self.manager, self.bus)
+        self.manager.on_change = self.watch.changed
+        runtime.on_spawned = self.watch.spawned
+        runtime.on_output = self.engine_logs.add
         self.selector = ModelSelector(self.manager, self.config)
         self.selector.on_counted = self.metrics.observe_count
         self.proxy = Proxy(self.selector)
+        self.proxy.feedback = self._feedback
+        self._ticker = asyncio.ensure_future(self._tick())
         for host, port in self.config.server.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sockets = netutil.bind_sockets(port, address=host, family=family)
@@ -99,6 +126,10 @@ class GatewayServer:
         grace = self.config.server.shutdown_grace if grace is None else grace
         for server in self._servers:
             server.stop()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self.bus.close()
         if hasattr(self, "manager"):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
@@ -130,22 +161,33 @@ class GatewayServer:
         await self.manager.adopt_config(config)
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
 
+    def _feedback(self, request: ProxyRequest, sink: ClientSink) -> LoadingFeedback:
+        mode = self.config.feedback(request.model)
+        return LoadingFeedback.for_request(request, sink, mode, self.watch.progress)
+
+    async def _tick(self) -> None:
+        """Load progress once a second for watchers, while engines load."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.bus.watched:
+                self.watch.tick()
+
     # ----------------------------------------------------------- what handlers ask
 
     def models_list(self) -> dict[str, Any]:
-        return views.models_list(self.config, self.manager, self.created)
+        return views.models_list(self.config, self.manager, self.created, self.watch)
 
     def model_view(self, name: str) -> dict[str, Any]:
-        return views.model_view(self.config, self.manager, name, self.created)
+        return views.model_view(self.config, self.manager, name, self.created, self.watch)
 
     def running(self) -> dict[str, Any]:
-        return views.running(self.manager)
+        return views.running(self.manager, self.watch)
 
     def health(self) -> dict[str, Any]:
         return views.health(self.manager)
 
     def engine_view(self, slot: Slot) -> dict[str, Any]:
-        return views.engine_view(self.manager, slot, asyncio.get_running_loop().time())
+        return views.engine_view(self.manager, slot, asyncio.get_running_loop().time(), self.watch)
 
     def http_client(self) -> EngineHTTPClient:
         assert self.http is not None

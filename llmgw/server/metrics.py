@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from llmgw.api.usage import AnswerStats
 from llmgw.scheduling.scheduler import Slot, Ticket
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -55,6 +56,47 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+
+        # From the engine's own answer (its ``timings`` / ``usage``), per model.
+        self.prompt_tokens = Counter(
+            "llmgw_prompt_tokens",
+            "Prompt tokens of answered requests, cached ones included",
+            ["model"],
+            registry=self.registry,
+        )
+        self.cached_tokens = Counter(
+            "llmgw_cached_prompt_tokens",
+            "Prompt tokens the engine took from its cache",
+            ["model"],
+            registry=self.registry,
+        )
+        self.generated_tokens = Counter("llmgw_generated_tokens", "Tokens generated", ["model"], registry=self.registry)
+        self.prefill_tps = Histogram(
+            "llmgw_prefill_tokens_per_second",
+            "Prompt processing speed of each answer (the engine's timings)",
+            ["model"],
+            registry=self.registry,
+            buckets=(10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000),
+        )
+        self.decode_tps = Histogram(
+            "llmgw_decode_tokens_per_second",
+            "Generation speed of each answer (the engine's timings)",
+            ["model"],
+            registry=self.registry,
+            buckets=(1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640),
+        )
+
+    def observe_answer(self, model: str, stats: AnswerStats) -> None:
+        if stats.prompt_tokens:
+            self.prompt_tokens.labels(model=model).inc(stats.prompt_tokens)
+        if stats.cached_tokens:
+            self.cached_tokens.labels(model=model).inc(stats.cached_tokens)
+        if stats.generated_tokens:
+            self.generated_tokens.labels(model=model).inc(stats.generated_tokens)
+        if stats.prefill_tps is not None:
+            self.prefill_tps.labels(model=model).observe(stats.prefill_tps)
+        if stats.decode_tps is not None:
+            self.decode_tps.labels(model=model).observe(stats.decode_tps)
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, model=model, status=str(status)).inc()

@@ -8,15 +8,19 @@ route's own protocol) are plain code with one job.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llmgw.api import Endpoint, ModelRewriter, Sizing, engine_error_body, stream_error_event
+from llmgw.api.progress import Rewriter
+from llmgw.api.usage import AnswerStats
 from llmgw.config import ModelConfig
 from llmgw.engine import UpstreamCall, UpstreamError, relay_headers
-from llmgw.errors import EngineUnavailable
+from llmgw.errors import EngineUnavailable, GatewayError
 from llmgw.models import ModelSelector
 from llmgw.runtime import RunningEngine
+from llmgw.server.feedback import LoadingFeedback
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,7 @@ class ProxyRequest:
     model: ModelConfig
     requested: str  # the name the client used (a model name or an alias): answers carry it
     request_id: str
+    stats: AnswerStats = field(default_factory=AnswerStats)  # tokens and tokens/s, read from the answer
 
 
 def _engine_failed(model_name: str, exc: UpstreamError, when: str = "") -> EngineUnavailable:
@@ -62,9 +67,22 @@ class Proxy:
     def __init__(self, selector: ModelSelector) -> None:
         self.selector = selector
         self.active: set[UpstreamCall] = set()
+        # Loading feedback for requests that wait for an engine (the gateway sets it; None: none).
+        self.feedback: Callable[[ProxyRequest, ClientSink], LoadingFeedback] | None = None
 
     async def forward(self, request: ProxyRequest, sink: ClientSink) -> None:
         """Serve one request. Raises GatewayError only while nothing has been sent to the client."""
+        feedback = self.feedback(request, sink) if self.feedback is not None else None
+        try:
+            await self._forward(request, sink, feedback)
+        except GatewayError as exc:
+            if feedback is None or not await feedback.failed(exc):
+                raise
+        finally:
+            if feedback is not None:
+                await feedback.stop()
+
+    async def _forward(self, request: ProxyRequest, sink: ClientSink, feedback: LoadingFeedback | None) -> None:
         endpoint, model = request.endpoint, request.model
         headers = {
             "Content-Type": "application/json",
@@ -90,8 +108,10 @@ class Proxy:
         min_ctx = 0
         for attempt in (1, 2):
             async with self.selector.select_variant(
-                model, endpoint, request.data, min_ctx, send_while_counting
+                model, endpoint, request.data, min_ctx, send_while_counting, feedback.waiting if feedback else None
             ) as selection:
+                if feedback is not None:
+                    await feedback.ready()
                 engine = selection.engine
                 call = selection.call or send_upstream(engine)
                 try:
@@ -126,11 +146,14 @@ class Proxy:
                             )
                             min_ctx = engine.n_ctx + 1
                             continue
+                        if feedback is not None and feedback.started:
+                            await sink.send(feedback.engine_error(status, error_body))
+                            return
                         sink.start_response(status, relay_headers(upstream_headers))
                         await sink.send(engine_error_body(endpoint.protocol, status, error_body))
                         return
                     await self._relay(
-                        call, status, upstream_headers, sink, request, engine.variant.timeouts.stream_idle
+                        call, status, upstream_headers, sink, request, engine.variant.timeouts.stream_idle, feedback
                     )
                     return
                 finally:
@@ -144,31 +167,48 @@ class Proxy:
             raise _engine_failed(model_name, exc) from exc
 
     async def _relay(
-        self, call: UpstreamCall, status: int, headers: Any, sink: ClientSink, request: ProxyRequest, idle: float
+        self,
+        call: UpstreamCall,
+        status: int,
+        headers: Any,
+        sink: ClientSink,
+        request: ProxyRequest,
+        idle: float,
+        feedback: LoadingFeedback | None = None,
     ) -> None:
-        rewriter = ModelRewriter(request.requested)
+        rewriter: Rewriter = ModelRewriter(request.requested)
         model_name = request.model.name
+        stats = request.stats
         streaming = "text/event-stream" in headers.get("Content-Type", "")
         if not streaming:
             # JSON answers are small: read them whole so a failure can still be a clean 502.
             body = await self._read_all(call, model_name)
+            stats.feed(body)
             sink.start_response(status, relay_headers(headers))
             await sink.send(rewriter.body(body))
             return
-        sink.start_response(status, relay_headers(headers))
+        if feedback is not None and feedback.started:  # our progress came first: the headers are out
+            opening, rewriter = feedback.relay(rewriter)
+            await sink.send(opening)
+        else:
+            sink.start_response(status, relay_headers(headers))
         try:
             async for chunk in call.chunks(idle):
                 out = rewriter.chunk(chunk)
                 if out:
+                    if b'"timings"' in out or b'"usage"' in out:
+                        stats.feed(out)
                     await sink.send(out)
             rest = rewriter.flush()
             if rest:
+                stats.feed(rest)
                 await sink.send(rest)
         except UpstreamError as exc:
             if sink.gone:
                 return
             logger.warning("model %r: engine stream broke: %s", model_name, exc)
             error = _engine_failed(model_name, exc, " mid-stream")
+            stats.stream_error = error.status
             await sink.send(rewriter.flush() + stream_error_event(request.endpoint, error))
 
     def abort_all(self) -> None:

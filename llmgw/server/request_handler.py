@@ -26,6 +26,7 @@ from llmgw.server.json_body import parse_json_object
 from llmgw.server.proxy import ClientGone, ProxyRequest
 
 if TYPE_CHECKING:
+    from llmgw.server.activity import RequestRecord
     from llmgw.server.gateway_server import GatewayServer
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class ModelRouteHandler(RequestHandler):
         self._too_large = False
         self._gone = False
         self._call: UpstreamCall | None = None
+        self._record: RequestRecord | None = None  # in the request history once its model is known
         self.model_name = ""
 
     def prepare(self) -> None:
@@ -319,7 +321,12 @@ class ModelRouteHandler(RequestHandler):
         raw = parsed.raw
         if apply_filters(model, endpoint, data):
             raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        return ProxyRequest(endpoint, self.request.path, raw, data, model, requested, self.request_id)
+        self._record = self.gateway.activity.begin(
+            self.request_id, self.request.path, model.name, data.get("stream") is True
+        )
+        return ProxyRequest(
+            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats
+        )
 
     async def _finish_relayed(self) -> None:
         """Finish a relayed answer, whose length was unknown when its headers went out.
@@ -334,6 +341,18 @@ class ModelRouteHandler(RequestHandler):
         with contextlib.suppress(iostream.StreamClosedError):
             await finished
         self.request.connection.close()
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self.gateway.activity.end(
+            self._record,
+            request_id=self.request_id,
+            route=self.request.path,
+            model=self.model_name,
+            status=self.get_status(),
+            seconds=self.request.request_time(),
+            client_left=self._gone,
+        )
 
     # ClientSink
     @property

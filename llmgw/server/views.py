@@ -12,12 +12,21 @@ from typing import Any
 from llmgw.config import Config, ModelConfig
 from llmgw.errors import ModelNotFound, echo
 from llmgw.scheduling import EngineManager
-from llmgw.scheduling.scheduler import Slot
+from llmgw.scheduling.scheduler import EngineState, Slot
+from llmgw.scheduling.watch import EngineWatch
 
 
-def model_entry(config: Config, manager: EngineManager, model: ModelConfig, name: str, created: int) -> dict[str, Any]:
+def model_entry(
+    config: Config,
+    manager: EngineManager,
+    model: ModelConfig,
+    name: str,
+    created: int,
+    watch: EngineWatch | None = None,
+) -> dict[str, Any]:
     """One model as OpenAI lists it, with its context (largest variant) and variants; ``name`` is the
-    name or the alias it is listed under."""
+    name or the alias it is listed under. ``status`` is llama.cpp router's (``value``: unloaded,
+    loading, loaded or stopping), so clients written for the router (Open WebUI) show it."""
     contexts = sorted(manager.effective_context(model, v) for v in model.variants)
     entry: dict[str, Any] = {
         "id": name,
@@ -30,26 +39,32 @@ def model_entry(config: Config, manager: EngineManager, model: ModelConfig, name
     }
     if name != model.name:
         entry["alias_of"] = model.name
+    if watch is not None:
+        entry["status"] = watch.status(model)
     return entry
 
 
-def models_list(config: Config, manager: EngineManager, created: int) -> dict[str, Any]:
+def models_list(
+    config: Config, manager: EngineManager, created: int, watch: EngineWatch | None = None
+) -> dict[str, Any]:
     data = []
     for model in config.models:
-        data.append(model_entry(config, manager, model, model.name, created))
+        data.append(model_entry(config, manager, model, model.name, created, watch))
         if config.server.list_aliases:
-            data.extend(model_entry(config, manager, model, alias, created) for alias in model.aliases)
+            data.extend(model_entry(config, manager, model, alias, created, watch) for alias in model.aliases)
     return {"object": "list", "data": data}
 
 
-def model_view(config: Config, manager: EngineManager, name: str, created: int) -> dict[str, Any]:
+def model_view(
+    config: Config, manager: EngineManager, name: str, created: int, watch: EngineWatch | None = None
+) -> dict[str, Any]:
     model = config.model(name)
     if model is None:
         raise ModelNotFound(f"model {echo(name)} does not exist")
-    return model_entry(config, manager, model, name, created)
+    return model_entry(config, manager, model, name, created, watch)
 
 
-def engine_view(manager: EngineManager, slot: Slot, now: float) -> dict[str, Any]:
+def engine_view(manager: EngineManager, slot: Slot, now: float, watch: EngineWatch | None = None) -> dict[str, Any]:
     handle = slot.handle
     memory, source = manager.memory_of(slot)
     return {
@@ -64,11 +79,24 @@ def engine_view(manager: EngineManager, slot: Slot, now: float) -> dict[str, Any
         "last_used": round(time.time() - (now - slot.last_used), 3) if slot.last_used else None,
         "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
         "pinned": slot.model.pinned,
+        "idle_unload_in": _idle_unload_in(slot, now),
         **({"stopping_because": slot.stop_reason} if slot.stop_reason else {}),
+        **(
+            {"load": watch.load_progress(slot, now)} if watch is not None and slot.state is EngineState.STARTING else {}
+        ),
     }
 
 
-def running(manager: EngineManager) -> dict[str, Any]:
+def _idle_unload_in(slot: Slot, now: float) -> float | None:
+    """Seconds until the idle timeout stops this engine; None when it never will from here (no
+    timeout, busy, starting or already stopping)."""
+    idle = slot.variant.timeouts.engine_idle
+    if idle <= 0 or not slot.ready or slot.busy or slot.draining:
+        return None
+    return round(max(slot.last_used + idle - now, 0.0), 1)
+
+
+def running(manager: EngineManager, watch: EngineWatch | None = None) -> dict[str, Any]:
     """What runs and what waits: GET /running."""
     now = asyncio.get_running_loop().time()
     queue = [
@@ -82,7 +110,7 @@ def running(manager: EngineManager) -> dict[str, Any]:
         for ticket in manager.waiting
     ]
     return {
-        "engines": [engine_view(manager, slot, now) for slot in manager.engines],
+        "engines": [engine_view(manager, slot, now, watch) for slot in manager.engines],
         "queue": queue,
         "in_flight": manager.in_flight,
         "queued": manager.queued,

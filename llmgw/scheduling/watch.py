@@ -1,0 +1,254 @@
+"""EngineWatch: what the engines and the queue are doing, as events, load times and progress.
+
+It observes the :class:`EngineManager` through one callback (``on_change``, after every batch of
+effects) and compares the scheduler's state with what it saw last: an engine that appeared,
+became ready, started stopping or left is an ``engine`` event; a queue that changed is a
+``queue`` event. Nothing here decides anything, and the manager does not know it exists.
+
+It also keeps each variant's last measured load time (decision to start -> ready) in the state
+file, so a request waiting for a cold start gets an estimated percentage, the first time after a
+restart too. llama-server prints no load progress of its own (research notes, "Logs"), so the
+estimate is elapsed / last load time, capped at 99 % until the engine is really ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llmgw.config import ModelConfig, Variant
+from llmgw.events import EventBus
+from llmgw.scheduling.engine_manager import EngineManager
+from llmgw.scheduling.memory import launch_key
+from llmgw.scheduling.scheduler import EngineState, Phase, Slot, Ticket
+from llmgw.state import StateStore
+
+logger = logging.getLogger(__name__)
+
+LOAD_SECTION = "load_seconds"
+LOADING = "loading"  # an engine whose process runs but does not answer yet
+_CAP = 99  # percent shown until the engine is really ready
+
+
+class LoadTimes:
+    """Last measured load time per launch (``launch_key``), kept across restarts."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+        self._seconds: dict[str, float] = {}
+        for key, value in state.section(LOAD_SECTION).items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                self._seconds[key] = float(value)
+
+    def expected(self, model: ModelConfig, variant: Variant) -> float | None:
+        return self._seconds.get(launch_key(model, variant))
+
+    def record(self, model: ModelConfig, variant: Variant, seconds: float) -> None:
+        """The last load is the best guess of the next (a warm page cache makes reloads faster)."""
+        self._seconds[launch_key(model, variant)] = round(max(seconds, 0.001), 3)
+        self._state.put(LOAD_SECTION, dict(self._seconds))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where one waiting request stands."""
+
+    phase: str  # queued, draining, stopping, starting, loading (Phase values plus LOADING)
+    position: int  # 1-based place in the queue
+    queued: int  # requests in the queue
+    model: str
+    variant: int  # the variant it waits for (1-based index)
+    context: int
+    waited: float  # seconds since the request began to wait
+    load_elapsed: float | None  # seconds since its engine began to start
+    expected: float | None  # that variant's last load time
+    percent: int | None  # estimated load progress (None: never measured, or not loading yet)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "position": self.position,
+            "queued": self.queued,
+            "model": self.model,
+            "variant": self.variant,
+            "context": self.context,
+            "waited": round(self.waited, 1),
+            "load_elapsed": None if self.load_elapsed is None else round(self.load_elapsed, 1),
+            "expected": None if self.expected is None else round(self.expected, 1),
+            "percent": self.percent,
+        }
+
+
+@dataclass
+class _Seen:
+    state: str
+    model: str
+    variant: int
+
+
+class EngineWatch:
+    def __init__(self, manager: EngineManager, bus: EventBus, clock: Callable[[], float] | None = None) -> None:
+        self.manager = manager
+        self.bus = bus
+        self.load_times = LoadTimes(manager.state)
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._seen: dict[int, _Seen] = {}
+        self._spawned: dict[int, int] = {}  # slot id -> pid, for engines whose process runs
+        self._queue: tuple[tuple[int, str], ...] = ()
+        self.failed: dict[str, float] = {}  # model -> loop time of its last failed start (cleared by a success)
+
+    # ------------------------------------------------------------------ observers
+
+    def changed(self) -> None:
+        """EngineManager.on_change: compare with what was seen last, publish the differences."""
+        now = self._clock()
+        slots = {slot.id: slot for slot in self.manager.engines}
+        for slot in slots.values():
+            state = self._state(slot)
+            before = self._seen.get(slot.id)
+            if before is not None and before.state == state:
+                continue
+            if before is not None and before.state in (EngineState.STARTING, LOADING) and slot.ready:
+                seconds = now - slot.started_at
+                self.load_times.record(slot.model, slot.variant, seconds)
+                self.failed.pop(slot.model.name, None)
+                logger.debug("model %r variant %d loaded in %.3f s", slot.model.name, slot.variant.index, seconds)
+            self._seen[slot.id] = _Seen(state, slot.model.name, slot.variant.index)
+            self.bus.publish("engine", **self.engine_event(slot, now))
+        for slot_id in [i for i in self._seen if i not in slots]:
+            seen = self._seen.pop(slot_id)
+            self._spawned.pop(slot_id, None)
+            failed = seen.state in (EngineState.STARTING, LOADING) and not self.manager.scheduler.closed
+            if failed:
+                self.failed[seen.model] = now
+            state = "failed" if failed else "stopped"
+            self.bus.publish("engine", model=seen.model, variant=seen.variant, id=slot_id, state=state)
+        queue = tuple((ticket.id, ticket.phase.value) for ticket in self.manager.waiting)
+        if queue != self._queue:
+            self._queue = queue
+            if self.bus.watched:
+                self.bus.publish("queue", queue=self.queue_view(now))
+
+    def spawned(self, model: ModelConfig, variant: Variant, pid: int) -> None:
+        """The runtime spawned an engine process: its slot is now loading."""
+        for slot in self.manager.engines:
+            if slot.state is EngineState.STARTING and slot.model.name == model.name and slot.variant is variant:
+                self._spawned[slot.id] = pid
+                self.changed()
+                return
+
+    def tick(self) -> None:
+        """Once a second while engines load: their progress, for pages that show a bar."""
+        now = self._clock()
+        for slot in self.manager.engines:
+            if slot.state is EngineState.STARTING:
+                self.bus.publish("engine", **self.engine_event(slot, now))
+
+    # ------------------------------------------------------------------ queries
+
+    def engine_event(self, slot: Slot, now: float) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "model": slot.model.name,
+            "variant": slot.variant.index,
+            "id": slot.id,
+            "state": self._state(slot),
+            "context": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
+        }
+        if slot.state is EngineState.STARTING:
+            event.update(self.load_progress(slot, now))
+        if slot.state is EngineState.STOPPING and slot.stop_reason:
+            event["reason"] = slot.stop_reason
+        pid = self._spawned.get(slot.id) or (slot.handle.process.pid if slot.handle is not None else None)
+        if pid is not None:
+            event["pid"] = pid
+        return event
+
+    def load_progress(self, slot: Slot, now: float | None = None) -> dict[str, Any]:
+        """``elapsed``, ``expected`` and ``percent`` of a starting engine."""
+        now = self._clock() if now is None else now
+        elapsed = max(now - slot.started_at, 0.0)
+        expected = self.load_times.expected(slot.model, slot.variant)
+        return {"elapsed": round(elapsed, 1), "expected": expected, "percent": _percent(elapsed, expected)}
+
+    def status(self, model: ModelConfig) -> dict[str, Any]:
+        """A model's load state in the shape of llama.cpp's router (``GET /models``): ``value`` is
+        unloaded, loading, loaded or stopping; plus the running variant and its context."""
+        slot = next((s for s in self.manager.engines if s.model.name == model.name), None)
+        if slot is None:
+            status: dict[str, Any] = {"value": "unloaded"}
+            if model.name in self.failed:
+                status["failed"] = True
+            return status
+        value = {EngineState.STARTING: "loading", EngineState.READY: "loaded", EngineState.STOPPING: "stopping"}
+        status = {
+            "value": value[slot.state],
+            "variant": slot.variant.index,
+            "n_ctx": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
+            "args": [slot.variant.binary, *slot.variant.args],
+        }
+        if slot.state is EngineState.STARTING:
+            status["progress"] = self.load_progress(slot)
+        return status
+
+    def progress(self, ticket: Ticket) -> Progress | None:
+        """Where a waiting request stands; None once it left the queue (granted or failed)."""
+        queue = self.manager.waiting
+        position = next((i for i, t in enumerate(queue, 1) if t is ticket), 0)
+        if not position:
+            return None
+        now = self._clock()
+        model = ticket.model
+        own = next((s for s in self.manager.engines if s.model.name == model.name), None)
+        starting = own if own is not None and own.state is EngineState.STARTING else None
+        if starting is not None and ticket.phase is Phase.STARTING:
+            variant = starting.variant
+            phase = LOADING if starting.id in self._spawned else Phase.STARTING.value
+            load = self.load_progress(starting, now)
+            elapsed: float | None = load["elapsed"]
+            percent = load["percent"]
+        else:
+            try:
+                variant = self.manager.variant_for(model, ticket.min_ctx, ticket.capability)
+            except Exception:  # the wait ends with its own error; progress only describes it
+                variant = model.largest
+            phase, elapsed, percent = ticket.phase.value, None, None
+        return Progress(
+            phase=phase,
+            position=position,
+            queued=len(queue),
+            model=model.name,
+            variant=variant.index,
+            context=self.manager.effective_context(model, variant),
+            waited=max(now - ticket.arrived, 0.0),
+            load_elapsed=elapsed,
+            expected=self.load_times.expected(model, variant),
+            percent=percent,
+        )
+
+    def queue_view(self, now: float | None = None) -> list[dict[str, Any]]:
+        now = self._clock() if now is None else now
+        return [
+            {
+                "position": position,
+                "model": ticket.model.name,
+                "min_context": ticket.min_ctx,
+                "phase": ticket.phase.value,
+                "waiting": round(now - ticket.arrived, 1),
+                **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
+            }
+            for position, ticket in enumerate(self.manager.waiting, 1)
+        ]
+
+    def _state(self, slot: Slot) -> str:
+        if slot.state is EngineState.STARTING and slot.id in self._spawned:
+            return LOADING
+        return slot.state.value
+
+
+def _percent(elapsed: float, expected: float | None) -> int | None:
+    if expected is None or expected <= 0:
+        return None
+    return min(_CAP, int(100 * elapsed / expected))

@@ -1,0 +1,126 @@
+"""Routes for watching the gateway: the event stream, the request history, engine output, the web page.
+
+``GET /events`` is a server-sent event stream (one ``event:`` name and one JSON ``data:`` line
+per event; see llmgw.events). Browsers' EventSource cannot send an API key, so the page reads
+it with fetch() and the usual ``Authorization`` header; no key is ever taken from a URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from tornado import iostream, web
+
+from llmgw.events import Event, Subscription
+from llmgw.server.request_handler import RequestHandler, problem
+
+logger = logging.getLogger(__name__)
+
+UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+KEEPALIVE = 15.0  # seconds between comment lines on a quiet event stream (proxies drop idle ones)
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def sse(event: Event) -> bytes:
+    return b"event: " + event.kind.encode() + b"\ndata: " + json.dumps(event.payload()).encode() + b"\n\n"
+
+
+class EventsHandler(RequestHandler):
+    """``GET /events``: engine changes (with load progress), queue changes, request start and end;
+    engine output lines with ``?logs=1`` (every model) or ``?logs=a,b`` (those models)."""
+
+    _subscription: Subscription | None = None
+
+    async def get(self) -> None:
+        subscription = self.gateway.bus.subscribe(self._logs_wanted())
+        self._subscription = subscription
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+        try:
+            hello = {"running": self.gateway.running(), "logs": _shown(subscription.logs)}
+            await self._send(b"event: hello\ndata: " + json.dumps(hello).encode() + b"\n\n")
+            while not subscription.closed:
+                events = await subscription.next(KEEPALIVE)
+                if events:
+                    await self._send(b"".join(sse(event) for event in events))
+                elif not subscription.closed:
+                    await self._send(b": keep-alive\n\n")
+        except iostream.StreamClosedError:
+            pass
+        finally:
+            subscription.close()
+
+    def _logs_wanted(self) -> str | frozenset[str] | None:
+        value = self.get_query_argument("logs", "")
+        if value in ("", "0", "false", "no"):
+            return None
+        if value in ("1", "true", "yes", "all", "*"):
+            return "*"
+        names = frozenset(name.strip() for name in value.split(",") if name.strip())
+        models = {self.gateway.selector.model(name).name for name in names}  # 404 for an unknown one
+        return frozenset(models)
+
+    async def _send(self, data: bytes) -> None:
+        self.write(data)
+        await self.flush()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if self._subscription is not None:
+            self._subscription.close()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if not self._headers_written:
+            super().write_error(status_code, **kwargs)
+
+
+class RequestsHandler(RequestHandler):
+    """``GET /api/requests[?limit=N]``: requests in flight, and the last ones answered (newest first)."""
+
+    def get(self) -> None:
+        limit = _limit(self.get_query_argument("limit", None))
+        log = self.gateway.activity
+        self.write_json({"in_flight": log.in_flight(), "requests": log.recent(limit)})
+
+
+class EngineLogsHandler(RequestHandler):
+    """``GET /api/logs?model=m[&limit=N]``: the last lines that model's engines printed; without
+    ``model``: the models that printed any."""
+
+    def get(self) -> None:
+        name = self.get_query_argument("model", None)
+        logs = self.gateway.engine_logs
+        if name is None:
+            self.write_json({"models": logs.models()})
+            return
+        model = self.gateway.selector.model(name).name
+        self.write_json({"model": model, "lines": logs.tail(model, _limit(self.get_query_argument("limit", None)))})
+
+
+class UIHandler(web.StaticFileHandler):
+    """The web page's files, shipped inside the package (no CDN, no build step). Public: they hold
+    no data; the page asks for the API key when the gateway wants one."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", _CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+
+
+def _limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or not 0 < int(text) <= 100_000:
+        raise problem(400, "'limit' must be a positive integer")
+    return int(text)
+
+
+def _shown(logs: str | frozenset[str] | None) -> Any:
+    return sorted(logs) if isinstance(logs, frozenset) else logs
