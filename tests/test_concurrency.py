@@ -86,6 +86,26 @@ async def test_other_model_waits_for_running_request_then_switches(start_gateway
     assert only_engine(await running(http, gw))["model"] == "b"
 
 
+async def test_a_client_that_leaves_while_queued_starts_nothing(start_gateway, make_model, http) -> None:
+    a = make_model("a", [2048], extra_args=["--fake-tokens", "10", "--fake-token-delay", "0.1"])
+    b = make_model("b", [2048])
+    gw = await start_gateway([a, b])
+    first = asyncio.ensure_future(post(http, gw.url + CHAT, chat_body("a", stream=True)))
+    await wait_until(has_event(a, "request"), "a's request to reach its engine", timeout=GUARD)
+    body = json.dumps(chat_body("b")).encode()
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    await wait_until(queued(http, gw, 1), "b's request to queue", timeout=GUARD)
+    writer.close()  # the client gives up while b's request waits for a to drain
+    await wait_until(queued(http, gw, 0), "b's request to leave the queue", timeout=GUARD)
+    ra = await asyncio.wait_for(first, GUARD)
+    assert ra.code == 200
+    # a is no longer draining for b: another request to a is served at once, on the same engine.
+    assert (await post(http, gw.url + CHAT, chat_body("a", max_tokens=1))).code == 200
+    assert events_of(b, "start") == [] and len(events_of(a, "start")) == 1 and events_of(a, "exit") == []
+
+
 async def test_queue_is_fair_across_models(start_gateway, make_model, http) -> None:
     a = make_model("a", [2048], extra_args=["--fake-tokens", "10", "--fake-token-delay", "0.1"])
     b = make_model("b", [2048])

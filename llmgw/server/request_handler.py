@@ -6,6 +6,7 @@ allowed origins, the CORS headers llama-server sends; preflights are answered on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -224,6 +225,7 @@ class ModelRouteHandler(RequestHandler):
         self._too_large = False
         self._gone = False
         self._call: UpstreamCall | None = None
+        self._waiting: asyncio.Task[Any] | None = None  # this request, while nothing went to an engine
         self._record: RequestRecord | None = None  # in the request history once its model is known
         self.model_name = ""
 
@@ -267,8 +269,14 @@ class ModelRouteHandler(RequestHandler):
         started = time.monotonic()
         try:
             request = self._proxy_request(body)
-            await self.gateway.proxy.forward(request, self)
-        except ClientGone:
+            self._waiting = asyncio.current_task()
+            try:
+                await self.gateway.proxy.forward(request, self)
+            finally:
+                self._waiting = None
+        except (ClientGone, asyncio.CancelledError):
+            if not self._gone:
+                raise
             logger.info(
                 "[%s] client left during a %r request after %.3f s",
                 self.request_id,
@@ -390,3 +398,7 @@ class ModelRouteHandler(RequestHandler):
         self._gone = True
         if self._call is not None:
             self._call.abort()
+        elif self._waiting is not None:
+            # Still waiting for an engine (queued, or its start): stop waiting, so the queue moves
+            # on and no engine starts for a client that is gone.
+            self._waiting.cancel()
