@@ -1,10 +1,11 @@
-"""HTTP plumbing to engines: an abortable client and a pull-style streaming upstream call.
+"""HTTP to engines: Tornado's AsyncHTTPClient interface on keep-alive connections, and a
+pull-style streaming upstream call.
 
-Tornado has no public way to cancel a fetch (tornado issues #157, #3289). Closing the
-connection's stream is the only thing that makes llama-server drop the task at once, so
-:class:`EngineHTTPClient` keeps a handle on each connection it opens. This uses
-``SimpleAsyncHTTPClient._connection_class`` and ``_HTTPConnection._handle_exception``
-(private API, pinned by ``tornado>=6.6,<6.7`` and covered by the disconnect tests).
+:class:`EngineHTTPClient` is an ``AsyncHTTPClient`` whose exchanges run on :mod:`llmgw.engine.http1`:
+connections to each engine are kept open and reused (count and forward no longer open two new
+TCP connections per request), bodies are decoded a socket read at a time, and every exchange can
+be aborted at once (closing the connection is the only thing that makes llama-server drop a task;
+Tornado has no public way to cancel a fetch, tornado issues #157 and #3289).
 """
 
 from __future__ import annotations
@@ -12,24 +13,38 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
+import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
-from tornado import httputil, netutil
-from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
-from tornado.simple_httpclient import HTTPStreamClosedError, SimpleAsyncHTTPClient, _HTTPConnection
+from tornado import httputil
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+
+from llmgw.engine.http1 import ConnectionPool, ExchangeError, Head, exchange, request_bytes
 
 logger = logging.getLogger(__name__)
 
 # Chunks buffered between the upstream socket and the client writer; small, so a slow
 # client slows the engine down instead of filling the gateway's memory.
 _STREAM_QUEUE_CHUNKS = 16
+_MAX_BODY = 100 * 1024 * 1024  # a non-streamed answer larger than this is an error (Tornado's default too)
 
 
 class UpstreamError(Exception):
     """The engine could not be reached, or the connection broke mid-response."""
+
+
+class EngineConnectionError(HTTPClientError):
+    """No (complete) HTTP answer: refused, reset, timed out, aborted, malformed. Code 599, as Tornado's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(599, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -40,48 +55,40 @@ class JsonReply:
     content_type: str
 
 
-class _AbortableConnection(_HTTPConnection):
-    def __init__(self, client: SimpleAsyncHTTPClient | None, request: HTTPRequest, *args: Any) -> None:
-        call = getattr(request, "llmgw_call", None)
-        if call is not None:
-            call._connection = self
-        super().__init__(client, request, *args)
-        if call is not None and call._aborted:
-            self.abort()  # aborted before the connection existed: it closes as soon as it connects
+class _Exchange:
+    """What an abort needs to reach: the connection of the exchange in progress, if any yet."""
+
+    __slots__ = ("aborted", "conn")
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.conn: Any = None
 
     def abort(self) -> None:
-        if self.final_callback is not None:
-            self._handle_exception(HTTPStreamClosedError, HTTPStreamClosedError("aborted by gateway"), None)
+        self.aborted = True
+        if self.conn is not None:
+            self.conn.close(abort=True)
 
 
-class _LiteralResolver(netutil.DefaultLoopResolver):
-    """Engines are usually at an IP literal: answer those at once instead of a thread-pool getaddrinfo."""
+class EngineHTTPClient(AsyncHTTPClient):
+    """One per gateway: keep-alive connections pooled per engine address, no request timeout, no
+    redirects, no decompression, no cap on concurrent requests.
 
-    async def resolve(
-        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
-    ) -> list[tuple[int, Any]]:
-        if netutil.is_valid_ip(host):
-            if ":" in host:
-                return [(socket.AF_INET6, (host, port, 0, 0))]
-            return [(socket.AF_INET, (host, port))]
-        return await super().resolve(host, port, family)
+    Two request attributes beyond ``HTTPRequest``'s: ``llmgw_call`` (an object with
+    ``attach(abort)``, handed the exchange's abort function) and ``llmgw_retry_stale`` (True: a
+    request that met a pooled connection the engine had closed is sent again once, on a new one;
+    only for requests that are safe to repeat, such as counting).
+    """
 
-
-class EngineHTTPClient(SimpleAsyncHTTPClient):
-    """One per gateway: no request timeout, no redirects, no decompression, no client cap."""
-
-    def initialize(self, max_clients: int = 100_000, **kwargs: Any) -> None:  # type: ignore[override]
-        # max_body_size: a generation stream has no natural size bound.
-        super().initialize(max_clients=max_clients, max_body_size=2**62, **kwargs)
-
-    def _connection_class(self) -> type:
-        return _AbortableConnection
+    def initialize(self, defaults: dict[str, Any] | None = None) -> None:
+        super().initialize(defaults)
+        self.pool = ConnectionPool()
+        self._running: set[asyncio.Task[None]] = set()
 
     @classmethod
     def create(cls) -> EngineHTTPClient:
         client = cls(
             force_instance=True,
-            resolver=_LiteralResolver(),
             defaults={
                 "connect_timeout": 10.0,
                 "request_timeout": 0.0,
@@ -92,13 +99,102 @@ class EngineHTTPClient(SimpleAsyncHTTPClient):
         assert isinstance(client, EngineHTTPClient)
         return client
 
+    def close(self) -> None:
+        self.pool.close()
+        super().close()
+
+    def forget(self, base_url: str) -> None:
+        """Close the pooled connections to an engine that stopped (connections go away with it)."""
+        url = urllib.parse.urlsplit(base_url)
+        self.pool.forget((url.hostname or "127.0.0.1", url.port or 80))
+
+    def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
+        task = asyncio.ensure_future(self._fetch(request, callback))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _fetch(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
+        started = time.monotonic()
+        try:
+            response = await self._exchange(request, started)
+        except HTTPClientError as exc:
+            response = HTTPResponse(request, 599, error=exc, request_time=time.monotonic() - started)
+        except Exception as exc:  # a streaming callback's own error ends the exchange, as in Tornado
+            error = EngineConnectionError(f"{type(exc).__name__}: {exc}")
+            response = HTTPResponse(request, 599, error=error, request_time=time.monotonic() - started)
+        callback(response)
+
+    async def _exchange(self, request: HTTPRequest, started: float) -> HTTPResponse:
+        url = urllib.parse.urlsplit(request.url)
+        if url.scheme != "http" or not url.hostname:
+            raise EngineConnectionError(f"unsupported URL for an engine: {request.url}")
+        address = (url.hostname, url.port or 80)
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        method = request.method
+        data = request_bytes(method, target, url.netloc, list(request.headers.get_all()), request.body)
+        current = _Exchange()
+        hook = getattr(request, "llmgw_call", None)
+        if hook is not None:
+            hook.attach(current.abort)
+        retry = bool(getattr(request, "llmgw_retry_stale", False))
+        header_callback, streaming_callback = request.header_callback, request.streaming_callback
+        headers = httputil.HTTPHeaders()
+
+        def on_head(head: Head) -> None:
+            for name, value in head.headers:
+                headers.add(name, value)
+            if header_callback is not None:
+                header_callback(f"{head.version} {head.status} {head.reason}\r\n")
+                for name, value in head.headers:
+                    header_callback(f"{name}: {value}\r\n")
+                header_callback("\r\n")
+
+        timeout = request.request_timeout or None
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in (1, 2):
+                    conn = await self.pool.acquire(address, request.connect_timeout or 0.0)
+                    current.conn = conn
+                    if current.aborted:
+                        conn.close(abort=True)
+                        raise EngineConnectionError("aborted by gateway")
+                    try:
+                        head, body, keep = await exchange(conn, data, method, on_head, streaming_callback, _MAX_BODY)
+                    except ExchangeError as exc:
+                        if current.aborted:
+                            raise EngineConnectionError("aborted by gateway") from None
+                        if exc.stale and retry and attempt == 1:
+                            logger.debug("%s: pooled connection was closed by the engine; retrying", request.url)
+                            headers = httputil.HTTPHeaders()
+                            continue
+                        raise EngineConnectionError(str(exc)) from None
+                    self.pool.release(conn, keep)
+                    break
+        except TimeoutError:
+            raise EngineConnectionError("Timeout during request") from None
+        except ExchangeError as exc:  # connecting failed
+            raise EngineConnectionError(str(exc)) from None
+        return HTTPResponse(
+            request,
+            head.status,
+            headers=headers,
+            buffer=BytesIO(body),
+            effective_url=request.url,
+            reason=head.reason,
+            request_time=time.monotonic() - started,
+        )
+
     async def json_call(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> tuple[int, Any]:
         """Small JSON request/response (health, props, counting). Raises UpstreamError if unreachable."""
         reply = await self.json_exchange(url, payload, timeout)
         return reply.status, reply.data
 
     async def json_exchange(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> JsonReply:
-        """Like :meth:`json_call`, keeping the raw body and content type (to relay an engine's error as it is)."""
+        """Like :meth:`json_call`, keeping the raw body and content type (to relay an engine's error as it is).
+
+        These requests are safe to repeat: one that meets a pooled connection the engine closed
+        meanwhile is sent again, once, on a new connection.
+        """
         body = None if payload is None else json.dumps(payload).encode()
         request = HTTPRequest(
             url,
@@ -108,6 +204,7 @@ class EngineHTTPClient(SimpleAsyncHTTPClient):
             request_timeout=timeout,
             connect_timeout=min(timeout, 10.0),
         )
+        request.llmgw_retry_stale = True  # type: ignore[attr-defined]
         try:
             response: HTTPResponse = await self.fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as exc:
@@ -166,7 +263,7 @@ class UpstreamCall:
         self._head: asyncio.Future[tuple[int, httputil.HTTPHeaders]] = asyncio.get_running_loop().create_future()
         self._status = 0
         self._headers = httputil.HTTPHeaders()
-        self._connection: _AbortableConnection | None = None
+        self._abort_exchange: Callable[[], None] | None = None
         self._aborted = False
         self.error: UpstreamError | None = None
         request = HTTPRequest(
@@ -193,9 +290,15 @@ class UpstreamCall:
         else:
             self._headers.parse_line(line)
 
+    def attach(self, abort: Callable[[], None]) -> None:
+        """Called by EngineHTTPClient with the function that aborts the exchange."""
+        self._abort_exchange = abort
+        if self._aborted:
+            abort()  # aborted before the exchange began: it ends as soon as it has a connection
+
     async def _on_chunk(self, chunk: bytes) -> None:
         if self._aborted:
-            raise HTTPStreamClosedError("aborted by gateway")
+            raise EngineConnectionError("aborted by gateway")
         await self._queue.put(chunk)
 
     async def _run(self, request: HTTPRequest) -> None:
@@ -255,8 +358,8 @@ class UpstreamCall:
         if self._aborted:
             return
         self._aborted = True
-        if self._connection is not None:
-            self._connection.abort()
+        if self._abort_exchange is not None:
+            self._abort_exchange()
         if self.error is None:
             self.error = UpstreamError("aborted by gateway")
         # Unblock a streaming callback waiting on a full queue, and a reader waiting on an empty one.

@@ -78,6 +78,7 @@ class ProcessRuntime:
             n_ctx = await client.context_size()
         except BaseException:
             await process.stop(timeout=variant.timeouts.engine_stop)
+            self.http.forget(variant.connect)
             raise
         if n_ctx is None:
             logger.warning("model %r: engine did not report its context; assuming %d", model.name, variant.context)
@@ -103,7 +104,10 @@ class ProcessRuntime:
 
     async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
         assert isinstance(engine.process, EngineProcess)
-        await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
+        try:
+            await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
+        finally:
+            self.http.forget(engine.client.base_url)  # its pooled connections go with it
 
     async def responsive(self, engine: RunningEngine, timeout: float) -> bool:
         if not engine.process.is_running:
