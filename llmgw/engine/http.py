@@ -168,6 +168,9 @@ class EngineHTTPClient(AsyncHTTPClient):
                             headers = httputil.HTTPHeaders()
                             continue
                         raise EngineConnectionError(str(exc)) from None
+                    current.conn = None  # complete: a late abort must not close it in the pool
+                    if current.aborted:  # aborted as the answer ended: the caller wants no more of it
+                        keep = None
                     self.pool.release(conn, keep)
                     break
         except TimeoutError:
