@@ -512,11 +512,17 @@ class BaseHandler(tornado.web.RequestHandler):
         return body
 
     async def wait_or_closed(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds (``inf``: until the client goes); return True if it went away."""
+        """Sleep ``delay`` seconds (``inf``: until the client goes); return True if it went away.
+
+        Without a delay it still yields to the event loop once: llama-server answers other
+        connections (a count, a health probe) while it streams, and so does the fake, even to a
+        reader fast enough that no write ever waits."""
         if delay > 0 and not self._closed.is_set():
             timeout = None if math.isinf(delay) else delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), timeout)
+        else:
+            await asyncio.sleep(0)
         return self._closed.is_set()
 
 
