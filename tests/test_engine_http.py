@@ -360,3 +360,15 @@ async def test_a_client_that_does_not_read_stops_the_engine_being_read(start_gat
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def test_a_non_streamed_answer_goes_out_whole_with_its_length(start_gateway, make_model, http) -> None:
+    from conftest import post
+
+    gw = await start_gateway([make_model("m", [2048])])
+    resp = await post(http, gw.url + CHAT, chat_body("m", max_tokens=2))
+    assert resp.code == 200
+    assert resp.headers["Content-Length"] == str(len(resp.body))
+    assert "Transfer-Encoding" not in resp.headers
+    streamed = await post(http, gw.url + CHAT, chat_body("m", max_tokens=2, stream=True))
+    assert streamed.headers.get("Transfer-Encoding") == "chunked"

@@ -41,6 +41,9 @@ class ClientSink(Protocol):
     async def send(self, chunk: bytes) -> None:
         """Write and flush; raises ClientGone."""
 
+    async def send_whole(self, body: bytes) -> None:
+        """The whole answer, its length known: sent in one write, and the response is over."""
+
 
 @dataclass(frozen=True)
 class ProxyRequest:
@@ -127,7 +130,7 @@ class Proxy:
                             min_ctx = engine.n_ctx + 1
                             continue
                         sink.start_response(status, relay_headers(upstream_headers))
-                        await sink.send(engine_error_body(endpoint.protocol, status, error_body))
+                        await sink.send_whole(engine_error_body(endpoint.protocol, status, error_body))
                         return
                     await self._relay(
                         call, status, upstream_headers, sink, request, engine.variant.timeouts.stream_idle
@@ -153,7 +156,7 @@ class Proxy:
             # JSON answers are small: read them whole so a failure can still be a clean 502.
             body = await self._read_all(call, model_name)
             sink.start_response(status, relay_headers(headers))
-            await sink.send(rewriter.body(body))
+            await sink.send_whole(rewriter.body(body))
             return
         sink.start_response(status, relay_headers(headers))
         try:

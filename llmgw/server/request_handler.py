@@ -361,6 +361,17 @@ class ModelRouteHandler(RequestHandler):
             self._client_left()
             raise ClientGone() from None
 
+    async def send_whole(self, body: bytes) -> None:
+        if self._gone:
+            raise ClientGone()
+        # finish() without an earlier flush sends the head with a Content-Length, and the body,
+        # in one write (a flushed answer goes out chunked, its end in a write of its own).
+        try:
+            await self.finish(body)
+        except iostream.StreamClosedError:
+            self._client_left()
+            raise ClientGone() from None
+
     def on_connection_close(self) -> None:
         # Tornado's own method ends the wait for the body: a body cut short or malformed (which
         # Tornado answers with a bare 400) would otherwise leave this handler pending for ever.
