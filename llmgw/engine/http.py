@@ -23,7 +23,7 @@ from typing import Any
 from tornado import httputil
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
-from llmgw.engine.http1 import ConnectionPool, ExchangeError, Head, exchange, request_bytes
+from llmgw.engine.http1 import Connection, ConnectionPool, ExchangeError, Head, exchange, request_bytes, send
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,27 @@ class _Exchange:
             self.conn.close(abort=True)
 
 
+class _Plan:
+    """A request made ready to send: where, the bytes, and how it may be aborted or retried."""
+
+    __slots__ = ("address", "current", "data", "method", "request", "retry")
+
+    def __init__(self, request: HTTPRequest) -> None:
+        url = urllib.parse.urlsplit(request.url)
+        if url.scheme != "http" or not url.hostname:
+            raise EngineConnectionError(f"unsupported URL for an engine: {request.url}")
+        self.request = request
+        self.address = (url.hostname, url.port or 80)
+        self.method = request.method
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self.data = request_bytes(self.method, target, url.netloc, list(request.headers.get_all()), request.body)
+        self.current = _Exchange()
+        hook = getattr(request, "llmgw_call", None)
+        if hook is not None:
+            hook.attach(self.current.abort)
+        self.retry = bool(getattr(request, "llmgw_retry_stale", False))
+
+
 class EngineHTTPClient(AsyncHTTPClient):
     """One per gateway: keep-alive connections pooled per engine address, no request timeout, no
     redirects, no decompression, no cap on concurrent requests.
@@ -109,14 +130,29 @@ class EngineHTTPClient(AsyncHTTPClient):
         self.pool.forget((url.hostname or "127.0.0.1", url.port or 80))
 
     def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
-        task = asyncio.ensure_future(self._fetch(request, callback))
+        started = time.monotonic()
+        try:
+            plan = _Plan(request)
+        except HTTPClientError as exc:
+            callback(HTTPResponse(request, 599, error=exc, request_time=0.0))
+            return
+        # With a pooled connection at hand the request is written now, not a loop turn later.
+        conn = None if plan.current.aborted else self.pool.take(plan.address)
+        if conn is not None:
+            try:
+                send(conn, plan.data)
+            except ExchangeError:
+                conn = None
+        task = asyncio.ensure_future(self._fetch(plan, conn, callback, started))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _fetch(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
-        started = time.monotonic()
+    async def _fetch(
+        self, plan: _Plan, conn: Connection | None, callback: Callable[[HTTPResponse], None], started: float
+    ) -> None:
+        request = plan.request
         try:
-            response = await self._exchange(request, started)
+            response = await self._exchange(plan, conn, started)
         except HTTPClientError as exc:
             response = HTTPResponse(request, 599, error=exc, request_time=time.monotonic() - started)
         except Exception as exc:  # a streaming callback's own error ends the exchange, as in Tornado
@@ -124,19 +160,8 @@ class EngineHTTPClient(AsyncHTTPClient):
             response = HTTPResponse(request, 599, error=error, request_time=time.monotonic() - started)
         callback(response)
 
-    async def _exchange(self, request: HTTPRequest, started: float) -> HTTPResponse:
-        url = urllib.parse.urlsplit(request.url)
-        if url.scheme != "http" or not url.hostname:
-            raise EngineConnectionError(f"unsupported URL for an engine: {request.url}")
-        address = (url.hostname, url.port or 80)
-        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        method = request.method
-        data = request_bytes(method, target, url.netloc, list(request.headers.get_all()), request.body)
-        current = _Exchange()
-        hook = getattr(request, "llmgw_call", None)
-        if hook is not None:
-            hook.attach(current.abort)
-        retry = bool(getattr(request, "llmgw_retry_stale", False))
+    async def _exchange(self, plan: _Plan, sent: Connection | None, started: float) -> HTTPResponse:
+        request, current = plan.request, plan.current
         header_callback, streaming_callback = request.header_callback, request.streaming_callback
         headers = httputil.HTTPHeaders()
 
@@ -153,17 +178,22 @@ class EngineHTTPClient(AsyncHTTPClient):
         try:
             async with asyncio.timeout(timeout):
                 for attempt in (1, 2):
-                    conn = await self.pool.acquire(address, request.connect_timeout or 0.0)
-                    current.conn = conn
-                    if current.aborted:
-                        conn.close(abort=True)
-                        raise EngineConnectionError("aborted by gateway")
+                    conn = sent
+                    sent = None
                     try:
-                        head, body, keep = await exchange(conn, data, method, on_head, streaming_callback, _MAX_BODY)
+                        if conn is None:
+                            conn = await self.pool.acquire(plan.address, request.connect_timeout or 0.0)
+                            current.conn = conn
+                            if current.aborted:
+                                conn.close(abort=True)
+                                raise EngineConnectionError("aborted by gateway")
+                            send(conn, plan.data)
+                        current.conn = conn
+                        head, body, keep = await exchange(conn, plan.method, on_head, streaming_callback, _MAX_BODY)
                     except ExchangeError as exc:
                         if current.aborted:
                             raise EngineConnectionError("aborted by gateway") from None
-                        if exc.stale and retry and attempt == 1:
+                        if exc.stale and plan.retry and attempt == 1:
                             logger.debug("%s: pooled connection was closed by the engine; retrying", request.url)
                             headers = httputil.HTTPHeaders()
                             continue
@@ -175,8 +205,6 @@ class EngineHTTPClient(AsyncHTTPClient):
                     break
         except TimeoutError:
             raise EngineConnectionError("Timeout during request") from None
-        except ExchangeError as exc:  # connecting failed
-            raise EngineConnectionError(str(exc)) from None
         return HTTPResponse(
             request,
             head.status,
@@ -278,7 +306,15 @@ class UpstreamCall:
             streaming_callback=self._on_chunk,
         )
         request.llmgw_call = self  # type: ignore[attr-defined]
-        self._task = asyncio.ensure_future(self._run(request))
+        self._ended = False  # the exchange is over: once the queue is empty, so is the body
+        # fetch() starts the exchange at once (the request is written now when a pooled
+        # connection is idle); its future says when it is over.
+        try:
+            self._fetch: asyncio.Future[HTTPResponse] = http.fetch(request, raise_error=False)
+        except Exception as exc:
+            self._fetch = asyncio.get_running_loop().create_future()
+            self._fetch.set_exception(exc)
+        self._fetch.add_done_callback(self._on_done)
 
     def _on_header_line(self, line: str) -> None:
         line = line.rstrip("\r\n")
@@ -304,22 +340,23 @@ class UpstreamCall:
             raise EngineConnectionError("aborted by gateway")
         await self._queue.put(chunk)
 
-    async def _run(self, request: HTTPRequest) -> None:
+    def _on_done(self, fetch: asyncio.Future[HTTPResponse]) -> None:
         try:
-            response = await self._http.fetch(request, raise_error=False)
+            response = fetch.result()
             if response.code == 599:
                 self.error = UpstreamError(str(response.error))
         except (OSError, HTTPClientError) as exc:
             self.error = UpstreamError(str(exc))
-        except Exception as exc:  # anything else from tornado is still an upstream failure
+        except Exception as exc:  # anything else is still an upstream failure
             self.error = UpstreamError(f"{type(exc).__name__}: {exc}")
-        finally:
-            if not self._head.done():
-                if self.error is None:
-                    self.error = UpstreamError("engine closed the connection without a response")
-                self._head.set_exception(self.error)
-            if not self._aborted:
-                await self._queue.put(None)
+        if not self._head.done():
+            if self.error is None:
+                self.error = UpstreamError("engine closed the connection without a response")
+            self._head.set_exception(self.error)
+            self._head.exception()  # mark retrieved: the error is also in self.error, for chunks()
+        self._ended = True
+        if not self._aborted and not self._queue.full():
+            self._queue.put_nowait(None)  # wakes a reader waiting on an empty queue
 
     async def head(self, timeout: float = 0.0) -> tuple[int, httputil.HTTPHeaders]:
         """Status and headers; raises UpstreamError if the engine failed before answering, or
@@ -336,6 +373,8 @@ class UpstreamCall:
         """Body chunks in order; raises UpstreamError if the body was cut short, or (``idle_timeout``
         > 0) if no byte came for that long, after aborting the call."""
         while True:
+            if self._ended and self._queue.empty():
+                break
             if idle_timeout > 0 and self._queue.empty():
                 try:
                     chunk = await asyncio.wait_for(self._queue.get(), idle_timeout)
@@ -375,4 +414,4 @@ class UpstreamCall:
 
     def add_done_callback(self, callback: Callable[[UpstreamCall], None]) -> None:
         """Called once the upstream exchange is over (complete, failed or aborted)."""
-        self._task.add_done_callback(lambda _: callback(self))
+        self._fetch.add_done_callback(lambda _: callback(self))

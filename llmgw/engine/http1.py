@@ -124,7 +124,8 @@ class ConnectionPool:
         self._idle: dict[Address, list[Connection]] = {}
         self._closed = False
 
-    async def acquire(self, address: Address, connect_timeout: float) -> Connection:
+    def take(self, address: Address) -> Connection | None:
+        """An idle connection still open, or None."""
         idle = self._idle.get(address)
         now = time.monotonic()
         while idle:
@@ -132,6 +133,13 @@ class ConnectionPool:
             if conn.reusable and now < conn.expires:
                 return conn
             conn.close()
+        return None
+
+    async def acquire(self, address: Address, connect_timeout: float) -> Connection:
+        """An idle connection, else a new one."""
+        conn = self.take(address)
+        if conn is not None:
+            return conn
         loop = asyncio.get_running_loop()
         host, port = address
         try:
@@ -351,25 +359,33 @@ class _Body:
         return sum(map(len, sizes[:pairs])) + sum(lengths[:pairs]) + 4 * pairs
 
 
+def send(conn: Connection, request: bytes) -> None:
+    """Write a request (head and body) on the connection; :func:`exchange` then reads its answer.
+    Raises ExchangeError (``stale`` on a reused connection) if the connection is closed."""
+    conn.uses += 1
+    try:
+        conn.write(request)
+    except ExchangeError as exc:
+        conn.close(abort=True)
+        raise ExchangeError(str(exc), stale=conn.uses > 1) from None
+
+
 async def exchange(
     conn: Connection,
-    request: bytes,
     method: str,
     on_head: OnHead,
     on_data: OnData | None,
     max_body: int,
 ) -> tuple[Head, bytes, float | None]:
-    """Send ``request`` (head and body) and read the answer: the head, the body (empty when
-    ``on_data`` streamed it) and how long the connection may be kept (None: close it).
+    """Read the answer to the request just sent: the head, the body (empty when ``on_data``
+    streamed it) and how long the connection may be kept (None: close it).
 
     ``on_data`` gets the payload of each socket read in one piece; when it returns an awaitable
     the connection is not read further until it completes.
     """
-    reused = conn.uses > 0
-    conn.uses += 1
+    reused = conn.uses > 1
     got_bytes = False
     try:
-        conn.write(request)
         while True:  # 1xx interim answers come before the real one
             raw = b""
             while True:
