@@ -296,6 +296,7 @@ class UpstreamCall:
         self._headers = httputil.HTTPHeaders()
         self._abort_exchange: Callable[[], None] | None = None
         self._aborted = False
+        self._observer: Callable[[bytes | None], None] | None = None
         self.error: UpstreamError | None = None
         request = HTTPRequest(
             url,
@@ -335,9 +336,15 @@ class UpstreamCall:
         if self._aborted:
             abort()  # aborted before the exchange began: it ends as soon as it has a connection
 
+    def observe(self, observer: Callable[[bytes | None], None]) -> None:
+        """``observer`` sees every body chunk as it arrives, then None once the exchange is over."""
+        self._observer = observer
+
     async def _on_chunk(self, chunk: bytes) -> None:
         if self._aborted:
             raise EngineConnectionError("aborted by gateway")
+        if self._observer is not None:
+            self._observer(chunk)
         await self._queue.put(chunk)
 
     def _on_done(self, fetch: asyncio.Future[HTTPResponse]) -> None:
@@ -355,6 +362,8 @@ class UpstreamCall:
             self._head.set_exception(self.error)
             self._head.exception()  # mark retrieved: the error is also in self.error, for chunks()
         self._ended = True
+        if self._observer is not None:
+            self._observer(None)
         if not self._aborted and not self._queue.full():
             self._queue.put_nowait(None)  # wakes a reader waiting on an empty queue
 

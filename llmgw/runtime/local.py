@@ -24,6 +24,7 @@ from llmgw.runtime.base import RunningEngine, Usage
 from llmgw.runtime.engine_process import EngineProcess, EngineStatus
 from llmgw.runtime.guard import ProcessGuard
 from llmgw.runtime.probe import SystemProbe
+from llmgw.slotcache import SlotCache
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,16 @@ _READY_POLL = 0.02
 
 class ProcessRuntime:
     def __init__(
-        self, http: EngineHTTPClient, guard: ProcessGuard | None = None, probe: SystemProbe | None = None
+        self,
+        http: EngineHTTPClient,
+        guard: ProcessGuard | None = None,
+        probe: SystemProbe | None = None,
+        slot_cache: SlotCache | None = None,
     ) -> None:
         self.http = http
         self.guard = guard
         self.probe = probe or SystemProbe()
+        self.slot_cache = slot_cache  # slots are saved there before a stop
         self._closed = False
 
     def close(self) -> None:
@@ -57,7 +63,7 @@ class ProcessRuntime:
 
         process = EngineProcess(
             variant.binary,
-            variant.args,
+            variant.launch_args,
             name=f"{model.name}#{variant.index}",
             env=dict(variant.env),
             on_exit=exited,
@@ -104,6 +110,13 @@ class ProcessRuntime:
 
     async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
         assert isinstance(engine.process, EngineProcess)
+        if self.slot_cache is not None and not kill and engine.process.is_running:
+            try:
+                await self.slot_cache.save(
+                    engine.model, engine.variant, engine.client, engine.variant.timeouts.engine_stop
+                )
+            except Exception:  # the cache never stands in the way of a stop
+                logger.exception("model %r: saving its slots failed", engine.model.name)
         try:
             await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
         finally:

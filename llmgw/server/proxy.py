@@ -97,6 +97,8 @@ class Proxy:
             ) as selection:
                 engine = selection.engine
                 call = selection.call or send_upstream(engine)
+                if selection.restored is not None:
+                    call.observe(selection.restored.observe)
                 try:
                     if sink.gone:
                         return
