@@ -67,7 +67,7 @@ def test_a_chunked_body_decodes_the_same_whatever_the_reads(
 
 
 def test_many_small_chunks_take_the_bulk_path_and_stop_at_the_end() -> None:
-    events = [b"data: {\"n\": %d}\n\n" % i for i in range(500)]
+    events = [b'data: {"n": %d}\n\n' % i for i in range(500)]
     wire = chunked(events)
     body = _Body(chunked_head(), "POST")
     pieces = body.feed(wire)
@@ -186,9 +186,8 @@ def json_answer(payload: Any, extra: str = "Keep-Alive: timeout=5, max=100\r\n")
     ).encode() + data
 
 
-STREAM = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    + chunked([b'data: {"model":"x","n":1}\n\n', b"data: [DONE]\n\n"])
+STREAM = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(
+    [b'data: {"model":"x","n":1}\n\n', b"data: [DONE]\n\n"]
 )
 
 

@@ -63,7 +63,7 @@ def test_a_cut_event_waits_for_its_end() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    names=st.lists(st.sampled_from([ENGINE, "other", "x\\\"y", "client"]), min_size=1, max_size=20),
+    names=st.lists(st.sampled_from([ENGINE, "other", 'x\\"y', "client"]), min_size=1, max_size=20),
     cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=6),
     spaced=st.booleans(),
 )
