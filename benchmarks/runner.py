@@ -24,12 +24,14 @@ from benchmarks.concurrency import ConcurrencyParams, run_concurrency
 from benchmarks.counting import CountParams, run_counting
 from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real_engine_files
 from benchmarks.overhead import OverheadParams, run_overhead
+from benchmarks.stream_fast import FastStreamParams, run_stream_fast
 from benchmarks.streaming import StreamParams, run_streaming
+from benchmarks.swapback import SwapbackParams, run_swapback
 from benchmarks.switch import SwitchParams, run_switch
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("switch_fake", "switch_real", "streaming", "overhead", "counting", "concurrency")
-REAL_ONLY = ("switch_real", "counting")
+NAMES = ("switch_fake", "switch_real", "streaming", "overhead", "counting", "concurrency", "stream_fast", "swapback")
+REAL_ONLY = ("switch_real", "counting", "swapback")
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Plan:
     overhead: OverheadParams = field(default_factory=lambda: OverheadParams(requests=400, repeats=3))
     counting: CountParams = field(default_factory=lambda: CountParams(repeats=9))
     concurrency: ConcurrencyParams = field(default_factory=lambda: ConcurrencyParams(repeats=5))
+    stream_fast: FastStreamParams = field(default_factory=lambda: FastStreamParams(chunks=10000, repeats=15))
+    swapback: SwapbackParams = field(default_factory=lambda: SwapbackParams(rounds=3))
 
 
 FULL = Plan()
@@ -50,6 +54,8 @@ QUICK = Plan(
     overhead=OverheadParams(requests=100, repeats=2, cpu_requests=100),
     counting=CountParams(repeats=3),
     concurrency=ConcurrencyParams(repeats=1),
+    stream_fast=FastStreamParams(chunks=10000, repeats=3, hangups=2),
+    swapback=SwapbackParams(rounds=1),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
 SMOKE = Plan(
@@ -57,6 +63,8 @@ SMOKE = Plan(
     streaming=StreamParams(tokens=300, repeats=1),
     overhead=OverheadParams(requests=5, repeats=1, cpu_requests=5),
     concurrency=ConcurrencyParams(clients=(1, 2), tokens=20, token_delay=0.001, repeats=1),
+    stream_fast=FastStreamParams(chunks=300, repeats=1, hangups=1),
+    swapback=SwapbackParams(rounds=1, turns=2, router=False, engine="fake"),
 )
 
 
@@ -68,6 +76,8 @@ def runners(plan: Plan) -> dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]
         "overhead": lambda ctx: run_overhead(ctx, plan.overhead),
         "counting": lambda ctx: run_counting(ctx, plan.counting),
         "concurrency": lambda ctx: run_concurrency(ctx, plan.concurrency),
+        "stream_fast": lambda ctx: run_stream_fast(ctx, plan.stream_fast),
+        "swapback": lambda ctx: run_swapback(ctx, plan.swapback),
     }
 
 
