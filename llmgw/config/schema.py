@@ -203,9 +203,10 @@ class Config:
             if model.slot_cache is not None:
                 caches.setdefault(model.slot_cache, []).append(model.name)
         for cache, names in caches.items():
+            lines.append(f"slot cache {cache.dir} (up to {_mib(cache.max_mb)}): model(s) {', '.join(map(repr, names))}")
+        if caches:
             lines.append(
-                f"slot cache {cache.dir} (up to {_mib(cache.max_mb)}): model(s) {', '.join(map(repr, names))}; "
-                "note: sliding-window models (gemma-2/3, ...) reuse a restored slot only with --swa-full in their args"
+                "note: sliding-window models (gemma-2/3, ...) reuse a restored slot only with --swa-full in args"
             )
         for address, names in self.shared_addresses().items():
             listed = ", ".join(repr(name) for name in names)
