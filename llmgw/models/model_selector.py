@@ -115,12 +115,12 @@ class ModelSelector:
         for _ in range(len(model.variants) + 2):
             async with manager.lease(model, min_ctx, capability) as engine:
                 restoring = self._restoring(engine, endpoint)
-                call = prefetch(engine) if prefetch is not None and not restoring else None
+                sent = _AfterCount(prefetch, engine) if prefetch is not None and not restoring else None
                 try:
                     need = await self._measure(endpoint, engine, request_data)
                     bigger = self._bigger(model, endpoint, need, engine)
                 except TokenCountError:
-                    _abort(call)
+                    _abort(sent)
                     # The engine may have just died (a crash is noticed a moment after its socket
                     # closes): then the next lease restarts it, once, instead of failing the request.
                     if restarted or not await _has_exited(engine):
@@ -129,8 +129,9 @@ class ModelSelector:
                     restarted = True
                     continue
                 except BaseException:
-                    _abort(call)
+                    _abort(sent)
                     raise
+                call = sent.take() if sent is not None else None
                 needed = need.prompt + need.budget
                 if self.on_counted is not None:
                     self.on_counted(model.name, need.prompt + min(need.budget, engine.n_ctx))
@@ -279,7 +280,30 @@ def _pieces_bound(piece: list[int] | list[int | str]) -> int:
     return sum(1 if isinstance(t, int) else len(t.encode()) + 2 for t in piece)
 
 
-def _abort(call: UpstreamCall | None) -> None:
+class _AfterCount:
+    """The request, sent to the engine while it counts: one loop turn after the count is written,
+    so an engine that answers in order (the fake, one thread) answers the count first and the
+    gateway has it by the time the answer comes, not after."""
+
+    def __init__(self, prefetch: Prefetch, engine: RunningEngine) -> None:
+        self.call: UpstreamCall | None = None
+        self._handle = asyncio.get_running_loop().call_soon(self._send, prefetch, engine)
+
+    def _send(self, prefetch: Prefetch, engine: RunningEngine) -> None:
+        self.call = prefetch(engine)
+
+    def take(self) -> UpstreamCall | None:
+        """The call if it was sent (None: it was not, and now never will be)."""
+        self._handle.cancel()
+        return self.call
+
+    def abort(self) -> None:
+        call = self.take()
+        if call is not None:
+            call.abort()
+
+
+def _abort(call: UpstreamCall | _AfterCount | None) -> None:
     if call is not None:
         call.abort()
 
