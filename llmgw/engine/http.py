@@ -73,7 +73,7 @@ class _Exchange:
 class _Plan:
     """A request made ready to send: where, the bytes, and how it may be aborted or retried."""
 
-    __slots__ = ("address", "current", "data", "method", "request", "retry")
+    __slots__ = ("address", "current", "data", "hook", "method", "request", "retry")
 
     def __init__(self, request: HTTPRequest) -> None:
         url = urllib.parse.urlsplit(request.url)
@@ -85,7 +85,7 @@ class _Plan:
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self.data = request_bytes(self.method, target, url.netloc, list(request.headers.get_all()), request.body)
         self.current = _Exchange()
-        hook = getattr(request, "llmgw_call", None)
+        self.hook = hook = getattr(request, "llmgw_call", None)
         if hook is not None:
             hook.attach(self.current.abort)
         self.retry = bool(getattr(request, "llmgw_retry_stale", False))
@@ -96,7 +96,9 @@ class EngineHTTPClient(AsyncHTTPClient):
     redirects, no decompression, no cap on concurrent requests.
 
     Two request attributes beyond ``HTTPRequest``'s: ``llmgw_call`` (an object with
-    ``attach(abort)``, handed the exchange's abort function) and ``llmgw_retry_stale`` (True: a
+    ``attach(abort)``, handed the exchange's abort function, and optionally
+    ``head_received(status, headers)``, called in place of ``header_callback`` with the parsed
+    head) and ``llmgw_retry_stale`` (True: a
     request that met a pooled connection the engine had closed is sent again once, on a new one;
     only for requests that are safe to repeat, such as counting).
     """
@@ -164,11 +166,14 @@ class EngineHTTPClient(AsyncHTTPClient):
         request, current = plan.request, plan.current
         header_callback, streaming_callback = request.header_callback, request.streaming_callback
         headers = httputil.HTTPHeaders()
+        head_received = getattr(plan.hook, "head_received", None)
 
         def on_head(head: Head) -> None:
             for name, value in head.headers:
                 headers.add(name, value)
-            if header_callback is not None:
+            if head_received is not None:  # our own calls: the parsed head, without the text round trip
+                head_received(head.status, headers)
+            elif header_callback is not None:
                 header_callback(f"{head.version} {head.status} {head.reason}\r\n")
                 for name, value in head.headers:
                     header_callback(f"{name}: {value}\r\n")
@@ -303,7 +308,6 @@ class UpstreamCall:
             method=method,
             body=body if method == "POST" else None,
             headers=headers,
-            header_callback=self._on_header_line,
             streaming_callback=self._on_chunk,
         )
         request.llmgw_call = self  # type: ignore[attr-defined]
@@ -317,18 +321,11 @@ class UpstreamCall:
             self._fetch.set_exception(exc)
         self._fetch.add_done_callback(self._on_done)
 
-    def _on_header_line(self, line: str) -> None:
-        line = line.rstrip("\r\n")
-        if not line:
-            # End of a header block; 1xx blocks are followed by the real one.
-            if self._status >= 200 and not self._head.done():
-                self._head.set_result((self._status, self._headers))
-            return
-        if line.startswith("HTTP/"):
-            self._status = httputil.parse_response_start_line(line).code
-            self._headers = httputil.HTTPHeaders()
-        else:
-            self._headers.parse_line(line)
+    def head_received(self, status: int, headers: httputil.HTTPHeaders) -> None:
+        """Called by EngineHTTPClient with the answer's head (interim 1xx answers are skipped there)."""
+        self._status, self._headers = status, headers
+        if not self._head.done():
+            self._head.set_result((status, headers))
 
     def attach(self, abort: Callable[[], None]) -> None:
         """Called by EngineHTTPClient with the function that aborts the exchange."""
