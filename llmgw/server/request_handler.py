@@ -371,6 +371,8 @@ class ModelRouteHandler(RequestHandler):
         except iostream.StreamClosedError:
             self._client_left()
             raise ClientGone() from None
+        if self.request.version == "HTTP/1.0" and isinstance(self.request.connection, HTTP1Connection):
+            self.request.connection.close()  # as every relayed answer to an HTTP/1.0 client ends
 
     def on_connection_close(self) -> None:
         # Tornado's own method ends the wait for the body: a body cut short or malformed (which
