@@ -190,7 +190,7 @@ def _overhead_md(ov: dict[str, Any]) -> str:
                      fmt(d["p99"], 3), fmt(g["p99"], 3), fmt(a["p99"], 3)])
     rows.append(["exact count: direct input_tokens call, keep-alive", fmt(p["count/direct"]["median"], 3), "", "",
                  fmt(p["count/direct"]["p99"], 3), "", ""])
-    rows.append(["exact count: the same on a new connection (as the gateway does)",
+    rows.append(["exact count: the same on a new connection (as the gateway did before pooling)",
                  fmt(p["count_new_conn/direct"]["median"], 3), "", "", fmt(p["count_new_conn/direct"]["p99"], 3), "",
                  ""])
     return (f"Fake engine loaded, {ov['requests_per_repeat']} requests per probe and path per repeat, "
@@ -267,8 +267,9 @@ def _blockers(data: dict[str, Any]) -> str:
             ov = b["overhead"]
             line += (f" The gateway spends {ov['gateway_cpu_ms_per_request']:.2f} ms of CPU per such request; its "
                      f"floor (GET /health) adds {fmt(ov['added_health_ms']['median'], 3)} ms; the exact count it "
-                     f"makes per request costs {fmt(ov['count_new_conn_ms']['median'], 3)} ms straight to the engine "
-                     f"on a new connection ({fmt(ov['count_direct_ms']['median'], 3)} ms on keep-alive).")
+                     f"makes per request costs the engine {fmt(ov['count_direct_ms']['median'], 3)} ms straight to it "
+                     "on a kept-alive connection, as the gateway now sends it; the fake engine answers it and the "
+                     "request one after the other (llama-server counts on its HTTP threads, beside the generation).")
         elif t["benchmark"].startswith("2. streaming"):
             st = b["streaming"]
             line += (f" The gateway spends {fmt(st['gateway']['gateway_cpu_us_per_chunk'])} µs of CPU per chunk, the "
