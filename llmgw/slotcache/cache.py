@@ -21,10 +21,10 @@ import re
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
 
 from llmgw.config import Config, ModelConfig, Variant
 from llmgw.config import SlotCache as SlotCacheConfig
+from llmgw.engine.engine_client import EngineClient
 from llmgw.engine.http import UpstreamError
 from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.slotcache.index import Entry, SlotIndex, pack
@@ -114,7 +114,7 @@ class Restored:
 class SlotCache:
     def __init__(self, config: Config) -> None:
         self._dirs: dict[str, _Dir] = {}
-        self._fresh: weakref.WeakKeyDictionary[LlamaCppEngine, _Fresh] = weakref.WeakKeyDictionary()
+        self._fresh: weakref.WeakKeyDictionary[EngineClient, _Fresh] = weakref.WeakKeyDictionary()
         self.stats: dict[str, ModelStats] = {}
         self.configure(config)
 
@@ -158,7 +158,7 @@ class SlotCache:
 
     # ----------------------------------------------------------------- saving
 
-    async def save(self, model: ModelConfig, variant: Variant, client: Any, timeout: float) -> None:
+    async def save(self, model: ModelConfig, variant: Variant, client: EngineClient, timeout: float) -> None:
         """Save every slot of the engine that holds a prompt (it is about to stop)."""
         self._fresh.pop(client, None)
         directory = self._dir(model, variant)
@@ -251,7 +251,7 @@ class SlotCache:
 
     # ----------------------------------------------------------------- restoring
 
-    def pending(self, model: ModelConfig, variant: Variant, client: Any) -> bool:
+    def pending(self, model: ModelConfig, variant: Variant, client: EngineClient) -> bool:
         """Whether requests to this engine should first be offered a restore (a new engine of a
         model with saved slots, while it has slots it never used). Cheap: checked on every request."""
         fresh = self._fresh.get(client)
@@ -266,7 +266,7 @@ class SlotCache:
         self,
         model: ModelConfig,
         variant: Variant,
-        client: Any,
+        client: EngineClient,
         n_ctx: int,
         prompt: list[int] | None,
         n_prompt: int,
@@ -336,5 +336,5 @@ class SlotCache:
             )
             return Restored(model.name, restored, stats)
 
-    def forget(self, client: Any) -> None:
+    def forget(self, client: EngineClient) -> None:
         self._fresh.pop(client, None)
