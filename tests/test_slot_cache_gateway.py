@@ -41,9 +41,7 @@ def slot_files(directory: Path) -> list[str]:
 
 def files_of(directory: Path, model: str) -> list[Path]:
     """The slot files the sidecars say belong to ``model``."""
-    return [
-        p.with_suffix(".bin") for p in directory.glob("*.json") if json.loads(p.read_text())["model"] == model
-    ]
+    return [p.with_suffix(".bin") for p in directory.glob("*.json") if json.loads(p.read_text())["model"] == model]
 
 
 def metric(gw: Gateway, name: str, **labels: str) -> float:
@@ -257,3 +255,25 @@ async def test_a_slot_the_engine_has_used_is_never_overwritten(start_gateway, ma
     await chat(http, gw, "a", convo)  # the slot now holds that request's cache: no restore over it
     assert not events_of(a, "slot_restore")
     assert metric(gw, "llmgw_slot_cache_restores_total", model="a", result="miss") == 1
+
+
+async def test_an_idle_unload_and_a_reload_save_too(start_gateway, make_model, http, cache_dir, tmp_path) -> None:
+    from conftest import wait_for, write_config
+
+    a = make_model("a", [2048], model_extra={"engine_idle_timeout": 0.5})
+    gw = await start_gateway([a], slot_cache={"dir": str(cache_dir)})
+    convo = await next_turn(http, gw, "a", conversation())
+    await wait_for(lambda: len(events_of(a, "slot_save")) == 1, what="the idle engine's slot to be saved")
+    await wait_for(lambda: not gw.server.manager.engines, what="the idle engine to stop")
+    convo = await next_turn(http, gw, "a", convo)  # restored: its new engine starts from the saved slot
+    assert len(events_of(a, "slot_restore")) == 1
+    # A reload that changes only the threads (not the KV cache) restarts the engine; the slot
+    # is saved on the way and fits the new launch.
+    a.extra_args = ["-t", "3"]
+    changed = write_config(
+        tmp_path / "config.lua", [a], gw.port, slot_cache={"dir": str(cache_dir)}, engine_idle_timeout=0
+    )
+    await gw.server.reload(changed)
+    assert len(events_of(a, "slot_save")) == 2
+    assert (await chat(http, gw, "a", convo))["timings"]["cache_n"] > WORDS
+    assert len(events_of(a, "slot_restore")) == 2
