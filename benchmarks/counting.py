@@ -43,7 +43,10 @@ class CountParams:
 async def run_counting(ctx: Ctx, params: CountParams) -> dict[str, Any]:
     assert ctx.real is not None
     spec = real_engine(ctx.real, free_port(), CONTEXT)
-    gw = GatewayProc(ctx.workdir, [ModelSpec("G", [spec])], name="gw-count", profile=ctx.profile_path("count"))
+    # strict_context: a budget no variant holds is refused right after the count (without it the
+    # largest variant runs until its context is full, since README's "budgets bigger than any variant").
+    gw = GatewayProc(ctx.workdir, [ModelSpec("G", [spec])], name="gw-count", profile=ctx.profile_path("count"),
+                     strict_context=True)
     await gw.start()
     rows = []
     try:

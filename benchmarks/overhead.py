@@ -6,8 +6,8 @@ Each iteration sends, in a rotating order, one of each probe below on keep-alive
 * ``nonstream``: a small chat request (8 tokens, not streamed), total time;
 * ``stream_ttft``: the same streamed, time to the first generated text;
 * ``count``: what the gateway adds per request to count the prompt exactly: one direct
-  ``POST /v1/chat/completions/input_tokens``, on a keep-alive connection and on a new
-  connection each time (the gateway's engine client opens one per call);
+  ``POST /v1/chat/completions/input_tokens``, on a keep-alive connection (as the gateway's
+  engine client sends it) and on a new connection each time (as it did before pooling);
 * ``health``: ``GET /health`` (the gateway's own floor: Tornado, no engine involved).
 
 Added = gateway - direct, for the median and for the p99 of each repeat. A final block of

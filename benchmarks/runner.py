@@ -25,13 +25,15 @@ from benchmarks.counting import CountParams, run_counting
 from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real_engine_files
 from benchmarks.multi import AlternateParams, StartingParams, run_alternate, run_starting
 from benchmarks.overhead import OverheadParams, run_overhead
+from benchmarks.stream_fast import FastStreamParams, run_stream_fast
 from benchmarks.streaming import StreamParams, run_streaming
+from benchmarks.swapback import SwapbackParams, run_swapback
 from benchmarks.switch import SwitchParams, run_switch
 
 HERE = Path(__file__).resolve().parent
 NAMES = ("switch_fake", "switch_real", "streaming", "overhead", "counting", "concurrency", "alternate_fake",
-         "alternate_real", "starting_fake", "starting_real")
-REAL_ONLY = ("switch_real", "counting", "alternate_real", "starting_real")
+         "alternate_real", "starting_fake", "starting_real", "stream_fast", "swapback")
+REAL_ONLY = ("switch_real", "counting", "alternate_real", "starting_real", "swapback")
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Plan:
                                                                                     warmup=6))
     starting_fake: StartingParams = field(default_factory=lambda: StartingParams(rounds=6, idle_pairs=300))
     starting_real: StartingParams = field(default_factory=lambda: StartingParams(rounds=14, idle_pairs=7))
+    stream_fast: FastStreamParams = field(default_factory=lambda: FastStreamParams(chunks=10000, repeats=15))
+    swapback: SwapbackParams = field(default_factory=lambda: SwapbackParams(rounds=3))
 
 
 FULL = Plan()
@@ -61,6 +65,8 @@ QUICK = Plan(
     alternate_real=AlternateParams(requests=8, repeats=2, warmup=4),
     starting_fake=StartingParams(rounds=2, idle_pairs=100),
     starting_real=StartingParams(rounds=2, idle_pairs=4),
+    stream_fast=FastStreamParams(chunks=10000, repeats=3, hangups=2),
+    swapback=SwapbackParams(rounds=1),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
 SMOKE = Plan(
@@ -70,6 +76,8 @@ SMOKE = Plan(
     concurrency=ConcurrencyParams(clients=(1, 2), tokens=20, token_delay=0.001, repeats=1),
     alternate_fake=AlternateParams(requests=6, repeats=2, warmup=2),
     starting_fake=StartingParams(rounds=2, idle_pairs=5, load_delay=0.5),
+    stream_fast=FastStreamParams(chunks=300, repeats=1, hangups=1),
+    swapback=SwapbackParams(rounds=1, turns=2, router=False, engine="fake"),
 )
 
 
@@ -85,6 +93,8 @@ def runners(plan: Plan) -> dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]
         "alternate_real": lambda ctx: run_alternate(ctx, "real", plan.alternate_real),
         "starting_fake": lambda ctx: run_starting(ctx, "fake", plan.starting_fake),
         "starting_real": lambda ctx: run_starting(ctx, "real", plan.starting_real),
+        "stream_fast": lambda ctx: run_stream_fast(ctx, plan.stream_fast),
+        "swapback": lambda ctx: run_swapback(ctx, plan.swapback),
     }
 
 

@@ -60,6 +60,12 @@ server = {
   -- Where measured figures are kept across restarts (default: $XDG_STATE_HOME/llmgw, else
   -- ~/.local/state/llmgw).
   state_dir = os.getenv("HOME") .. "/.local/state/llmgw",
+  -- Keep each model's KV cache across stops: before an engine stops (switch, eviction, idle
+  -- unload, reload) its slots are saved here, and the next engine of the model gets them back
+  -- before its first request, so a long conversation is not processed again. The gateway adds
+  -- --slot-save-path itself. max_mb: disk budget in MiB (default 4096), least recently used
+  -- files go first. Off when absent; a model may set its own, or slot_cache = false.
+  slot_cache = { dir = os.getenv("HOME") .. "/.cache/llmgw/slots", max_mb = 4096 },
 
   -- Requests.
   default_model = "qwen3-8b", -- for requests that name no model (without it they get a 400)
@@ -122,6 +128,10 @@ local gemma_file = models_dir .. "gemma-3-4b-it-Q4_K_M.gguf"
 local gemma = {
   name = "gemma-3-4b",
   engine = presets.engines.llamacpp,
+  -- Its own slot cache (server.slot_cache otherwise; false: none). gemma-3 has sliding-window
+  -- layers: llama-server reuses a restored slot for such models only with --swa-full in args
+  -- (it makes the KV cache of those layers full size: more memory), added below.
+  slot_cache = { dir = os.getenv("HOME") .. "/.cache/llmgw/gemma-slots", max_mb = 2048 },
   devices = { "ram" }, -- a CPU-only model: it never takes GPU memory
   -- endpoints may also be set per variant, e.g. a variant started with --embeddings that serves
   -- { "embeddings" } while the others serve chat (variants of one model never run together).
@@ -135,7 +145,7 @@ local gemma = {
   variants = {
     {
       binary = llama_server,
-      args = { "-m", gemma_file, "--host", "127.0.0.1", "--port", "7779", "-c", "16384", "-np", "1" },
+      args = { "-m", gemma_file, "--host", "127.0.0.1", "--port", "7779", "-c", "16384", "-np", "1", "--swa-full" },
       context = 16384,
       connect = "http://127.0.0.1:7779", -- set on the variant here instead of on the model
     },

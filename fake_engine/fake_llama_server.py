@@ -126,6 +126,9 @@ class Options:
     fake_health_flap: float | None = None
     fake_stall_after_chunks: int | None = None
     fake_stall_seconds: float = math.inf
+    fake_slot_bytes_per_token: int = 64
+    fake_slot_refuse_restore: bool = False
+    fake_slot_disk_full: bool = False
 
     @property
     def n_ctx(self) -> int:
@@ -187,6 +190,9 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "--fake-health-flap": ("fake_health_flap", float),
     "--fake-stall-after-chunks": ("fake_stall_after_chunks", int),
     "--fake-stall-seconds": ("fake_stall_seconds", float),
+    "--fake-slot-bytes-per-token": ("fake_slot_bytes_per_token", int),
+    "--fake-slot-refuse-restore": ("fake_slot_refuse_restore", None),
+    "--fake-slot-disk-full": ("fake_slot_disk_full", None),
 }
 
 
@@ -512,11 +518,17 @@ class BaseHandler(tornado.web.RequestHandler):
         return body
 
     async def wait_or_closed(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds (``inf``: until the client goes); return True if it went away."""
+        """Sleep ``delay`` seconds (``inf``: until the client goes); return True if it went away.
+
+        Without a delay it still yields to the event loop once: llama-server answers other
+        connections (a count, a health probe) while it streams, and so does the fake, even to a
+        reader fast enough that no write ever waits."""
         if delay > 0 and not self._closed.is_set():
             timeout = None if math.isinf(delay) else delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), timeout)
+        else:
+            await asyncio.sleep(0)
         return self._closed.is_set()
 
 
@@ -604,11 +616,14 @@ class SlotsHandler(BaseHandler):
 
 
 class SlotActionHandler(BaseHandler):
-    """``POST /slots/ID?action=save|restore|erase`` (needs ``--slot-save-path``): a saved slot is a
-    small JSON file of its token ids; restoring it fills the slot's prompt cache."""
+    """``POST /slots/ID?action=save|restore|erase`` (needs ``--slot-save-path``). A saved slot is a
+    file laid out as llama-server's: ``ggsq`` magic, version 2, the token count and the token ids
+    (little-endian), then its "KV data" (``--fake-slot-bytes-per-token`` bytes per token);
+    restoring it fills the slot's prompt cache. A file of the wrong size or shape is refused."""
 
     def post(self, raw_id: str) -> None:
-        save_dir = self.engine.options.slot_save_path
+        options = self.engine.options
+        save_dir = options.slot_save_path
         if not save_dir:
             raise not_supported("This server does not support slots action. Start it with `--slot-save-path`")
         try:
@@ -630,16 +645,25 @@ class SlotActionHandler(BaseHandler):
         path = Path(save_dir) / filename
         started = time.monotonic()
         if action == "save":
-            data = json.dumps({"fake_slot": 1, "tokens": slot.tokens}).encode()
-            path.write_bytes(data)
+            data = slot_file_bytes(slot.tokens, options.fake_slot_bytes_per_token)
+            try:
+                if options.fake_slot_disk_full:  # half of it reaches the disk, as when the disk fills up
+                    path.write_bytes(data[: len(data) // 2])
+                    raise OSError(28, "No space left on device")
+                path.write_bytes(data)
+            except OSError as exc:
+                raise ApiError(500, f"failed to write {path}: {exc.strerror or exc}", "server_error") from None
             ms = (time.monotonic() - started) * 1000
+            self.engine.events.emit("slot_save", slot=slot.id, tokens=len(slot.tokens))
             answer = {"n_saved": len(slot.tokens), "n_written": len(data), "timings": {"save_ms": ms}}
         else:
-            tokens, n_read = read_slot_file(path)
-            if tokens is None or len(tokens) > self.engine.n_ctx:
+            tokens, n_read = read_slot_file(path, options.fake_slot_bytes_per_token)
+            if options.fake_slot_refuse_restore or tokens is None or len(tokens) > self.engine.n_ctx:
+                slot.tokens = []  # a failed restore clears the slot, as llama-server's does
                 raise bad_request("Unable to restore slot, no available space in KV cache or invalid slot save file")
             slot.tokens = tokens
             ms = (time.monotonic() - started) * 1000
+            self.engine.events.emit("slot_restore", slot=slot.id, tokens=len(tokens))
             answer = {"n_restored": len(tokens), "n_read": n_read, "timings": {"restore_ms": ms}}
         self.send_json({"id_slot": slot.id, "filename": filename, **answer})
 
@@ -649,15 +673,26 @@ def valid_filename(name: str) -> bool:
     return bool(name) and len(name) <= 255 and not any(c in name for c in "/\\\0") and name not in (".", "..")
 
 
-def read_slot_file(path: Path) -> tuple[list[int] | None, int]:
+_SLOT_MAGIC = 0x67677371  # "ggsq", llama.cpp's sequence state file
+_SLOT_VERSION = 2
+
+
+def slot_file_bytes(tokens: Sequence[int], bytes_per_token: int) -> bytes:
+    head = struct.pack("<III", _SLOT_MAGIC, _SLOT_VERSION, len(tokens))
+    return head + struct.pack(f"<{len(tokens)}i", *tokens) + bytes(bytes_per_token * len(tokens))
+
+
+def read_slot_file(path: Path, bytes_per_token: int) -> tuple[list[int] | None, int]:
     try:
         data = path.read_bytes()
-        tokens = json.loads(data)["tokens"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError:
         return None, 0
-    if not isinstance(tokens, list) or not all(is_token(t) for t in tokens):
+    if len(data) < 12:
         return None, 0
-    return tokens, len(data)
+    magic, version, count = struct.unpack_from("<III", data)
+    if magic != _SLOT_MAGIC or version != _SLOT_VERSION or len(data) != 12 + count * (4 + bytes_per_token):
+        return None, 0
+    return list(struct.unpack_from(f"<{count}i", data, 12)), len(data)
 
 
 class ModelsHandler(BaseHandler):

@@ -18,7 +18,8 @@ from benchmarks.common import Ctx  # noqa: E402
 from benchmarks.harness import kill_all  # noqa: E402
 from benchmarks.runner import SMOKE, run_suite  # noqa: E402
 
-FAKE_BENCHMARKS = ["switch_fake", "streaming", "overhead", "concurrency", "alternate_fake", "starting_fake"]
+FAKE_BENCHMARKS = ["switch_fake", "streaming", "overhead", "concurrency", "alternate_fake", "starting_fake",
+                   "stream_fast", "swapback"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,32 @@ def test_streaming_shape(smoke_results: dict[str, Any]) -> None:
         assert st[path]["chunks"]["median"] >= st["tokens"]
         assert _positive(st[path]["chunks_per_s"])
     assert st["ratio_chunks_per_s"]["median"] > 0
+
+
+def test_fast_stream_shape(smoke_results: dict[str, Any]) -> None:
+    st = smoke_results["benchmarks"]["stream_fast"]
+    assert st["all_ok"]
+    for path in ("direct", "gateway"):
+        assert st[path]["chunks"]["median"] >= st["chunks"]
+        assert _positive(st[path]["chunks_per_s"])
+    assert st["ratio_chunks_per_s"]["median"] > 0
+    assert st["gateway"]["gateway_cpu_us_per_chunk"]["n"] == st["repeats"]
+    assert st["hangup_to_engine_ms"]["n"] == 1  # the source saw the client's hang-up (no figure asserted)
+    assert {t["target"] for t in smoke_results["targets"] if t["benchmark"].startswith("2b.")} == {
+        "300-chunk stream: chunks/s gateway / direct >= 0.9",
+        "gateway CPU per chunk <= 8 µs",
+    }
+
+
+def test_swapback_shape(smoke_results: dict[str, Any]) -> None:
+    sb = smoke_results["benchmarks"]["swapback"]
+    assert sb["engine"] == "fake" and set(sb["paths"]) == {"no_cache", "slot_cache"}  # no router without llama-server
+    for path in sb["paths"].values():
+        assert _positive(path["swapback_ttft_ms"]) and _positive(path["prompt_tokens"])
+    # The fake reports restored tokens as cached: the shape of a restore, not a timing.
+    assert sb["paths"]["slot_cache"]["swapback_cache_n"]["median"] > 0
+    assert sb["paths"]["no_cache"]["swapback_cache_n"]["median"] == 0
+    assert sb["speedup_vs_no_cache"]["n"] == 1
 
 
 def test_overhead_shape(smoke_results: dict[str, Any]) -> None:
@@ -136,7 +163,8 @@ def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
     path = report.write(data, tmp_path, "-smoke")
     text = path.read_text()
     for heading in ("## Targets", "## 1. Switch time", "## 2. Streaming", "## 3. Per-request", "## 5. Concurrency",
-                    "## 6. Memory", "## 7. Alternating", "## 8. A loaded model while another starts"):
+                    "## 6. Memory", "## 7. Alternating", "## 8. A loaded model while another starts",
+                    "## 2b. Streaming, source faster", "## 9. Swap-back"):
         assert heading in text
     assert {t["benchmark"] for t in data["targets"]} >= {"2. streaming", "3. overhead", "5. concurrency",
                                                           "7. alternation (fake engine)",

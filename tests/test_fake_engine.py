@@ -924,6 +924,32 @@ def test_prompt_cache_and_slot_save_restore(spawn: Callable[..., Fake], tmp_path
     )
 
 
+def test_slot_files_are_laid_out_as_llama_server_writes_them(spawn: Callable[..., Fake], tmp_path: Path) -> None:
+    fake = spawn("--slot-save-path", str(tmp_path), "--fake-slot-bytes-per-token", "10")
+    fake.request("POST", "/v1/chat/completions", USER_ABC)
+    saved = fake.request("POST", "/slots/0?action=save", {"filename": "s.bin"}).json()
+    data = (tmp_path / "s.bin").read_bytes()
+    n = saved["n_saved"]
+    assert data[:4] == b"qsgg" and struct.unpack_from("<II", data, 4) == (2, n)
+    assert len(data) == saved["n_written"] == 12 + n * (4 + 10)
+    (tmp_path / "cut.bin").write_bytes(data[:-1])
+    cut = fake.request("POST", "/slots/0?action=restore", {"filename": "cut.bin"})
+    assert cut.status == 400
+    assert fake.request("GET", "/slots").json()[0]["n_prompt_tokens"] == 0  # a failed restore clears the slot
+
+
+def test_slot_knobs_refuse_restores_and_fill_the_disk(spawn: Callable[..., Fake], tmp_path: Path) -> None:
+    refusing = spawn("--slot-save-path", str(tmp_path), "--fake-slot-refuse-restore")
+    refusing.request("POST", "/v1/chat/completions", USER_ABC)
+    assert refusing.request("POST", "/slots/0?action=save", {"filename": "ok.bin"}).status == 200
+    assert refusing.request("POST", "/slots/0?action=restore", {"filename": "ok.bin"}).status == 400
+    full = spawn("--slot-save-path", str(tmp_path), "--fake-slot-disk-full")
+    full.request("POST", "/v1/chat/completions", USER_ABC)
+    failed = full.request("POST", "/slots/0?action=save", {"filename": "full.bin"})
+    assert failed.status == 500 and "No space left on device" in failed.json()["error"]["message"]
+    assert 0 < (tmp_path / "full.bin").stat().st_size < (tmp_path / "ok.bin").stat().st_size  # half of it
+
+
 def test_other_routes_answer_like_llama_server(spawn: Callable[..., Fake]) -> None:
     fake = spawn()
     assert fake.request("GET", "/metrics").status == 501

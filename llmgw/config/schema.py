@@ -43,6 +43,22 @@ class Tokenization:
 
 
 @dataclass(frozen=True)
+class SlotCache:
+    """Where the KV cache of a model's engines is kept across stops (``slot_cache`` in the config)."""
+
+    dir: str
+    max_mb: float = 4096.0  # disk budget of the directory, least recently used files go first
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1024 * 1024)
+
+
+# Variants started with these flags serve embeddings or rerank: their slots hold nothing worth keeping.
+_NO_CACHE_FLAGS = frozenset({"--embedding", "--embeddings", "--reranking", "--rerank"})
+
+
+@dataclass(frozen=True)
 class Variant:
     """One way to launch a model: a context size and the command line that gives it."""
 
@@ -58,9 +74,23 @@ class Variant:
     pools: tuple[str, ...] = ()
     memory: tuple[tuple[str, float], ...] | None = None
     endpoints: tuple[str, ...] | None = None  # route families it serves (None: all); see config.requests
+    slot_cache: SlotCache | None = None  # set on generation variants of a model with slot_cache
 
     def serves(self, capability: str | None) -> bool:
         return capability is None or self.endpoints is None or capability in self.endpoints
+
+    @property
+    def launch_args(self) -> tuple[str, ...]:
+        """The arguments the engine is started with: ``args``, plus ``--slot-save-path`` (the
+        gateway saves and restores slots there) when the variant's model has a slot cache."""
+        if self.slot_cache is None:
+            return self.args
+        return (*self.args, "--slot-save-path", self.slot_cache.dir)
+
+    @property
+    def caches_slots(self) -> bool:
+        """Whether a slot cache may apply: not for embedding or rerank engines."""
+        return not any(arg.partition("=")[0] in _NO_CACHE_FLAGS for arg in self.args)
 
     @property
     def fingerprint(self) -> str:
@@ -89,6 +119,7 @@ class ModelConfig:
     completion_limit: int | None = None  # caps every route's completion budget
     strict_context: bool | None = None  # overrides ServerConfig.strict_context
     loading_feedback: str | None = None  # overrides ServerConfig.loading_feedback
+    slot_cache: SlotCache | None = None  # effective (the model's own, else the server's; None: off)
 
     def serves(self, capability: str | None) -> bool:
         """Some variant serves the route family."""
@@ -126,6 +157,7 @@ class ServerConfig:
     # on the largest variant until its context is full.
     strict_context: bool = False
     loading_feedback: str = "comments"  # one of FEEDBACK_MODES
+    slot_cache: SlotCache | None = None  # the default of every model (None: off)
 
 
 @dataclass(frozen=True)
@@ -175,6 +207,16 @@ class Config:
             if server.memory_budget:
                 line += "; memory " + ", ".join(_declared(v) for v in model.variants)
             lines.append(line + "".join(f"; {rule}" for rule in rules))
+        caches: dict[SlotCache, list[str]] = {}
+        for model in self.models:
+            if model.slot_cache is not None:
+                caches.setdefault(model.slot_cache, []).append(model.name)
+        for cache, names in caches.items():
+            lines.append(f"slot cache {cache.dir} (up to {_mib(cache.max_mb)}): model(s) {', '.join(map(repr, names))}")
+        if caches:
+            lines.append(
+                "note: sliding-window models (gemma-2/3, ...) reuse a restored slot only with --swa-full in args"
+            )
         for address, names in self.shared_addresses().items():
             listed = ", ".join(repr(name) for name in names)
             lines.append(f"models {listed} share the engine address {address}: they never run together")

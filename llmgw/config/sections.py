@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from llmgw.config import placement, requests
+from llmgw.config import caching, placement, requests
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
@@ -47,6 +47,7 @@ _SERVER_KEYS = _TIMEOUT_KEYS | {
     "cors_origins",
     "strict_context",
     "loading_feedback",
+    "slot_cache",
 }
 _MODEL_KEYS = _TIMEOUT_KEYS | {
     "name",
@@ -65,6 +66,7 @@ _MODEL_KEYS = _TIMEOUT_KEYS | {
     "completion_limit",
     "strict_context",
     "loading_feedback",
+    "slot_cache",
 }
 _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: accepted silently
 _VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
@@ -167,6 +169,7 @@ def server_section(node: Node) -> ServerConfig:
         cors_origins=requests.cors_origins(node.child("cors_origins")),
         strict_context=node.get_bool("strict_context", False),
         loading_feedback=requests.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
+        slot_cache=caching.slot_cache(node.child("slot_cache"), None),
     )
 
 
@@ -310,6 +313,15 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
     model_endpoints = requests.endpoints(model.child("endpoints"))
     if model_endpoints is not None:
         variants = [v if v.endpoints is not None else replace(v, endpoints=model_endpoints) for v in variants]
+    cache = caching.slot_cache(model.child("slot_cache"), server.slot_cache)
+    if cache is not None:
+        for variant in variants:
+            if any(arg.partition("=")[0] == "--slot-save-path" for arg in variant.args):
+                raise ConfigError(
+                    f"{variants_node.label}[{variant.index}].args has --slot-save-path, but slot_cache is set and "
+                    "the gateway passes its own directory: remove it from args"
+                )
+        variants = [replace(v, slot_cache=cache) if v.caches_slots else v for v in variants]
     return ModelConfig(
         name=name,
         engine=engine,
@@ -324,6 +336,7 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
         completion_limit=model.opt_int("completion_limit", 1),
         strict_context=model.get_bool("strict_context", False) if model.child("strict_context").exists() else None,
         loading_feedback=requests.loading_feedback(model.child("loading_feedback")),
+        slot_cache=cache,
     )
 
 
@@ -344,6 +357,9 @@ def models_section(node: Node, server: ServerConfig) -> tuple[ModelConfig, ...]:
                 )
             first_index[name] = index
         models.append(model)
+    caching.check_shared_dirs(
+        [(f"models[{i}] {quote(m.name)}", m.slot_cache) for i, m in enumerate(models, 1) if m.slot_cache is not None]
+    )
     if server.default_model is not None and server.default_model not in first_index:
         raise ConfigError(
             f"server.default_model {quote(server.default_model)} is not a model name or alias "

@@ -1,10 +1,11 @@
-"""HTTP plumbing to engines: an abortable client and a pull-style streaming upstream call.
+"""HTTP to engines: Tornado's AsyncHTTPClient interface on keep-alive connections, and a
+pull-style streaming upstream call.
 
-Tornado has no public way to cancel a fetch (tornado issues #157, #3289). Closing the
-connection's stream is the only thing that makes llama-server drop the task at once, so
-:class:`EngineHTTPClient` keeps a handle on each connection it opens. This uses
-``SimpleAsyncHTTPClient._connection_class`` and ``_HTTPConnection._handle_exception``
-(private API, pinned by ``tornado>=6.6,<6.7`` and covered by the disconnect tests).
+:class:`EngineHTTPClient` is an ``AsyncHTTPClient`` whose exchanges run on :mod:`llmgw.engine.http1`:
+connections to each engine are kept open and reused (count and forward no longer open two new
+TCP connections per request), bodies are decoded a socket read at a time, and every exchange can
+be aborted at once (closing the connection is the only thing that makes llama-server drop a task;
+Tornado has no public way to cancel a fetch, tornado issues #157 and #3289).
 """
 
 from __future__ import annotations
@@ -12,24 +13,38 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
+import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
-from tornado import httputil, netutil
-from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
-from tornado.simple_httpclient import HTTPStreamClosedError, SimpleAsyncHTTPClient, _HTTPConnection
+from tornado import httputil
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+
+from llmgw.engine.http1 import Connection, ConnectionPool, ExchangeError, Head, exchange, request_bytes, send
 
 logger = logging.getLogger(__name__)
 
 # Chunks buffered between the upstream socket and the client writer; small, so a slow
 # client slows the engine down instead of filling the gateway's memory.
 _STREAM_QUEUE_CHUNKS = 16
+_MAX_BODY = 100 * 1024 * 1024  # a non-streamed answer larger than this is an error (Tornado's default too)
 
 
 class UpstreamError(Exception):
     """The engine could not be reached, or the connection broke mid-response."""
+
+
+class EngineConnectionError(HTTPClientError):
+    """No (complete) HTTP answer: refused, reset, timed out, aborted, malformed. Code 599, as Tornado's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(599, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)
@@ -40,48 +55,63 @@ class JsonReply:
     content_type: str
 
 
-class _AbortableConnection(_HTTPConnection):
-    def __init__(self, client: SimpleAsyncHTTPClient | None, request: HTTPRequest, *args: Any) -> None:
-        call = getattr(request, "llmgw_call", None)
-        if call is not None:
-            call._connection = self
-        super().__init__(client, request, *args)
-        if call is not None and call._aborted:
-            self.abort()  # aborted before the connection existed: it closes as soon as it connects
+class _Exchange:
+    """What an abort needs to reach: the connection of the exchange in progress, if any yet."""
+
+    __slots__ = ("aborted", "conn")
+
+    def __init__(self) -> None:
+        self.aborted = False
+        self.conn: Any = None
 
     def abort(self) -> None:
-        if self.final_callback is not None:
-            self._handle_exception(HTTPStreamClosedError, HTTPStreamClosedError("aborted by gateway"), None)
+        self.aborted = True
+        if self.conn is not None:
+            self.conn.close(abort=True)
 
 
-class _LiteralResolver(netutil.DefaultLoopResolver):
-    """Engines are usually at an IP literal: answer those at once instead of a thread-pool getaddrinfo."""
+class _Plan:
+    """A request made ready to send: where, the bytes, and how it may be aborted or retried."""
 
-    async def resolve(
-        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
-    ) -> list[tuple[int, Any]]:
-        if netutil.is_valid_ip(host):
-            if ":" in host:
-                return [(socket.AF_INET6, (host, port, 0, 0))]
-            return [(socket.AF_INET, (host, port))]
-        return await super().resolve(host, port, family)
+    __slots__ = ("address", "current", "data", "hook", "method", "request", "retry")
+
+    def __init__(self, request: HTTPRequest) -> None:
+        url = urllib.parse.urlsplit(request.url)
+        if url.scheme != "http" or not url.hostname:
+            raise EngineConnectionError(f"unsupported URL for an engine: {request.url}")
+        self.request = request
+        self.address = (url.hostname, url.port or 80)
+        self.method = request.method
+        target = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        self.data = request_bytes(self.method, target, url.netloc, list(request.headers.get_all()), request.body)
+        self.current = _Exchange()
+        self.hook = hook = getattr(request, "llmgw_call", None)
+        if hook is not None:
+            hook.attach(self.current.abort)
+        self.retry = bool(getattr(request, "llmgw_retry_stale", False))
 
 
-class EngineHTTPClient(SimpleAsyncHTTPClient):
-    """One per gateway: no request timeout, no redirects, no decompression, no client cap."""
+class EngineHTTPClient(AsyncHTTPClient):
+    """One per gateway: keep-alive connections pooled per engine address, no request timeout, no
+    redirects, no decompression, no cap on concurrent requests.
 
-    def initialize(self, max_clients: int = 100_000, **kwargs: Any) -> None:  # type: ignore[override]
-        # max_body_size: a generation stream has no natural size bound.
-        super().initialize(max_clients=max_clients, max_body_size=2**62, **kwargs)
+    Two request attributes beyond ``HTTPRequest``'s: ``llmgw_call`` (an object with
+    ``attach(abort)``, handed the exchange's abort function, and optionally
+    ``head_received(status, headers)``, called in place of ``header_callback`` with the parsed
+    head) and ``llmgw_retry_stale`` (True: a
+    request that met a pooled connection the engine had closed is sent again once, on a new one;
+    only for requests that are safe to repeat, such as counting).
+    """
 
-    def _connection_class(self) -> type:
-        return _AbortableConnection
+    def initialize(self, defaults: dict[str, Any] | None = None) -> None:
+        super().initialize(defaults)
+        self.pool = ConnectionPool()
+        self._running: set[asyncio.Task[None]] = set()
 
     @classmethod
     def create(cls) -> EngineHTTPClient:
         client = cls(
             force_instance=True,
-            resolver=_LiteralResolver(),
             defaults={
                 "connect_timeout": 10.0,
                 "request_timeout": 0.0,
@@ -92,13 +122,115 @@ class EngineHTTPClient(SimpleAsyncHTTPClient):
         assert isinstance(client, EngineHTTPClient)
         return client
 
+    def close(self) -> None:
+        self.pool.close()
+        super().close()
+
+    def forget(self, base_url: str) -> None:
+        """Close the pooled connections to an engine that stopped (connections go away with it)."""
+        url = urllib.parse.urlsplit(base_url)
+        self.pool.forget((url.hostname or "127.0.0.1", url.port or 80))
+
+    def fetch_impl(self, request: HTTPRequest, callback: Callable[[HTTPResponse], None]) -> None:
+        started = time.monotonic()
+        try:
+            plan = _Plan(request)
+        except HTTPClientError as exc:
+            callback(HTTPResponse(request, 599, error=exc, request_time=0.0))
+            return
+        # With a pooled connection at hand the request is written now, not a loop turn later.
+        conn = None if plan.current.aborted else self.pool.take(plan.address)
+        if conn is not None:
+            try:
+                send(conn, plan.data)
+            except ExchangeError:
+                conn = None
+        task = asyncio.ensure_future(self._fetch(plan, conn, callback, started))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _fetch(
+        self, plan: _Plan, conn: Connection | None, callback: Callable[[HTTPResponse], None], started: float
+    ) -> None:
+        request = plan.request
+        try:
+            response = await self._exchange(plan, conn, started)
+        except HTTPClientError as exc:
+            response = HTTPResponse(request, 599, error=exc, request_time=time.monotonic() - started)
+        except Exception as exc:  # a streaming callback's own error ends the exchange, as in Tornado
+            error = EngineConnectionError(f"{type(exc).__name__}: {exc}")
+            response = HTTPResponse(request, 599, error=error, request_time=time.monotonic() - started)
+        callback(response)
+
+    async def _exchange(self, plan: _Plan, sent: Connection | None, started: float) -> HTTPResponse:
+        request, current = plan.request, plan.current
+        header_callback, streaming_callback = request.header_callback, request.streaming_callback
+        headers = httputil.HTTPHeaders()
+        head_received = getattr(plan.hook, "head_received", None)
+
+        def on_head(head: Head) -> None:
+            for name, value in head.headers:
+                headers.add(name, value)
+            if head_received is not None:  # our own calls: the parsed head, without the text round trip
+                head_received(head.status, headers)
+            elif header_callback is not None:
+                header_callback(f"{head.version} {head.status} {head.reason}\r\n")
+                for name, value in head.headers:
+                    header_callback(f"{name}: {value}\r\n")
+                header_callback("\r\n")
+
+        timeout = request.request_timeout or None
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in (1, 2):
+                    conn = sent
+                    sent = None
+                    try:
+                        if conn is None:
+                            conn = await self.pool.acquire(plan.address, request.connect_timeout or 0.0)
+                            current.conn = conn
+                            if current.aborted:
+                                conn.close(abort=True)
+                                raise EngineConnectionError("aborted by gateway")
+                            send(conn, plan.data)
+                        current.conn = conn
+                        head, body, keep = await exchange(conn, plan.method, on_head, streaming_callback, _MAX_BODY)
+                    except ExchangeError as exc:
+                        if current.aborted:
+                            raise EngineConnectionError("aborted by gateway") from None
+                        if exc.stale and plan.retry and attempt == 1:
+                            logger.debug("%s: pooled connection was closed by the engine; retrying", request.url)
+                            headers = httputil.HTTPHeaders()
+                            continue
+                        raise EngineConnectionError(str(exc)) from None
+                    current.conn = None  # complete: a late abort must not close it in the pool
+                    if current.aborted:  # aborted as the answer ended: the caller wants no more of it
+                        keep = None
+                    self.pool.release(conn, keep)
+                    break
+        except TimeoutError:
+            raise EngineConnectionError("Timeout during request") from None
+        return HTTPResponse(
+            request,
+            head.status,
+            headers=headers,
+            buffer=BytesIO(body),
+            effective_url=request.url,
+            reason=head.reason,
+            request_time=time.monotonic() - started,
+        )
+
     async def json_call(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> tuple[int, Any]:
         """Small JSON request/response (health, props, counting). Raises UpstreamError if unreachable."""
         reply = await self.json_exchange(url, payload, timeout)
         return reply.status, reply.data
 
     async def json_exchange(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> JsonReply:
-        """Like :meth:`json_call`, keeping the raw body and content type (to relay an engine's error as it is)."""
+        """Like :meth:`json_call`, keeping the raw body and content type (to relay an engine's error as it is).
+
+        These requests are safe to repeat: one that meets a pooled connection the engine closed
+        meanwhile is sent again, once, on a new connection.
+        """
         body = None if payload is None else json.dumps(payload).encode()
         request = HTTPRequest(
             url,
@@ -108,6 +240,7 @@ class EngineHTTPClient(SimpleAsyncHTTPClient):
             request_timeout=timeout,
             connect_timeout=min(timeout, 10.0),
         )
+        request.llmgw_retry_stale = True  # type: ignore[attr-defined]
         try:
             response: HTTPResponse = await self.fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as exc:
@@ -166,54 +299,70 @@ class UpstreamCall:
         self._head: asyncio.Future[tuple[int, httputil.HTTPHeaders]] = asyncio.get_running_loop().create_future()
         self._status = 0
         self._headers = httputil.HTTPHeaders()
-        self._connection: _AbortableConnection | None = None
+        self._abort_exchange: Callable[[], None] | None = None
         self._aborted = False
+        self._observer: Callable[[bytes | None], None] | None = None
         self.error: UpstreamError | None = None
         request = HTTPRequest(
             url,
             method=method,
             body=body if method == "POST" else None,
             headers=headers,
-            header_callback=self._on_header_line,
             streaming_callback=self._on_chunk,
         )
         request.llmgw_call = self  # type: ignore[attr-defined]
-        self._task = asyncio.ensure_future(self._run(request))
+        self._ended = False  # the exchange is over: once the queue is empty, so is the body
+        # fetch() starts the exchange at once (the request is written now when a pooled
+        # connection is idle); its future says when it is over.
+        try:
+            self._fetch: asyncio.Future[HTTPResponse] = http.fetch(request, raise_error=False)
+        except Exception as exc:
+            self._fetch = asyncio.get_running_loop().create_future()
+            self._fetch.set_exception(exc)
+        self._fetch.add_done_callback(self._on_done)
 
-    def _on_header_line(self, line: str) -> None:
-        line = line.rstrip("\r\n")
-        if not line:
-            # End of a header block; 1xx blocks are followed by the real one.
-            if self._status >= 200 and not self._head.done():
-                self._head.set_result((self._status, self._headers))
-            return
-        if line.startswith("HTTP/"):
-            self._status = httputil.parse_response_start_line(line).code
-            self._headers = httputil.HTTPHeaders()
-        else:
-            self._headers.parse_line(line)
+    def head_received(self, status: int, headers: httputil.HTTPHeaders) -> None:
+        """Called by EngineHTTPClient with the answer's head (interim 1xx answers are skipped there)."""
+        self._status, self._headers = status, headers
+        if not self._head.done():
+            self._head.set_result((status, headers))
+
+    def attach(self, abort: Callable[[], None]) -> None:
+        """Called by EngineHTTPClient with the function that aborts the exchange."""
+        self._abort_exchange = abort
+        if self._aborted:
+            abort()  # aborted before the exchange began: it ends as soon as it has a connection
+
+    def observe(self, observer: Callable[[bytes | None], None]) -> None:
+        """``observer`` sees every body chunk as it arrives, then None once the exchange is over."""
+        self._observer = observer
 
     async def _on_chunk(self, chunk: bytes) -> None:
         if self._aborted:
-            raise HTTPStreamClosedError("aborted by gateway")
+            raise EngineConnectionError("aborted by gateway")
+        if self._observer is not None:
+            self._observer(chunk)
         await self._queue.put(chunk)
 
-    async def _run(self, request: HTTPRequest) -> None:
+    def _on_done(self, fetch: asyncio.Future[HTTPResponse]) -> None:
         try:
-            response = await self._http.fetch(request, raise_error=False)
+            response = fetch.result()
             if response.code == 599:
                 self.error = UpstreamError(str(response.error))
         except (OSError, HTTPClientError) as exc:
             self.error = UpstreamError(str(exc))
-        except Exception as exc:  # anything else from tornado is still an upstream failure
+        except Exception as exc:  # anything else is still an upstream failure
             self.error = UpstreamError(f"{type(exc).__name__}: {exc}")
-        finally:
-            if not self._head.done():
-                if self.error is None:
-                    self.error = UpstreamError("engine closed the connection without a response")
-                self._head.set_exception(self.error)
-            if not self._aborted:
-                await self._queue.put(None)
+        if not self._head.done():
+            if self.error is None:
+                self.error = UpstreamError("engine closed the connection without a response")
+            self._head.set_exception(self.error)
+            self._head.exception()  # mark retrieved: the error is also in self.error, for chunks()
+        self._ended = True
+        if self._observer is not None:
+            self._observer(None)
+        if not self._aborted and not self._queue.full():
+            self._queue.put_nowait(None)  # wakes a reader waiting on an empty queue
 
     async def head(self, timeout: float = 0.0) -> tuple[int, httputil.HTTPHeaders]:
         """Status and headers; raises UpstreamError if the engine failed before answering, or
@@ -230,6 +379,8 @@ class UpstreamCall:
         """Body chunks in order; raises UpstreamError if the body was cut short, or (``idle_timeout``
         > 0) if no byte came for that long, after aborting the call."""
         while True:
+            if self._ended and self._queue.empty():
+                break
             if idle_timeout > 0 and self._queue.empty():
                 try:
                     chunk = await asyncio.wait_for(self._queue.get(), idle_timeout)
@@ -255,8 +406,8 @@ class UpstreamCall:
         if self._aborted:
             return
         self._aborted = True
-        if self._connection is not None:
-            self._connection.abort()
+        if self._abort_exchange is not None:
+            self._abort_exchange()
         if self.error is None:
             self.error = UpstreamError("aborted by gateway")
         # Unblock a streaming callback waiting on a full queue, and a reader waiting on an empty one.
@@ -269,4 +420,4 @@ class UpstreamCall:
 
     def add_done_callback(self, callback: Callable[[UpstreamCall], None]) -> None:
         """Called once the upstream exchange is over (complete, failed or aborted)."""
-        self._task.add_done_callback(lambda _: callback(self))
+        self._fetch.add_done_callback(lambda _: callback(self))

@@ -127,3 +127,50 @@ class LlamaCppEngine(EngineClient):
 
     def forward_request(self, path: str, body: bytes, headers: dict[str, str], method: str = "POST") -> UpstreamCall:
         return UpstreamCall(self.http, self.base_url + path, body, headers, method)
+
+    # ----------------------------------------------------------------- slots (the slot cache)
+
+    async def slots(self, timeout: float = 10.0) -> list[dict[str, Any]] | None:
+        """``GET /slots``: per slot ``id``, and once it ran a task ``id_task`` and ``n_prompt_tokens``;
+        None when the engine does not say (``--no-slots``, unreachable)."""
+        try:
+            status, data = await self.http.json_call(self.base_url + "/slots", timeout=timeout)
+        except UpstreamError:
+            return None
+        if status != 200 or not isinstance(data, list) or not all(isinstance(s, dict) for s in data):
+            return None
+        return data
+
+    async def slot_action(self, slot_id: int, action: str, filename: str, timeout: float) -> JsonReply:
+        """``POST /slots/ID?action=save|restore`` with a file name in the engine's --slot-save-path."""
+        return await self.http.json_exchange(
+            f"{self.base_url}/slots/{slot_id}?action={action}", {"filename": filename}, timeout=timeout
+        )
+
+    async def prompt_ids(
+        self, prompt: str | Sequence[int | str] | None, chat: dict[str, Any] | None
+    ) -> list[int] | None:
+        """The token ids llama-server will process for a prompt (text, or ids and text) or for a chat
+        body (its template applied first); None when the engine cannot say."""
+        try:
+            if chat is not None:
+                reply = await self.http.json_exchange(self.base_url + "/apply-template", chat, self.count_timeout)
+                if (
+                    reply.status != 200
+                    or not isinstance(reply.data, dict)
+                    or not isinstance(reply.data.get("prompt"), str)
+                ):
+                    return None
+                prompt = reply.data["prompt"]
+            if prompt is None:
+                return None
+            if not isinstance(prompt, str) and all(isinstance(t, int) for t in prompt):
+                return [int(t) for t in prompt]
+            payload = {"content": prompt, "add_special": True, "parse_special": True}
+            reply = await self.http.json_exchange(self.base_url + "/tokenize", payload, self.count_timeout)
+        except UpstreamError:
+            return None
+        tokens = reply.data.get("tokens") if isinstance(reply.data, dict) else None
+        if reply.status != 200 or not isinstance(tokens, list) or not all(type(t) is int for t in tokens):
+            return None
+        return tokens

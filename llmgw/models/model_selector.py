@@ -37,6 +37,7 @@ from llmgw.errors import BadRequest, ContextTooLarge, ModelNotFound, TokenCountE
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import Ticket
+from llmgw.slotcache import Restored, SlotCache
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Selection:
     prompt_tokens: int  # exact (the longest input for embeddings and rerank; 0 when not counted)
     tokens_needed: int  # what had to fit the engine's context
     call: UpstreamCall | None = None  # the request, already sent while counting (see ``prefetch``)
+    restored: Restored | None = None  # a saved slot restored for this request (the slot cache)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ModelSelector:
         self.cfg = cfg
         self._tokenizers: dict[str, StandaloneTokenizer] = {}
         self.on_counted: Any = None  # metrics observer: callable(model_name, tokens)
+        self.slot_cache: SlotCache | None = None  # restores saved slots into new engines
 
     def list_models(self) -> list[str]:
         return self.cfg.model_names()
@@ -93,7 +96,8 @@ class ModelSelector:
 
         ``prefetch`` sends the request to the leased engine while it counts, so the count costs
         no round trip of its own; the engine's answer is only relayed once the count says it
-        fits, and a request that does not fit is aborted (the engine drops it at once).
+        fits, and a request that does not fit is aborted (the engine drops it at once). Not while
+        a new engine may take a saved slot (the slot cache): that restore must come first.
         ``on_wait`` is told the ticket of each wait for an engine (see EngineManager.lease).
         """
         manager = self.engine_manager
@@ -113,12 +117,13 @@ class ModelSelector:
         restarted = False
         for _ in range(len(model.variants) + 2):
             async with manager.lease(model, min_ctx, capability, on_wait) as engine:
-                call = prefetch(engine) if prefetch is not None else None
+                restoring = self._restoring(engine, endpoint)
+                sent = _AfterCount(prefetch, engine) if prefetch is not None and not restoring else None
                 try:
                     need = await self._measure(endpoint, engine, request_data)
                     bigger = self._bigger(model, endpoint, need, engine)
                 except TokenCountError:
-                    _abort(call)
+                    _abort(sent)
                     # The engine may have just died (a crash is noticed a moment after its socket
                     # closes): then the next lease restarts it, once, instead of failing the request.
                     if restarted or not await _has_exited(engine):
@@ -127,8 +132,9 @@ class ModelSelector:
                     restarted = True
                     continue
                 except BaseException:
-                    _abort(call)
+                    _abort(sent)
                     raise
+                call = sent.take() if sent is not None else None
                 needed = need.prompt + need.budget
                 if self.on_counted is not None:
                     self.on_counted(model.name, need.prompt + min(need.budget, engine.n_ctx))
@@ -140,7 +146,8 @@ class ModelSelector:
                         engine.variant.index,
                         engine.n_ctx,
                     )
-                    yield Selection(engine, need.prompt, needed, call)
+                    restored = await self._restore(engine, endpoint, request_data, need.prompt) if restoring else None
+                    yield Selection(engine, need.prompt, needed, call, restored)
                     return
                 _abort(call)
             logger.info(
@@ -152,6 +159,31 @@ class ModelSelector:
             )
             min_ctx = bigger
         raise ContextTooLarge(model.name, min_ctx, manager.largest_context(model, capability))
+
+    def _restoring(self, engine: RunningEngine, endpoint: Endpoint) -> bool:
+        cache = self.slot_cache
+        return (
+            cache is not None
+            and endpoint.sizing is Sizing.GENERATE
+            and cache.pending(engine.model, engine.variant, engine.client)
+        )
+
+    async def _restore(
+        self, engine: RunningEngine, endpoint: Endpoint, data: dict[str, Any], n_prompt: int
+    ) -> Restored | None:
+        """Offer the request's prompt to the slot cache before the engine sees it. Its tokens are
+        asked of the engine (template, then tokenizer) only here, for a new engine of a model
+        with saved slots; routes whose template only the engine applies go without them."""
+        cache, client = self.slot_cache, engine.client
+        assert cache is not None and isinstance(client, LlamaCppEngine)
+        chat, prompt = _prompt_source(endpoint, data)
+        try:
+            ids = await client.prompt_ids(prompt, chat) if chat is not None or prompt is not None else None
+            timeout = engine.variant.timeouts.engine_stop
+            return await cache.restore(engine.model, engine.variant, client, engine.n_ctx, ids, n_prompt, timeout)
+        except Exception:  # the cache never fails a request
+            logger.exception("model %r: restoring a saved slot failed; going on without it", engine.model.name)
+            return None
 
     async def _measure(self, endpoint: Endpoint, engine: RunningEngine, data: dict[str, Any]) -> _Need:
         client = engine.client
@@ -233,6 +265,18 @@ class ModelSelector:
         return self._tokenizers[model.name]
 
 
+def _prompt_source(endpoint: Endpoint, data: dict[str, Any]) -> tuple[dict[str, Any] | None, Prompt | None]:
+    """What gives a request's prompt tokens: a chat body (templated by the engine), or its one
+    prompt; (None, None) when neither can (several prompts, infill, Messages, Responses)."""
+    if endpoint is CHAT:
+        return data, None
+    if endpoint.prompts is not None and endpoint.overhead == 0:
+        prompts = endpoint.prompts(data)
+        if len(prompts) == 1 and len(prompts[0]) == 1:
+            return None, prompts[0][0]
+    return None, None
+
+
 def _batch_capacity(engine: RunningEngine) -> int:
     return min(engine.n_ctx, physical_batch(engine.variant.args))
 
@@ -241,7 +285,30 @@ def _pieces_bound(piece: list[int] | list[int | str]) -> int:
     return sum(1 if isinstance(t, int) else len(t.encode()) + 2 for t in piece)
 
 
-def _abort(call: UpstreamCall | None) -> None:
+class _AfterCount:
+    """The request, sent to the engine while it counts: one loop turn after the count is written,
+    so an engine that answers in order (the fake, one thread) answers the count first and the
+    gateway has it by the time the answer comes, not after."""
+
+    def __init__(self, prefetch: Prefetch, engine: RunningEngine) -> None:
+        self.call: UpstreamCall | None = None
+        self._handle = asyncio.get_running_loop().call_soon(self._send, prefetch, engine)
+
+    def _send(self, prefetch: Prefetch, engine: RunningEngine) -> None:
+        self.call = prefetch(engine)
+
+    def take(self) -> UpstreamCall | None:
+        """The call if it was sent (None: it was not, and now never will be)."""
+        self._handle.cancel()
+        return self.call
+
+    def abort(self) -> None:
+        call = self.take()
+        if call is not None:
+            call.abort()
+
+
+def _abort(call: UpstreamCall | _AfterCount | None) -> None:
     if call is not None:
         call.abort()
 

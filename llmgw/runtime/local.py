@@ -25,6 +25,7 @@ from llmgw.runtime.base import RunningEngine, Usage
 from llmgw.runtime.engine_process import EngineProcess, EngineStatus
 from llmgw.runtime.guard import ProcessGuard
 from llmgw.runtime.probe import SystemProbe
+from llmgw.slotcache import SlotCache
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,16 @@ _EARLY_PROBE = 0.01
 
 class ProcessRuntime:
     def __init__(
-        self, http: EngineHTTPClient, guard: ProcessGuard | None = None, probe: SystemProbe | None = None
+        self,
+        http: EngineHTTPClient,
+        guard: ProcessGuard | None = None,
+        probe: SystemProbe | None = None,
+        slot_cache: SlotCache | None = None,
     ) -> None:
         self.http = http
         self.guard = guard
         self.probe = probe or SystemProbe()
+        self.slot_cache = slot_cache  # slots are saved there before a stop
         self._closed = False
         # Observers (EngineWatch, the engine log book); plain callables, as the manager's.
         self.on_spawned: Callable[[ModelConfig, Variant, int], None] | None = None
@@ -64,7 +70,7 @@ class ProcessRuntime:
 
         process = EngineProcess(
             variant.binary,
-            variant.args,
+            variant.launch_args,
             name=f"{model.name}#{variant.index}",
             env=dict(variant.env),
             on_exit=exited,
@@ -88,6 +94,7 @@ class ProcessRuntime:
             n_ctx = await client.context_size()
         except BaseException:
             await process.stop(timeout=variant.timeouts.engine_stop)
+            self.http.forget(variant.connect)
             raise
         if n_ctx is None:
             logger.warning("model %r: engine did not report its context; assuming %d", model.name, variant.context)
@@ -113,7 +120,17 @@ class ProcessRuntime:
 
     async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
         assert isinstance(engine.process, EngineProcess)
-        await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
+        if self.slot_cache is not None and not kill and engine.process.is_running:
+            try:
+                await self.slot_cache.save(
+                    engine.model, engine.variant, engine.client, engine.variant.timeouts.engine_stop
+                )
+            except Exception:  # the cache never stands in the way of a stop
+                logger.exception("model %r: saving its slots failed", engine.model.name)
+        try:
+            await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
+        finally:
+            self.http.forget(engine.client.base_url)  # its pooled connections go with it
 
     async def responsive(self, engine: RunningEngine, timeout: float) -> bool:
         if not engine.process.is_running:

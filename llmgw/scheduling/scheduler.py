@@ -492,4 +492,10 @@ class Scheduler:
 
 
 def _same_launch(a: Variant, b: Variant) -> bool:
-    return (a.binary, a.args, a.context, a.connect, a.env) == (b.binary, b.args, b.context, b.connect, b.env)
+    return (a.binary, a.launch_args, a.context, a.connect, a.env) == (
+        b.binary,
+        b.launch_args,
+        b.context,
+        b.connect,
+        b.env,
+    )

@@ -33,6 +33,7 @@ from llmgw.server.request_handler import (
     ModelsHandler,
     NotFoundHandler,
 )
+from llmgw.slotcache import SlotCache
 from llmgw.state import StateStore, default_state_dir
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,15 @@ class GatewayServer:
     selector: ModelSelector
     proxy: Proxy
     watch: EngineWatch
+    slot_cache: SlotCache
 
     async def start(self) -> None:
         self.http = EngineHTTPClient.create()
         self.guard.start()
         state = StateStore(self.config.server.state_dir or default_state_dir())
-        runtime = ProcessRuntime(self.http, self.guard)
+        self.slot_cache = SlotCache(self.config)
+        self.metrics.watch_slot_cache(self.slot_cache)
+        runtime = ProcessRuntime(self.http, self.guard, slot_cache=self.slot_cache)
         self.manager = EngineManager(self.config, runtime, state)
         self.manager.on_engine_started = self.metrics.observe_start
         self.manager.on_engine_stopped = self.metrics.observe_stop
@@ -104,6 +108,7 @@ class GatewayServer:
         runtime.on_output = self.engine_logs.add
         self.selector = ModelSelector(self.manager, self.config)
         self.selector.on_counted = self.metrics.observe_count
+        self.selector.slot_cache = self.slot_cache
         self.proxy = Proxy(self.selector)
         self.proxy.feedback = self._feedback
         self._ticker = asyncio.ensure_future(self._tick())
@@ -158,6 +163,7 @@ class GatewayServer:
             logger.warning("reload: listen addresses changed; restart the gateway to apply them")
         self.config = config
         self.selector.cfg = config
+        self.slot_cache.configure(config)
         await self.manager.adopt_config(config)
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
 

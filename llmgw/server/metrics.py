@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from llmgw.api.usage import AnswerStats
 from llmgw.scheduling.scheduler import Slot, Ticket
+from llmgw.slotcache import SlotCache
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -128,5 +131,55 @@ class GatewayMetrics:
         for ticket in queue:
             self.queued.labels(model=ticket.model.name).inc()
 
+    def watch_slot_cache(self, cache: SlotCache) -> None:
+        self.registry.register(_SlotCacheCollector(cache))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SlotCacheCollector(Collector):
+    """The slot cache's own counters, read when /metrics is scraped."""
+
+    def __init__(self, cache: SlotCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        restores = CounterMetricFamily(
+            "llmgw_slot_cache_restores",
+            "Requests to a new engine offered a saved slot: hit (restored), miss (none fitted), error",
+            labels=["model", "result"],
+        )
+        saves = CounterMetricFamily(
+            "llmgw_slot_cache_saves", "Slots saved before an engine stopped", labels=["model", "result"]
+        )
+        evictions = CounterMetricFamily(
+            "llmgw_slot_cache_evictions", "Slot files deleted to keep the directory's budget", labels=["model"]
+        )
+        restored = CounterMetricFamily(
+            "llmgw_slot_cache_tokens_restored", "Tokens restored into engines", labels=["model"]
+        )
+        reused = CounterMetricFamily(
+            "llmgw_slot_cache_tokens_reused", "Of those, prompt tokens the engine reported cached", labels=["model"]
+        )
+        saved = CounterMetricFamily(
+            "llmgw_slot_cache_saved_seconds",
+            "Prompt processing time saved: tokens reused x the engine's prompt time per token on that request",
+            labels=["model"],
+        )
+        files = GaugeMetricFamily("llmgw_slot_cache_files", "Saved slot files", labels=["model"])
+        size = GaugeMetricFamily("llmgw_slot_cache_bytes", "Bytes of saved slot files", labels=["model"])
+        for model, stats in sorted(self.cache.stats.items()):
+            restores.add_metric([model, "hit"], stats.hits)
+            restores.add_metric([model, "miss"], stats.misses)
+            restores.add_metric([model, "error"], stats.errors)
+            saves.add_metric([model, "saved"], stats.saves)
+            saves.add_metric([model, "error"], stats.save_errors)
+            evictions.add_metric([model], stats.evictions)
+            restored.add_metric([model], stats.tokens_restored)
+            reused.add_metric([model], stats.tokens_reused)
+            saved.add_metric([model], stats.seconds_saved)
+        for model, (count, total) in sorted(self.cache.files().items()):
+            files.add_metric([model], count)
+            size.add_metric([model], total)
+        yield from (restores, saves, evictions, restored, reused, saved, files, size)

@@ -45,6 +45,9 @@ class ClientSink(Protocol):
     async def send(self, chunk: bytes) -> None:
         """Write and flush; raises ClientGone."""
 
+    async def send_whole(self, body: bytes) -> None:
+        """The whole answer, its length known: sent in one write, and the response is over."""
+
 
 @dataclass(frozen=True)
 class ProxyRequest:
@@ -114,6 +117,8 @@ class Proxy:
                     await feedback.ready()
                 engine = selection.engine
                 call = selection.call or send_upstream(engine)
+                if selection.restored is not None:
+                    call.observe(selection.restored.observe)
                 try:
                     if sink.gone:
                         return
@@ -150,7 +155,7 @@ class Proxy:
                             await sink.send(feedback.engine_error(status, error_body))
                             return
                         sink.start_response(status, relay_headers(upstream_headers))
-                        await sink.send(engine_error_body(endpoint.protocol, status, error_body))
+                        await sink.send_whole(engine_error_body(endpoint.protocol, status, error_body))
                         return
                     await self._relay(
                         call, status, upstream_headers, sink, request, engine.variant.timeouts.stream_idle, feedback
@@ -185,7 +190,7 @@ class Proxy:
             body = await self._read_all(call, model_name)
             stats.feed(body)
             sink.start_response(status, relay_headers(headers))
-            await sink.send(rewriter.body(body))
+            await sink.send_whole(rewriter.body(body))
             return
         if feedback is not None and feedback.started:  # our progress came first: the headers are out
             opening, rewriter = feedback.relay(rewriter)

@@ -388,6 +388,19 @@ class ModelRouteHandler(RequestHandler):
             self._client_left()
             raise ClientGone() from None
 
+    async def send_whole(self, body: bytes) -> None:
+        if self._gone:
+            raise ClientGone()
+        # finish() without an earlier flush sends the head with a Content-Length, and the body,
+        # in one write (a flushed answer goes out chunked, its end in a write of its own).
+        try:
+            await self.finish(body)
+        except iostream.StreamClosedError:
+            self._client_left()
+            raise ClientGone() from None
+        if self.request.version == "HTTP/1.0" and isinstance(self.request.connection, HTTP1Connection):
+            self.request.connection.close()  # as every relayed answer to an HTTP/1.0 client ends
+
     def on_connection_close(self) -> None:
         # Tornado's own method ends the wait for the body: a body cut short or malformed (which
         # Tornado answers with a bare 400) would otherwise leave this handler pending for ever.
