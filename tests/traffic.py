@@ -106,6 +106,18 @@ _STREAM_ENDS = {
 }
 
 
+def _error_code(event: bytes) -> str:
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                data = json.loads(line[5:])
+            except ValueError:
+                return "(unreadable)"
+            error = data.get("error", data) if isinstance(data, dict) else {}
+            return str(error.get("code") or error.get("type") or "")[:40]
+    return ""
+
+
 def judge(path: str, stream: bool, status: int, body: bytes) -> str:
     """'ok' (a complete answer), 'error NNN' (a clean error), 'too_large', or 'bad ...'."""
     text = body.rstrip()
@@ -113,7 +125,9 @@ def judge(path: str, stream: bool, status: int, body: bytes) -> str:
         events = [e for e in text.split(b"\n\n") if e.strip() and not e.startswith(b":")]
         last = events[-1] if events else b""
         if b'"error"' in last or last.startswith(b"event: error"):
-            return "error in stream"
+            if any(mark in last for mark in (b"context_length_exceeded", b"prompt is too long", b"in one batch")):
+                return "too_large"  # found once the response had begun (a loading-feedback stream)
+            return "error in stream " + _error_code(last)
         if path == "/completion":
             return "ok" if b'"stop": true' in last or b'"stop":true' in last else f"bad cut {last[-80:]!r}"
         end = _STREAM_ENDS[path]
