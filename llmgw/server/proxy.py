@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from llmgw.api import Endpoint, ModelRewriter, Sizing, engine_error_body, stream_error_event
 from llmgw.api.progress import Rewriter
-from llmgw.api.usage import AnswerStats
+from llmgw.api.usage import AnswerStats, worth_reading
 from llmgw.config import ModelConfig
 from llmgw.engine import UpstreamCall, UpstreamError, relay_headers
 from llmgw.errors import EngineUnavailable, GatewayError
@@ -201,7 +201,7 @@ class Proxy:
             async for chunk in call.chunks(idle):
                 out = rewriter.chunk(chunk)
                 if out:
-                    if b'"timings"' in out or b'"usage"' in out:
+                    if worth_reading(out):
                         stats.feed(out)
                     await sink.send(out)
             rest = rewriter.flush()
