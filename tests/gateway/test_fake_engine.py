@@ -34,7 +34,7 @@ from fake_engine.fake_llama_tokenize import (
     tokenize,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "fake_engine" / "fake_llama_server.py"
 TOKENIZE = REPO / "fake_engine" / "fake_llama_tokenize.py"
 TIMEOUT = 10.0

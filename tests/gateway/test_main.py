@@ -14,7 +14,7 @@ import psutil
 
 from conftest import FakeModel, chat_body, free_port, get_json, only_engine, wait_gateway_ready, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_llmgw(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from conftest import chat_body, post, running
 from llmgw.state import StateStore
 
 GOOD = {"version": 1, "memory": {"a/0123": {"total": 512.0}}}
@@ -90,17 +89,3 @@ def test_a_full_disk_leaves_the_old_file_whole(
     assert "No space left on device" in caplog.text
     assert json.loads((tmp_path / "state.json").read_text()) == GOOD  # the old file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # the partial file removed
-
-
-async def test_the_gateway_serves_with_a_corrupt_state_file(
-    start_gateway, make_model, http, tmp_path: Path
-) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "state.json").write_bytes(b'{"version": 1, "memory": {"a/')
-    m = make_model("m", [2048])
-    gw = await start_gateway([m], memory_budget=4000)
-    assert (await post(http, gw.url + "/v1/chat/completions", chat_body("m"))).code == 200
-    (engine,) = (await running(http, gw))["engines"]
-    assert engine["memory_source"] == "measured"  # measured again, and written
-    assert json.loads((state / "state.json").read_text())["memory"]

@@ -29,7 +29,7 @@ from llmgw.config import (
     Variant,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 DEMO = ROOT / "llmgw" / "demo.lua"  # packaged: python -m llmgw --demo
 HYPOTHESIS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
