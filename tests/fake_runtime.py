@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from llmgw.config import ModelConfig, Variant
-from llmgw.engine.engine_client import EngineClient
 from llmgw.errors import EngineStartError, ShuttingDown
 from llmgw.runtime import RunningEngine, Usage
+from llmgw.upstream.client import EngineClient
 
 _pids = itertools.count(50_000)
 

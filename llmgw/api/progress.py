@@ -23,15 +23,47 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from llmgw.api import endpoints
 from llmgw.api.endpoints import CHAT, MESSAGES, RESPONSES, Endpoint
 from llmgw.api.protocols import engine_error_body, stream_error_event
 from llmgw.errors import GatewayError, clip
-from llmgw.scheduling.watch import LOADING, Progress
 
 REASONING, COMMENTS, NONE = "reasoning", "comments", "none"
+LOADING = "loading"  # an engine whose process runs but does not answer yet
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where one waiting request stands."""
+
+    phase: str  # queued, draining, stopping, starting, loading (Phase values plus LOADING)
+    position: int  # 1-based place in the queue
+    queued: int  # requests in the queue
+    model: str
+    variant: int  # the variant it waits for (1-based index)
+    context: int
+    waited: float  # seconds since the request began to wait
+    load_elapsed: float | None  # seconds since its engine began to start
+    expected: float | None  # that variant's last load time
+    percent: int | None  # estimated load progress (None: never measured, or not loading yet)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "position": self.position,
+            "queued": self.queued,
+            "model": self.model,
+            "variant": self.variant,
+            "context": self.context,
+            "waited": round(self.waited, 1),
+            "load_elapsed": None if self.load_elapsed is None else round(self.load_elapsed, 1),
+            "expected": None if self.expected is None else round(self.expected, 1),
+            "percent": self.percent,
+        }
+
 
 _WAITING = {
     "queued": "queued",

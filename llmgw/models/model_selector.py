@@ -31,13 +31,13 @@ from typing import Any
 from llmgw.api import Endpoint, Sizing
 from llmgw.api.endpoints import CHAT, Prompt
 from llmgw.config import Config, ModelConfig, Variant
-from llmgw.engine import StandaloneTokenizer, UpstreamCall
-from llmgw.engine.llamacpp_engine import LlamaCppEngine, physical_batch
 from llmgw.errors import BadRequest, ContextTooLarge, ModelNotFound, TokenCountError, echo
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import Ticket
 from llmgw.slotcache import Restored, SlotCache
+from llmgw.upstream import StandaloneTokenizer, UpstreamCall
+from llmgw.upstream.llamacpp import LlamaCppClient, physical_batch
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class ModelSelector:
         asked of the engine (template, then tokenizer) only here, for a new engine of a model
         with saved slots; routes whose template only the engine applies go without them."""
         cache, client = self.slot_cache, engine.client
-        assert cache is not None and isinstance(client, LlamaCppEngine)
+        assert cache is not None and isinstance(client, LlamaCppClient)
         chat, prompt = _prompt_source(endpoint, data)
         try:
             ids = await client.prompt_ids(prompt, chat) if chat is not None or prompt is not None else None
@@ -187,7 +187,7 @@ class ModelSelector:
 
     async def _measure(self, endpoint: Endpoint, engine: RunningEngine, data: dict[str, Any]) -> _Need:
         client = engine.client
-        assert isinstance(client, LlamaCppEngine)
+        assert isinstance(client, LlamaCppClient)
         reserve = self.reserve(engine.model)
         if endpoint is CHAT:
             return _Need(await client.count_prompt_tokens(data), endpoint.budget(data, reserve))
@@ -204,7 +204,7 @@ class ModelSelector:
         return _Need(counts[longest], endpoint.budget(data, reserve), longest)
 
     @staticmethod
-    async def _prompt_tokens(client: LlamaCppEngine, pieces: list[Prompt], overhead: int, limit: int) -> int:
+    async def _prompt_tokens(client: LlamaCppClient, pieces: list[Prompt], overhead: int, limit: int) -> int:
         """Tokens of one prompt made of ``pieces``. An input whose bytes surely fit (a token is at
         least one byte) is not sent to the tokenizer: embedding batches are mostly such inputs."""
         bound = overhead + sum(len(p.encode()) + 2 if isinstance(p, str) else _pieces_bound(p) for p in pieces)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from llmgw.config import ModelConfig, Variant
-from llmgw.engine.engine_client import EngineClient
+from llmgw.upstream.client import EngineClient
 
 
 @dataclass(frozen=True)

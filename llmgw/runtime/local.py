@@ -17,15 +17,15 @@ import urllib.parse
 from collections.abc import Callable
 
 from llmgw.config import LLAMACPP, ModelConfig, Variant
-from llmgw.engine.engine_client import EngineClient
-from llmgw.engine.http import EngineHTTPClient, UpstreamError
-from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.errors import EngineStartError, EngineStartTimeout, ShuttingDown
 from llmgw.runtime.base import RunningEngine, Usage
 from llmgw.runtime.engine_process import EngineProcess, EngineStatus
 from llmgw.runtime.guard import ProcessGuard
 from llmgw.runtime.probe import SystemProbe
 from llmgw.slotcache import SlotCache
+from llmgw.upstream.client import EngineClient
+from llmgw.upstream.http import EngineHTTPClient, UpstreamError
+from llmgw.upstream.llamacpp import LlamaCppClient
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ProcessRuntime:
         self.probe = probe or SystemProbe()
         self.slot_cache = slot_cache  # slots are saved there before a stop
         self._closed = False
-        # Observers (EngineWatch, the engine log book); plain callables, as the manager's.
+        # Observers (StatusTracker, the engine log book); plain callables, as the manager's.
         self.on_spawned: Callable[[ModelConfig, Variant, int], None] | None = None
         self.on_output: Callable[[ModelConfig, Variant, str], None] | None = None
 
@@ -61,7 +61,7 @@ class ProcessRuntime:
             raise EngineStartError(f"model {model.name!r}: engine type {model.engine!r} is not supported")
         if self._closed:
             raise ShuttingDown("the gateway is shutting down")
-        client = LlamaCppEngine(variant.connect, self.http, variant.timeouts.stream_idle)
+        client = LlamaCppClient(variant.connect, self.http, variant.timeouts.stream_idle)
         await self._check_port_free(model, variant)
 
         def exited(process: EngineProcess) -> None:

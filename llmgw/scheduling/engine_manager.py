@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from llmgw.config import Config, ModelConfig, Variant
-from llmgw.engine.engine_client import EngineClient
 from llmgw.errors import EngineStartError, GatewayError, QueueTimeout
 from llmgw.runtime import RunningEngine, Runtime
 from llmgw.scheduling.memory import MemoryBook
@@ -40,6 +39,7 @@ from llmgw.scheduling.scheduler import (
     Ticket,
 )
 from llmgw.state import StateStore
+from llmgw.upstream.client import EngineClient
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class EngineManager:
         # Observers (metrics); plain callables so this layer knows nothing of Prometheus.
         self.on_engine_started: Callable[[str, float], None] | None = None
         self.on_engine_stopped: Callable[[str, str], None] | None = None
-        self.on_change: Callable[[], None] | None = None  # after every batch of effects (EngineWatch)
+        self.on_change: Callable[[], None] | None = None  # after every batch of effects (StatusTracker)
 
     # ----------------------------------------------------------------- queries
 

@@ -3,7 +3,7 @@
 Without it a client that triggers a cold load waits 30-90 s with nothing on its stream, and
 many give up. When the request's lease has to wait (``EngineManager.lease``'s ``on_wait``), a
 pump task starts the response (200, ``text/event-stream``) and writes the request's progress
-(queue position, phase, estimated percentage; see EngineWatch.progress) in the protocol's own
+(queue position, phase, estimated percentage; see StatusTracker.progress) in the protocol's own
 shape (llmgw.api.progress) until the lease is granted. From then on the engine's events follow.
 Once the response has begun, a failure can no longer be a status: the stream ends with the
 protocol's error event instead, never with a 200 that looks like an answer (llama-swap's
@@ -22,11 +22,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from llmgw.api import Sizing
-from llmgw.api.progress import LOAD_PHASES, ProgressStream, Rewriter, headline, progress_stream, tick
+from llmgw.api.progress import LOAD_PHASES, Progress, ProgressStream, Rewriter, headline, progress_stream, tick
 from llmgw.api.usage import AnswerStats
 from llmgw.errors import GatewayError
 from llmgw.scheduling.scheduler import Ticket
-from llmgw.scheduling.watch import Progress
 
 if TYPE_CHECKING:
     from llmgw.server.proxy import ClientSink, ProxyRequest

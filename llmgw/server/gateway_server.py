@@ -12,14 +12,12 @@ from tornado import httpserver, netutil, web
 
 from llmgw.api import ROUTES
 from llmgw.config import Config
-from llmgw.engine import EngineHTTPClient
 from llmgw.errors import BadRequest, EngineNotRunning
 from llmgw.events import EventBus
 from llmgw.models import ModelSelector
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import Slot
-from llmgw.scheduling.watch import EngineWatch
 from llmgw.server import ops_handlers, views, watch_handlers
 from llmgw.server.activity import EngineLogs, RequestLog
 from llmgw.server.feedback import LoadingFeedback
@@ -33,8 +31,10 @@ from llmgw.server.request_handler import (
     ModelsHandler,
     NotFoundHandler,
 )
+from llmgw.server.status import StatusTracker
 from llmgw.slotcache import SlotCache
 from llmgw.state import StateStore, default_state_dir
+from llmgw.upstream import EngineHTTPClient
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class GatewayServer:
     manager: EngineManager
     selector: ModelSelector
     proxy: Proxy
-    watch: EngineWatch
+    watch: StatusTracker
     slot_cache: SlotCache
 
     async def start(self) -> None:
@@ -102,7 +102,7 @@ class GatewayServer:
         self.manager = EngineManager(self.config, runtime, state)
         self.manager.on_engine_started = self.metrics.observe_start
         self.manager.on_engine_stopped = self.metrics.observe_stop
-        self.watch = EngineWatch(self.manager, self.bus)
+        self.watch = StatusTracker(self.manager, self.bus)
         self.manager.on_change = self.watch.changed
         runtime.on_spawned = self.watch.spawned
         runtime.on_output = self.engine_logs.add

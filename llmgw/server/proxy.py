@@ -16,11 +16,11 @@ from llmgw.api import Endpoint, ModelRewriter, Sizing, engine_error_body, stream
 from llmgw.api.progress import Rewriter
 from llmgw.api.usage import AnswerStats, worth_reading
 from llmgw.config import ModelConfig
-from llmgw.engine import UpstreamCall, UpstreamError, relay_headers
 from llmgw.errors import EngineUnavailable, GatewayError
 from llmgw.models import ModelSelector
 from llmgw.runtime import RunningEngine
 from llmgw.server.feedback import LoadingFeedback
+from llmgw.upstream import UpstreamCall, UpstreamError, relay_headers
 
 logger = logging.getLogger(__name__)
 

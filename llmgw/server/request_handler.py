@@ -21,10 +21,10 @@ from tornado.http1connection import HTTP1Connection
 
 from llmgw.api import ROUTES, engine_error_body, error_body, protocol_of
 from llmgw.api.filters import apply_filters
-from llmgw.engine import UpstreamCall
 from llmgw.errors import BadRequest, EngineAnswered, GatewayError, clip, echo
 from llmgw.server.json_body import parse_json_object
 from llmgw.server.proxy import ClientGone, ProxyRequest
+from llmgw.upstream import UpstreamCall
 
 if TYPE_CHECKING:
     from llmgw.server.activity import RequestRecord

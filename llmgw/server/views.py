@@ -13,7 +13,7 @@ from llmgw.config import Config, ModelConfig
 from llmgw.errors import ModelNotFound, echo
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import EngineState, Slot
-from llmgw.scheduling.watch import EngineWatch
+from llmgw.server.status import StatusTracker
 
 
 def model_entry(
@@ -22,7 +22,7 @@ def model_entry(
     model: ModelConfig,
     name: str,
     created: int,
-    watch: EngineWatch | None = None,
+    watch: StatusTracker | None = None,
 ) -> dict[str, Any]:
     """One model as OpenAI lists it, with its context (largest variant) and variants; ``name`` is the
     name or the alias it is listed under. ``status`` is llama.cpp router's (``value``: unloaded,
@@ -45,7 +45,7 @@ def model_entry(
 
 
 def models_list(
-    config: Config, manager: EngineManager, created: int, watch: EngineWatch | None = None
+    config: Config, manager: EngineManager, created: int, watch: StatusTracker | None = None
 ) -> dict[str, Any]:
     data = []
     for model in config.models:
@@ -56,7 +56,7 @@ def models_list(
 
 
 def model_view(
-    config: Config, manager: EngineManager, name: str, created: int, watch: EngineWatch | None = None
+    config: Config, manager: EngineManager, name: str, created: int, watch: StatusTracker | None = None
 ) -> dict[str, Any]:
     model = config.model(name)
     if model is None:
@@ -64,7 +64,7 @@ def model_view(
     return model_entry(config, manager, model, name, created, watch)
 
 
-def engine_view(manager: EngineManager, slot: Slot, now: float, watch: EngineWatch | None = None) -> dict[str, Any]:
+def engine_view(manager: EngineManager, slot: Slot, now: float, watch: StatusTracker | None = None) -> dict[str, Any]:
     handle = slot.handle
     memory, source = manager.memory_of(slot)
     return {
@@ -96,7 +96,7 @@ def _idle_unload_in(slot: Slot, now: float) -> float | None:
     return round(max(slot.last_used + idle - now, 0.0), 1)
 
 
-def running(manager: EngineManager, watch: EngineWatch | None = None) -> dict[str, Any]:
+def running(manager: EngineManager, watch: StatusTracker | None = None) -> dict[str, Any]:
     """What runs and what waits: GET /running."""
     now = asyncio.get_running_loop().time()
     queue = [

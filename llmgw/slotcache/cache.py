@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 from llmgw.config import Config, ModelConfig, Variant
 from llmgw.config import SlotCache as SlotCacheConfig
-from llmgw.engine.engine_client import EngineClient
-from llmgw.engine.http import UpstreamError
-from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.slotcache.index import Entry, SlotIndex, pack
 from llmgw.slotcache.keys import launch_key
 from llmgw.slotcache.store import SlotFileError, SlotStore, read_tokens
+from llmgw.upstream.client import EngineClient
+from llmgw.upstream.http import UpstreamError
+from llmgw.upstream.llamacpp import LlamaCppClient
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class SlotCache:
         """Save every slot of the engine that holds a prompt (it is about to stop)."""
         self._fresh.pop(client, None)
         directory = self._dir(model, variant)
-        if directory is None or not isinstance(client, LlamaCppEngine):
+        if directory is None or not isinstance(client, LlamaCppClient):
             return
         slots = await client.slots(min(timeout, _SLOTS_TIMEOUT))
         if slots is None:
@@ -185,7 +185,7 @@ class SlotCache:
         directory: _Dir,
         model: ModelConfig,
         key: str,
-        client: LlamaCppEngine,
+        client: LlamaCppClient,
         slot_id: int,
         n: int,
         timeout: float,
@@ -258,7 +258,7 @@ class SlotCache:
         if fresh is None:
             directory = self._dir(model, variant)
             has = directory is not None and directory.index.has_key(launch_key(model, variant))
-            fresh = _Fresh(pending=has and isinstance(client, LlamaCppEngine))
+            fresh = _Fresh(pending=has and isinstance(client, LlamaCppClient))
             self._fresh[client] = fresh
         return fresh.pending
 
@@ -276,7 +276,7 @@ class SlotCache:
         cannot be had, then ``n_prompt`` tokens counted) into a slot the engine has not used."""
         fresh = self._fresh.get(client)
         directory = self._dir(model, variant)
-        if fresh is None or not fresh.pending or directory is None or not isinstance(client, LlamaCppEngine):
+        if fresh is None or not fresh.pending or directory is None or not isinstance(client, LlamaCppClient):
             return None
         stats = self._stats(model.name)
         async with fresh.lock:

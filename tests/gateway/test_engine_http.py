@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import chat_body, running
-from llmgw.engine.http import EngineHTTPClient, UpstreamCall, UpstreamError
-from llmgw.engine.http1 import ExchangeError, Head, _Body, _keep_alive, parse_head
+from llmgw.upstream.http import EngineHTTPClient, UpstreamCall, UpstreamError
+from llmgw.upstream.http1 import ExchangeError, Head, _Body, _keep_alive, parse_head
 
 GUARD = 30.0
 CHAT = "/v1/chat/completions"

@@ -19,10 +19,10 @@ import tornado.web
 
 from conftest import FakeModel, free_port, wait_for, write_config
 from llmgw.config import Config
-from llmgw.engine.http import EngineHTTPClient
 from llmgw.errors import EngineStartError, EngineStartTimeout, QueueTimeout, ShuttingDown
 from llmgw.runtime import EngineStatus, ProcessRuntime, RunningEngine
 from llmgw.scheduling import EngineManager
+from llmgw.upstream.http import EngineHTTPClient
 
 HANG = 10.0  # generous bound for things that take well under a second
 MakeModel = Callable[..., FakeModel]

@@ -23,9 +23,9 @@ from tornado import httpserver, netutil, web
 
 from conftest import FakeModel, Gateway, chat_body, events_of, wait_for
 from fake_engine.configs import FAKE_ENGINE
-from llmgw.engine import EngineHTTPClient, LlamaCppEngine
 from llmgw.errors import ECHO_LIMIT, EngineAnswered, clip, echo
 from llmgw.server.json_body import MAX_DEPTH
+from llmgw.upstream import EngineHTTPClient, LlamaCppClient
 
 CHAT = "/v1/chat/completions"
 GUARD = 20.0  # hang guard for one exchange; never a performance claim
@@ -315,7 +315,7 @@ async def test_engine_error_messages_are_clipped() -> None:
     server.add_sockets(sockets)
     http = EngineHTTPClient.create()
     try:
-        engine = LlamaCppEngine(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", http)
+        engine = LlamaCppClient(f"http://127.0.0.1:{sockets[0].getsockname()[1]}", http)
         for status in (400, 500):  # the engine's own errors are relayed, but not a megabyte of them
             with pytest.raises(EngineAnswered) as info:
                 await engine.count_prompt_tokens(chat_body("m"))

@@ -11,8 +11,8 @@ from tornado.httpclient import AsyncHTTPClient
 
 from conftest import FAKE_TOKENIZE, FakeModel, Gateway, chat_body
 from llmgw.config import Tokenization
-from llmgw.engine import StandaloneTokenizer
 from llmgw.errors import TokenCountError
+from llmgw.upstream import StandaloneTokenizer
 
 
 def _starts(model: FakeModel) -> list[int]:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeModel, free_port, write_config
-from llmgw.engine import EngineHTTPClient
 from llmgw.errors import EngineStartTimeout
 from llmgw.runtime import ProcessRuntime
 from llmgw.scheduling import EngineManager
+from llmgw.upstream import EngineHTTPClient
 
 
 async def test_queued_requests_for_a_failing_engine_share_its_error(

@@ -13,10 +13,10 @@ from tornado.httpclient import AsyncHTTPClient
 from conftest import free_port, lua
 from llmgw.config import ConfigLoader
 from llmgw.demo import RealEngine
-from llmgw.engine import EngineHTTPClient, LlamaCppEngine
 from llmgw.runtime import ProcessRuntime
 from llmgw.scheduling import EngineManager
 from llmgw.server import GatewayServer
+from llmgw.upstream import EngineHTTPClient, LlamaCppClient
 
 pytestmark = pytest.mark.real_engine
 
@@ -72,7 +72,7 @@ async def test_real_engine_starts_counts_exactly_and_stops(io_loop: Any, tmp_pat
             assert pid is not None and engine.variant.context == SMALL
             assert engine.n_ctx == SMALL  # read from /props
             client = engine.client
-            assert isinstance(client, LlamaCppEngine)
+            assert isinstance(client, LlamaCppClient)
             counted = await client.count_prompt_tokens(body)
             # The direct way: template the messages, tokenize with the special tokens.
             _, templated = await http.json_call(client.base_url + "/apply-template", body)

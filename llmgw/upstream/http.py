@@ -1,7 +1,7 @@
 """HTTP to engines: Tornado's AsyncHTTPClient interface on keep-alive connections, and a
 pull-style streaming upstream call.
 
-:class:`EngineHTTPClient` is an ``AsyncHTTPClient`` whose exchanges run on :mod:`llmgw.engine.http1`:
+:class:`EngineHTTPClient` is an ``AsyncHTTPClient`` whose exchanges run on :mod:`llmgw.upstream.http1`:
 connections to each engine are kept open and reused (count and forward no longer open two new
 TCP connections per request), bodies are decoded a socket read at a time, and every exchange can
 be aborted at once (closing the connection is the only thing that makes llama-server drop a task;
@@ -23,7 +23,7 @@ from typing import Any
 from tornado import httputil
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
-from llmgw.engine.http1 import Connection, ConnectionPool, ExchangeError, Head, exchange, request_bytes, send
+from llmgw.upstream.http1 import Connection, ConnectionPool, ExchangeError, Head, exchange, request_bytes, send
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
-from llmgw.engine.http import EngineHTTPClient, UpstreamCall
+from llmgw.upstream.http import EngineHTTPClient, UpstreamCall
 
 
 class EngineClient(ABC):

@@ -1,4 +1,4 @@
-"""LlamaCppEngine against the fake llama-server: exact counting, its fallback, health, context."""
+"""LlamaCppClient against the fake llama-server: exact counting, its fallback, health, context."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import tornado.web
 from conftest import FAKE_ENGINE, chat_body, free_port
 from fake_engine.fake_llama_server import count_prompt_tokens, render_template, tokenize
 from llmgw.api.endpoints import CHAT
-from llmgw.engine.http import EngineHTTPClient
-from llmgw.engine.llamacpp_engine import LlamaCppEngine
 from llmgw.errors import BadRequest, EngineAnswered, TokenCountError
+from llmgw.upstream.http import EngineHTTPClient
+from llmgw.upstream.llamacpp import LlamaCppClient
 
 HANG = 10.0
 RESERVE = 77
@@ -111,7 +111,7 @@ def unreachable_url() -> str:
 async def test_count_is_exact_and_the_chat_budget_is_its_fields_or_the_reserve(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client)
+    engine = LlamaCppClient(fake_server(), http_client)
     for words in (1, 5, 40):
         assert await engine.count_prompt_tokens(chat_body("m", words)) == words + 3
     assert CHAT.budget(chat_body("m", 5, max_tokens=100), RESERVE) == 100
@@ -131,7 +131,7 @@ async def test_count_is_exact_and_the_chat_budget_is_its_fields_or_the_reserve(
 async def test_tools_and_parts_count_as_the_engine_counts(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client)
+    engine = LlamaCppClient(fake_server(), http_client)
     without_tools = {k: v for k, v in TOOLS_BODY.items() if k != "tools"}
     with_tools = await engine.count_prompt_tokens(TOOLS_BODY)
     assert with_tools == count_prompt_tokens(TOOLS_BODY)
@@ -143,8 +143,8 @@ async def test_apply_template_fallback_gives_the_same_count(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
     url = fake_server()
-    exact = LlamaCppEngine(url, http_client)
-    fallback = LlamaCppEngine(url, http_client)
+    exact = LlamaCppClient(url, http_client)
+    fallback = LlamaCppClient(url, http_client)
     fallback._has_input_tokens = False
     for body in (chat_body("m", 1), chat_body("m", 17), TOOLS_BODY):
         assert await fallback.count_prompt_tokens(body) == await exact.count_prompt_tokens(body)
@@ -192,7 +192,7 @@ class _OldServer:
 async def test_404_on_input_tokens_switches_to_fallback(io_loop: Any, http_client: EngineHTTPClient) -> None:
     server = _OldServer(404)
     try:
-        engine = LlamaCppEngine(server.url, http_client)
+        engine = LlamaCppClient(server.url, http_client)
         assert await engine.count_prompt_tokens(chat_body("m", 6)) == 9
         assert await engine.count_prompt_tokens(TOOLS_BODY) == count_prompt_tokens(TOOLS_BODY)
         # Learned once: the missing endpoint is not asked again.
@@ -206,7 +206,7 @@ async def test_engine_errors_while_counting_are_relayed_not_guessed(
 ) -> None:
     server = _OldServer(500)
     try:
-        engine = LlamaCppEngine(server.url, http_client)
+        engine = LlamaCppClient(server.url, http_client)
         with pytest.raises(EngineAnswered) as info:
             await engine.count_prompt_tokens(chat_body("m", 3))
         assert info.value.status == 500 and info.value.message == "boom"
@@ -220,7 +220,7 @@ async def test_engine_errors_while_counting_are_relayed_not_guessed(
 async def test_engine_rejection_is_the_engines_own_answer(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client)
+    engine = LlamaCppClient(fake_server(), http_client)
     with pytest.raises(EngineAnswered) as info:
         await engine.count_prompt_tokens({"model": "m", "messages": "not a list"})
     assert "Expected 'messages' to be an array" in info.value.message  # llama-server's own message
@@ -231,7 +231,7 @@ async def test_garbage_from_a_count_endpoint_is_a_failed_count(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
     for mode in ("truncated", "content-type", "shape"):
-        engine = LlamaCppEngine(fake_server("--fake-count-garbage", mode), http_client)
+        engine = LlamaCppClient(fake_server("--fake-count-garbage", mode), http_client)
         with pytest.raises(TokenCountError) as info:
             await engine.count_prompt_tokens(chat_body("m", 3))
         assert info.value.status == 502, mode
@@ -241,7 +241,7 @@ async def test_garbage_from_a_count_endpoint_is_a_failed_count(
 
 async def test_unreachable_engine_raises_token_count_error(io_loop: Any, http_client: EngineHTTPClient) -> None:
     for has_input_tokens in (True, False):
-        engine = LlamaCppEngine(unreachable_url(), http_client)
+        engine = LlamaCppClient(unreachable_url(), http_client)
         engine._has_input_tokens = has_input_tokens
         with pytest.raises(TokenCountError) as info:
             await engine.count_prompt_tokens(chat_body("m", 3, max_tokens=10))
@@ -269,11 +269,11 @@ def test_bad_max_tokens_is_bad_request() -> None:
 
 
 async def test_check_health(io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient) -> None:
-    healthy = LlamaCppEngine(fake_server(), http_client)
-    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client)
+    healthy = LlamaCppClient(fake_server(), http_client)
+    loading = LlamaCppClient(fake_server("--fake-never-healthy", status=503), http_client)
     assert await healthy.check_health(2.0) is True
     assert await loading.check_health(2.0) is False
-    assert await LlamaCppEngine(unreachable_url(), http_client).check_health(2.0) is False
+    assert await LlamaCppClient(unreachable_url(), http_client).check_health(2.0) is False
 
 
 async def test_check_health_does_not_hang_on_a_silent_engine(io_loop: Any, http_client: EngineHTTPClient) -> None:
@@ -281,21 +281,21 @@ async def test_check_health_does_not_hang_on_a_silent_engine(io_loop: Any, http_
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        assert await asyncio.wait_for(LlamaCppEngine(url, http_client).check_health(0.3), HANG) is False
+        assert await asyncio.wait_for(LlamaCppClient(url, http_client).check_health(0.3), HANG) is False
 
 
 async def test_context_size_reads_props(
     io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient
 ) -> None:
-    assert await LlamaCppEngine(fake_server("-c", "3000"), http_client).context_size() == 3000
-    assert await LlamaCppEngine(fake_server("-c", "4096", "-np", "2"), http_client).context_size() == 2048
-    loading = LlamaCppEngine(fake_server("--fake-never-healthy", status=503), http_client)
+    assert await LlamaCppClient(fake_server("-c", "3000"), http_client).context_size() == 3000
+    assert await LlamaCppClient(fake_server("-c", "4096", "-np", "2"), http_client).context_size() == 2048
+    loading = LlamaCppClient(fake_server("--fake-never-healthy", status=503), http_client)
     assert await loading.context_size() is None
-    assert await LlamaCppEngine(unreachable_url(), http_client).context_size() is None
+    assert await LlamaCppClient(unreachable_url(), http_client).context_size() is None
 
 
 async def test_forward_request(io_loop: Any, fake_server: Callable[..., str], http_client: EngineHTTPClient) -> None:
-    engine = LlamaCppEngine(fake_server(), http_client)
+    engine = LlamaCppClient(fake_server(), http_client)
     body = json.dumps(chat_body("m", 4, max_tokens=3)).encode()
     call = engine.forward_request("/v1/chat/completions", body, {"Content-Type": "application/json"})
     status, _ = await call.head()

@@ -4,7 +4,7 @@ address, response bodies decoded one socket read at a time.
 Why not Tornado's SimpleAsyncHTTPClient underneath: it opens a TCP connection per request and
 decodes a chunked body one chunk at a time (a ``read_until`` plus a ``read_bytes``, with their
 futures, per ~150-byte SSE event). Those two were most of the gateway's CPU per request and
-per streamed token (benchmarks/findings.md). :class:`~llmgw.engine.http.EngineHTTPClient` keeps
+per streamed token (benchmarks/findings.md). :class:`~llmgw.upstream.http.EngineHTTPClient` keeps
 Tornado's ``AsyncHTTPClient`` interface on top of this module.
 """
 

@@ -1,4 +1,4 @@
-"""EngineWatch: what the engines and the queue are doing, as events, load times and progress.
+"""StatusTracker: what the engines and the queue are doing, as events, load times and progress.
 
 It observes the :class:`EngineManager` through one callback (``on_change``, after every batch of
 effects) and compares the scheduler's state with what it saw last: an engine that appeared,
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from llmgw.api.progress import LOADING, Progress
 from llmgw.config import ModelConfig, Variant
 from llmgw.events import EventBus
 from llmgw.scheduling.engine_manager import EngineManager
@@ -29,7 +30,6 @@ from llmgw.state import StateStore
 logger = logging.getLogger(__name__)
 
 LOAD_SECTION = "load_seconds"
-LOADING = "loading"  # an engine whose process runs but does not answer yet
 _CAP = 99  # percent shown until the engine is really ready
 
 
@@ -52,36 +52,6 @@ class LoadTimes:
         self._state.put(LOAD_SECTION, dict(self._seconds))
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where one waiting request stands."""
-
-    phase: str  # queued, draining, stopping, starting, loading (Phase values plus LOADING)
-    position: int  # 1-based place in the queue
-    queued: int  # requests in the queue
-    model: str
-    variant: int  # the variant it waits for (1-based index)
-    context: int
-    waited: float  # seconds since the request began to wait
-    load_elapsed: float | None  # seconds since its engine began to start
-    expected: float | None  # that variant's last load time
-    percent: int | None  # estimated load progress (None: never measured, or not loading yet)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "phase": self.phase,
-            "position": self.position,
-            "queued": self.queued,
-            "model": self.model,
-            "variant": self.variant,
-            "context": self.context,
-            "waited": round(self.waited, 1),
-            "load_elapsed": None if self.load_elapsed is None else round(self.load_elapsed, 1),
-            "expected": None if self.expected is None else round(self.expected, 1),
-            "percent": self.percent,
-        }
-
-
 @dataclass
 class _Seen:
     state: str
@@ -89,7 +59,7 @@ class _Seen:
     variant: int
 
 
-class EngineWatch:
+class StatusTracker:
     def __init__(self, manager: EngineManager, bus: EventBus, clock: Callable[[], float] | None = None) -> None:
         self.manager = manager
         self.bus = bus

@@ -1,4 +1,4 @@
-"""LlamaCppEngine: EngineClient for llama-server."""
+"""LlamaCppClient: EngineClient for llama-server."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from llmgw.engine.engine_client import EngineClient
-from llmgw.engine.http import JsonReply, UpstreamCall, UpstreamError
 from llmgw.errors import EngineAnswered, TokenCountError, clip
+from llmgw.upstream.client import EngineClient
+from llmgw.upstream.http import JsonReply, UpstreamCall, UpstreamError
 
 # llama-server's defaults for the logical and physical batch (-b / -ub).
 _DEFAULT_BATCH, _DEFAULT_UBATCH = 2048, 512
@@ -44,7 +44,7 @@ def physical_batch(args: Sequence[str]) -> int:
     return min(sizes.values())
 
 
-class LlamaCppEngine(EngineClient):
+class LlamaCppClient(EngineClient):
     """Counting rule: the engine's own counters with the whole request body
     (``/v1/chat/completions/input_tokens``, ``/v1/messages/count_tokens``,
     ``/v1/responses/input_tokens``), so templates, tools and multimodal parts count exactly as

@@ -17,7 +17,7 @@ from llmgw.events import DROPPED, LOG, EventBus
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.memory import launch_key
 from llmgw.scheduling.scheduler import Ticket
-from llmgw.scheduling.watch import LOAD_SECTION, EngineWatch, _percent
+from llmgw.server.status import LOAD_SECTION, StatusTracker, _percent
 from llmgw.state import StateStore
 
 HANG = 10.0  # hang guard only
@@ -75,12 +75,12 @@ async def test_closing_the_bus_ends_every_wait() -> None:
 # ----------------------------------------------------------------------------- the watch
 
 
-def watched(tmp_path: Path, **kwargs: Any) -> tuple[EngineManager, FakeRuntime, EngineWatch, EventBus, Any]:
+def watched(tmp_path: Path, **kwargs: Any) -> tuple[EngineManager, FakeRuntime, StatusTracker, EventBus, Any]:
     cfg = config([model("a", (1024, 4096), port=9101), model("b", port=9102)], **kwargs)
     runtime = FakeRuntime(cfg.server.max_engines)
     manager = EngineManager(cfg, runtime, StateStore(tmp_path))
     bus = EventBus()
-    watch = EngineWatch(manager, bus)
+    watch = StatusTracker(manager, bus)
     manager.on_change = watch.changed
     return manager, runtime, watch, bus, cfg
 
