@@ -1,5 +1,5 @@
 """Every route the gateway serves for a model, as data: what it reads from a request, how the
-context it needs is counted and sized, and which protocol it answers in.
+context it needs is counted and sized, and which dialect (API family) it answers in.
 
 The gateway forwards each request to the same path on the engine (llama-server answers all
 of them); what differs between routes is only what this module describes.
@@ -17,7 +17,9 @@ from llmgw.errors import BadRequest, echo
 Prompt = str | list[int] | list[int | str]  # what llama-server tokenizes as one prompt
 
 
-class Protocol(StrEnum):
+class Dialect(StrEnum):
+    """The API family a route belongs to: it decides the shape of errors."""
+
     OPENAI = "openai"  # OpenAI and llama.cpp routes: {"error": {...}} errors
     ANTHROPIC = "anthropic"  # {"type": "error", "error": {...}} errors, event: error in streams
 
@@ -34,7 +36,7 @@ class Sizing(StrEnum):
 class Endpoint:
     name: str  # shown in logs, metrics and events
     capability: str  # the route family `endpoints = { ... }` lists (config.requests.CAPABILITIES)
-    protocol: Protocol
+    dialect: Dialect
     sizing: Sizing
     budget_keys: tuple[str, ...] = ()  # fields holding the completion budget, first wins
     count_path: str | None = None  # engine route that counts the whole body (chat, messages, responses)
@@ -276,40 +278,40 @@ def check_chat_count(data: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- the routes
 
 CHAT = Endpoint(
-    "chat", "chat", Protocol.OPENAI, Sizing.GENERATE, CHAT_BUDGET, "/v1/chat/completions/input_tokens", check=check_chat
+    "chat", "chat", Dialect.OPENAI, Sizing.GENERATE, CHAT_BUDGET, "/v1/chat/completions/input_tokens", check=check_chat
 )
 MESSAGES = Endpoint(
-    "messages", "messages", Protocol.ANTHROPIC, Sizing.GENERATE, ("max_tokens",), "/v1/messages/count_tokens",
+    "messages", "messages", Dialect.ANTHROPIC, Sizing.GENERATE, ("max_tokens",), "/v1/messages/count_tokens",
     check=check_messages,
 )  # fmt: skip
 RESPONSES = Endpoint(
-    "responses", "responses", Protocol.OPENAI, Sizing.GENERATE, ("max_output_tokens",), "/v1/responses/input_tokens",
+    "responses", "responses", Dialect.OPENAI, Sizing.GENERATE, ("max_output_tokens",), "/v1/responses/input_tokens",
     check=check_responses,
 )  # fmt: skip
 COMPLETIONS = Endpoint(
-    "completions", "completions", Protocol.OPENAI, Sizing.GENERATE, ("max_tokens", "n_predict"),
+    "completions", "completions", Dialect.OPENAI, Sizing.GENERATE, ("max_tokens", "n_predict"),
     prompts=completion_prompts, check=check_completion,
 )  # fmt: skip
 COMPLETION = Endpoint(
-    "completion", "completions", Protocol.OPENAI, Sizing.GENERATE, ("n_predict", "max_tokens"),
+    "completion", "completions", Dialect.OPENAI, Sizing.GENERATE, ("n_predict", "max_tokens"),
     prompts=completion_prompts, check=check_completion,
 )  # fmt: skip
 INFILL = Endpoint(
-    "infill", "infill", Protocol.OPENAI, Sizing.GENERATE, ("n_predict", "max_tokens"),
+    "infill", "infill", Dialect.OPENAI, Sizing.GENERATE, ("n_predict", "max_tokens"),
     prompts=infill_prompts, overhead=4, check=check_infill,
 )  # fmt: skip
 EMBEDDINGS = Endpoint(
-    "embeddings", "embeddings", Protocol.OPENAI, Sizing.BATCH, prompts=embedding_inputs, check=check_embeddings
+    "embeddings", "embeddings", Dialect.OPENAI, Sizing.BATCH, prompts=embedding_inputs, check=check_embeddings
 )
 RERANK = Endpoint(
-    "rerank", "rerank", Protocol.OPENAI, Sizing.BATCH, prompts=rerank_pairs, overhead=4, check=check_rerank
+    "rerank", "rerank", Dialect.OPENAI, Sizing.BATCH, prompts=rerank_pairs, overhead=4, check=check_rerank
 )
-CHAT_COUNT = Endpoint("chat_count", "chat", Protocol.OPENAI, Sizing.ANY, check=check_chat_count)
-MESSAGES_COUNT = Endpoint("messages_count", "messages", Protocol.ANTHROPIC, Sizing.ANY, check=check_messages_count)
-RESPONSES_COUNT = Endpoint("responses_count", "responses", Protocol.OPENAI, Sizing.ANY, check=check_responses_count)
-TOKENIZE = Endpoint("tokenize", "tokenize", Protocol.OPENAI, Sizing.ANY, check=check_tokenize)
-DETOKENIZE = Endpoint("detokenize", "tokenize", Protocol.OPENAI, Sizing.ANY, check=check_detokenize)
-APPLY_TEMPLATE = Endpoint("apply_template", "tokenize", Protocol.OPENAI, Sizing.ANY, check=check_apply_template)
+CHAT_COUNT = Endpoint("chat_count", "chat", Dialect.OPENAI, Sizing.ANY, check=check_chat_count)
+MESSAGES_COUNT = Endpoint("messages_count", "messages", Dialect.ANTHROPIC, Sizing.ANY, check=check_messages_count)
+RESPONSES_COUNT = Endpoint("responses_count", "responses", Dialect.OPENAI, Sizing.ANY, check=check_responses_count)
+TOKENIZE = Endpoint("tokenize", "tokenize", Dialect.OPENAI, Sizing.ANY, check=check_tokenize)
+DETOKENIZE = Endpoint("detokenize", "tokenize", Dialect.OPENAI, Sizing.ANY, check=check_detokenize)
+APPLY_TEMPLATE = Endpoint("apply_template", "tokenize", Dialect.OPENAI, Sizing.ANY, check=check_apply_template)
 
 # Paths as llama-server serves them (the /v1-less ones too); each request goes to the same path.
 ROUTES: dict[str, Endpoint] = {
@@ -337,9 +339,9 @@ ROUTES: dict[str, Endpoint] = {
 }
 
 
-def protocol_of(path: str) -> Protocol:
-    """The protocol a path belongs to, known route or not (for errors on unknown routes)."""
+def dialect_of(path: str) -> Dialect:
+    """The dialect a path belongs to, known route or not (for errors on unknown routes)."""
     endpoint = ROUTES.get(path)
     if endpoint is not None:
-        return endpoint.protocol
-    return Protocol.ANTHROPIC if path.startswith("/v1/messages") else Protocol.OPENAI
+        return endpoint.dialect
+    return Dialect.ANTHROPIC if path.startswith("/v1/messages") else Dialect.OPENAI

@@ -1,4 +1,4 @@
-"""Loading progress inside a response stream, in each protocol's own shape.
+"""Loading progress inside a response stream, in each dialect's own shape.
 
 A streaming request that waits for an engine gets its answer's headers at once and progress
 until the engine is ready (``loading_feedback``):
@@ -10,7 +10,7 @@ until the engine is ready (``loading_feedback``):
   a reasoning shape (completions, llama.cpp's native routes) get comments.
 
 Each :class:`ProgressStream` writes its opening events, the progress text, the events that close
-its block before the engine's own answer follows, and the protocol's error event when the wait
+its block before the engine's own answer follows, and the dialect's error event when the wait
 ends in an error. :meth:`ProgressStream.splice` fixes what must change in the engine's stream
 once a block of ours came first (a second ``message_start`` or ``response.created`` would
 confuse clients; Anthropic content block indexes move up by one).
@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from llmgw.api import endpoints
 from llmgw.api.endpoints import CHAT, MESSAGES, RESPONSES, Endpoint
-from llmgw.api.protocols import engine_error_body, stream_error_event
-from llmgw.errors import GatewayError, clip
+from llmgw.api.errors import engine_error_event, stream_error_event
+from llmgw.errors import GatewayError
 
 REASONING, COMMENTS, NONE = "reasoning", "comments", "none"
 LOADING = "loading"  # an engine whose process runs but does not answer yet
@@ -276,27 +275,6 @@ def progress_stream(endpoint: Endpoint, mode: str, model: str) -> ProgressStream
         if endpoint is RESPONSES:
             return ResponsesReasoning(endpoint, model)
     return ProgressStream(endpoint, model)
-
-
-def engine_error_event(endpoint: Endpoint, status: int, body: bytes) -> bytes:
-    """An engine's error answer as the route's stream error event (llama-server's own shape on
-    OpenAI routes, as it sends errors inside streams; reshaped on Anthropic and Responses)."""
-    try:
-        parsed = json.loads(body)
-        error = parsed["error"]
-        message = str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        parsed, error, message = None, {}, clip(body.decode("utf-8", "replace"))
-    if endpoint.protocol is endpoints.Protocol.ANTHROPIC:
-        return b"event: error\ndata: " + _compact(engine_error_body(endpoint.protocol, status, body)) + b"\n\n"
-    if endpoint is not RESPONSES and isinstance(parsed, dict):
-        return _data(parsed)
-    failure = GatewayError(message or f"engine answered {status}")
-    failure.status = status
-    failure.error_type = str(error.get("type", "server_error"))
-    code = error.get("code")
-    failure.code = str(code) if code is not None else None
-    return stream_error_event(endpoint, failure)
 
 
 class _Splice:

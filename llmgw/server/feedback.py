@@ -3,10 +3,10 @@
 Without it a client that triggers a cold load waits 30-90 s with nothing on its stream, and
 many give up. When the request's lease has to wait (``EngineManager.lease``'s ``on_wait``), a
 pump task starts the response (200, ``text/event-stream``) and writes the request's progress
-(queue position, phase, estimated percentage; see StatusTracker.progress) in the protocol's own
+(queue position, phase, estimated percentage; see StatusTracker.progress) in the dialect's own
 shape (llmgw.api.progress) until the lease is granted. From then on the engine's events follow.
 Once the response has begun, a failure can no longer be a status: the stream ends with the
-protocol's error event instead, never with a 200 that looks like an answer (llama-swap's
+dialect's error event instead, never with a 200 that looks like an answer (llama-swap's
 failures look like successes).
 
 Only one task writes to the client at a time: the proxy stops the pump (:meth:`ready`) before it
@@ -93,7 +93,7 @@ class LoadingFeedback:
                 await task
 
     async def failed(self, error: GatewayError) -> bool:
-        """The wait (or what followed it) failed: the protocol's error event, if the stream began.
+        """The wait (or what followed it) failed: the dialect's error event, if the stream began.
         False when it had not: the caller answers with the error's status as usual."""
         await self.stop()
         if not self.started or self._stream is None:

@@ -2,7 +2,7 @@
 
 Kept apart from the Tornado handlers so the rules (retry on context overflow, the model name
 the client gets back, what a client sees when the engine dies mid-stream, errors in the
-route's own protocol) are plain code with one job.
+route's own dialect) are plain code with one job.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ class Proxy:
                             await sink.send(feedback.engine_error(status, error_body))
                             return
                         sink.start_response(status, relay_headers(upstream_headers))
-                        await sink.send_whole(engine_error_body(endpoint.protocol, status, error_body))
+                        await sink.send_whole(engine_error_body(endpoint.dialect, status, error_body))
                         return
                     await self._relay(
                         call, status, upstream_headers, sink, request, engine.variant.timeouts.stream_idle, feedback

@@ -1,4 +1,4 @@
-"""Tornado handlers: parse, validate, call the plain classes, answer in the route's own protocol.
+"""Tornado handlers: parse, validate, call the plain classes, answer in the route's own dialect.
 
 Every answer carries an ``X-Request-Id`` (the client's own when it sent a sane one) and, for
 allowed origins, the CORS headers llama-server sends; preflights are answered on any path.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tornado import iostream, web
 from tornado.http1connection import HTTP1Connection
 
-from llmgw.api import ROUTES, engine_error_body, error_body, protocol_of
+from llmgw.api import ROUTES, dialect_of, engine_error_body, error_body
 from llmgw.api.filters import apply_filters
 from llmgw.errors import BadRequest, EngineAnswered, GatewayError, clip, echo
 from llmgw.server.json_body import parse_json_object
@@ -53,7 +53,7 @@ def problem(status: int, message: str, error_type: str | None = None, code: str 
 
 
 class RequestHandler(web.RequestHandler):
-    """Base of every gateway route: API keys, request ids, CORS, errors in the route's protocol,
+    """Base of every gateway route: API keys, request ids, CORS, errors in the route's dialect,
     no tracebacks to clients."""
 
     gateway: GatewayServer
@@ -116,17 +116,17 @@ class RequestHandler(web.RequestHandler):
         return sum(hmac.compare_digest(given_b, key.encode()) for key in keys) > 0
 
     def send_gateway_error(self, exc: GatewayError) -> None:
-        """The error in the route's protocol; an engine's own error answer as the engine gave it."""
+        """The error in the route's dialect; an engine's own error answer as the engine gave it."""
         self.clear()
         self.set_status(exc.status)
         if exc.retry_after is not None:
             self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
         self.set_header("Content-Type", "application/json")
-        protocol = protocol_of(self.request.path)
+        dialect = dialect_of(self.request.path)
         if isinstance(exc, EngineAnswered):
-            self.finish(engine_error_body(protocol, exc.status, exc.body))
+            self.finish(engine_error_body(dialect, exc.status, exc.body))
         else:
-            self.finish(error_body(protocol, exc))
+            self.finish(error_body(dialect, exc))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Reached for Tornado's own errors (405, malformed requests) and unexpected exceptions.

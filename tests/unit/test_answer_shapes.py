@@ -10,7 +10,8 @@ import pytest
 
 from llmgw.api import ModelRewriter
 from llmgw.api.endpoints import CHAT, COMPLETIONS, MESSAGES, RESPONSES
-from llmgw.api.progress import MessagesThinking, ResponsesReasoning, engine_error_event, progress_stream
+from llmgw.api.errors import engine_error_event
+from llmgw.api.progress import MessagesThinking, ResponsesReasoning, progress_stream
 from llmgw.api.usage import AnswerStats
 from llmgw.errors import EngineStartError
 

@@ -1,4 +1,4 @@
-"""Errors in each protocol's own shape: OpenAI's ``{"error": {...}}`` for the OpenAI and llama.cpp
+"""Errors in each dialect's own shape: OpenAI's ``{"error": {...}}`` for the OpenAI and llama.cpp
 routes, Anthropic's ``{"type": "error", "error": {...}}`` for Messages, and the matching error
 event inside a stream that has already begun."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmgw.api.endpoints import RESPONSES, Endpoint, Protocol
-from llmgw.errors import ContextTooLarge, GatewayError
+from llmgw.api.endpoints import RESPONSES, Dialect, Endpoint
+from llmgw.errors import ContextTooLarge, GatewayError, clip
 
 # Anthropic's error types by HTTP status (docs.anthropic.com, "Errors").
 _ANTHROPIC_TYPES = {
@@ -43,15 +43,15 @@ def _anthropic_message(error: GatewayError) -> str:
     return error.message
 
 
-def error_body(protocol: Protocol, error: GatewayError) -> bytes:
-    if protocol is Protocol.ANTHROPIC:
+def error_body(dialect: Dialect, error: GatewayError) -> bytes:
+    if dialect is Dialect.ANTHROPIC:
         return json.dumps(_anthropic_error(error.status, _anthropic_message(error))).encode()
     return json.dumps({"error": _openai_error(error)}).encode()
 
 
 def stream_error_event(endpoint: Endpoint, error: GatewayError) -> bytes:
     """The event that ends a stream the client already reads, in the route's own stream format."""
-    if endpoint.protocol is Protocol.ANTHROPIC:
+    if endpoint.dialect is Dialect.ANTHROPIC:
         payload = _anthropic_error(error.status, _anthropic_message(error))
         return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
     if endpoint is RESPONSES:
@@ -60,10 +60,10 @@ def stream_error_event(endpoint: Endpoint, error: GatewayError) -> bytes:
     return b"data: " + json.dumps({"error": _openai_error(error)}).encode() + b"\n\n"
 
 
-def engine_error_body(protocol: Protocol, status: int, body: bytes) -> bytes:
+def engine_error_body(dialect: Dialect, status: int, body: bytes) -> bytes:
     """An engine's own error answer: unchanged, except on Anthropic routes, where llama-server's
     OpenAI-shaped error is reshaped (same status, same message) so Anthropic clients can read it."""
-    if protocol is not Protocol.ANTHROPIC:
+    if dialect is not Dialect.ANTHROPIC:
         return body
     try:
         error = json.loads(body)["error"]
@@ -73,3 +73,32 @@ def engine_error_body(protocol: Protocol, status: int, body: bytes) -> bytes:
     if error.get("type") == "exceed_context_size_error" and isinstance(error.get("n_prompt_tokens"), int):
         message = f"prompt is too long: {error['n_prompt_tokens']} tokens > {error.get('n_ctx')} maximum ({message})"
     return json.dumps(_anthropic_error(status, message)).encode()
+
+
+def engine_error_event(endpoint: Endpoint, status: int, body: bytes) -> bytes:
+    """An engine's error answer as the route's stream error event (llama-server's own shape on
+    OpenAI routes, as it sends errors inside streams; reshaped on Anthropic and Responses)."""
+    try:
+        parsed = json.loads(body)
+        error = parsed["error"]
+        message = str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        parsed, error, message = None, {}, clip(body.decode("utf-8", "replace"))
+    if endpoint.dialect is Dialect.ANTHROPIC:
+        return b"event: error\ndata: " + _compact_json(engine_error_body(endpoint.dialect, status, body)) + b"\n\n"
+    if endpoint is not RESPONSES and isinstance(parsed, dict):
+        return b"data: " + json.dumps(parsed, separators=(",", ":")).encode() + b"\n\n"
+    failure = GatewayError(message or f"engine answered {status}")
+    failure.status = status
+    failure.error_type = str(error.get("type", "server_error"))
+    code = error.get("code")
+    failure.code = str(code) if code is not None else None
+    return stream_error_event(endpoint, failure)
+
+
+def _compact_json(body: bytes) -> bytes:
+    """One line, as an SSE data field must be."""
+    try:
+        return json.dumps(json.loads(body), separators=(",", ":")).encode()
+    except ValueError:
+        return body.replace(b"\n", b" ")
