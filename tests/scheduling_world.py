@@ -10,7 +10,18 @@ from llmgw.config import Config, ModelConfig, ServerConfig, Timeouts, Variant
 from llmgw.errors import EngineStartError, GatewayError
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.placement import Placement
-from llmgw.scheduling.scheduler import Effect, EngineState, Fail, Gone, Grant, Scheduler, Slot, Start, Stop, Ticket
+from llmgw.scheduling.scheduler import (
+    Effect,
+    EngineRecord,
+    EngineState,
+    Fail,
+    Gone,
+    Grant,
+    Scheduler,
+    Start,
+    Stop,
+    Ticket,
+)
 
 TIMEOUTS = Timeouts(health_check=1.0, engine_startup=30.0, engine_idle=0.0, engine_stop=5.0)
 
@@ -73,10 +84,10 @@ class World:
 
     scheduler: Scheduler
     now: float = 0.0
-    granted: dict[int, Slot] = field(default_factory=dict)  # ticket id -> slot it holds
+    granted: dict[int, EngineRecord] = field(default_factory=dict)  # ticket id -> record it holds
     failed: dict[int, GatewayError] = field(default_factory=dict)
-    starting: list[Slot] = field(default_factory=list)
-    stopping: list[Slot] = field(default_factory=list)
+    starting: list[EngineRecord] = field(default_factory=list)
+    stopping: list[EngineRecord] = field(default_factory=list)
     log: list[Effect] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -92,18 +103,19 @@ class World:
         for effect in effects:
             self.log.append(effect)
             if isinstance(effect, Grant):
-                self.granted[effect.ticket.id] = effect.slot
+                self.granted[effect.ticket.id] = effect.record
             elif isinstance(effect, Fail):
                 self.failed[effect.ticket.id] = effect.error
             elif isinstance(effect, Start):
-                others = [s for s in self.scheduler.slots if s is not effect.slot]
-                if not placement.fits_beside(others, effect.slot):
-                    self.violations.append(f"start of {effect.slot.model.name} beside {[s.model.name for s in others]}")
-                self.starting.append(effect.slot)
+                others = [s for s in self.scheduler.records if s is not effect.record]
+                if not placement.fits_beside(others, effect.record):
+                    beside = [s.model.name for s in others]
+                    self.violations.append(f"start of {effect.record.model.name} beside {beside}")
+                self.starting.append(effect.record)
             elif isinstance(effect, Stop):
-                if effect.slot.in_flight and effect.reason not in ("crashed", "the gateway is shutting down"):
-                    self.violations.append(f"busy {effect.slot.model.name} stopped: {effect.reason}")
-                self.stopping.append(effect.slot)
+                if effect.record.in_flight and effect.reason not in ("crashed", "the gateway is shutting down"):
+                    self.violations.append(f"busy {effect.record.model.name} stopped: {effect.reason}")
+                self.stopping.append(effect.record)
             elif isinstance(effect, Gone):
                 pass
         return effects
@@ -114,54 +126,54 @@ class World:
         return ticket
 
     def release(self, ticket: Ticket) -> None:
-        slot = self.granted.pop(ticket.id)
-        self.take(self.scheduler.release(slot.id, self.now))
+        record = self.granted.pop(ticket.id)
+        self.take(self.scheduler.release(record.id, self.now))
 
-    def finish_start(self, slot: Slot, n_ctx: int | None = None, ok: bool = True) -> None:
-        self.starting.remove(slot)
+    def finish_start(self, record: EngineRecord, n_ctx: int | None = None, ok: bool = True) -> None:
+        self.starting.remove(record)
         if ok:
-            self.take(self.scheduler.started(slot.id, object(), n_ctx or slot.variant.context, self.now))
+            self.take(self.scheduler.started(record.id, object(), n_ctx or record.variant.context, self.now))
         else:
-            error = EngineStartError(f"{slot.model.name} failed")
-            self.take(self.scheduler.start_failed(slot.id, error, self.now))
+            error = EngineStartError(f"{record.model.name} failed")
+            self.take(self.scheduler.start_failed(record.id, error, self.now))
 
-    def finish_stop(self, slot: Slot) -> None:
-        self.stopping.remove(slot)
-        self.take(self.scheduler.stopped(slot.id, self.now))
+    def finish_stop(self, record: EngineRecord) -> None:
+        self.stopping.remove(record)
+        self.take(self.scheduler.stopped(record.id, self.now))
 
     def settle(self, rounds: int = 20) -> None:
         """Finish every start (successfully) and every stop, until nothing is under way."""
         for _ in range(rounds):
             if not self.starting and not self.stopping:
                 return
-            for slot in list(self.starting):
-                self.finish_start(slot)
-            for slot in list(self.stopping):
-                self.finish_stop(slot)
+            for record in list(self.starting):
+                self.finish_start(record)
+            for record in list(self.stopping):
+                self.finish_stop(record)
         raise AssertionError("the world did not settle")
 
     # -- looking ----------------------------------------------------------------------------
 
     def running(self) -> list[str]:
-        return sorted(s.model.name for s in self.scheduler.slots if s.state is EngineState.READY)
+        return sorted(s.model.name for s in self.scheduler.records if s.state is EngineState.READY)
 
-    def slot_of(self, name: str) -> Slot:
-        (slot,) = [s for s in self.scheduler.slots if s.model.name == name]
-        return slot
+    def record_of(self, name: str) -> EngineRecord:
+        (record,) = [s for s in self.scheduler.records if s.model.name == name]
+        return record
 
-    def holds(self, ticket: Ticket) -> Slot | None:
+    def holds(self, ticket: Ticket) -> EngineRecord | None:
         return self.granted.get(ticket.id)
 
     def check(self) -> None:
         """Rules that hold at every moment."""
         assert not self.violations, self.violations
-        slots = self.scheduler.slots
-        names = [s.model.name for s in slots]
+        records = self.scheduler.records
+        names = [s.model.name for s in records]
         assert len(names) == len(set(names)), f"two engines of one model: {names}"
-        addresses = [s.variant.address for s in slots]
+        addresses = [s.variant.address for s in records]
         assert len(addresses) == len(set(addresses)), f"two engines on one address: {addresses}"
-        assert all(s.in_flight >= 0 for s in slots)
+        assert all(s.in_flight >= 0 for s in records)
 
 
 def names(effects: list[Any], kind: type) -> list[str]:
-    return [e.slot.model.name for e in effects if isinstance(e, kind)]
+    return [e.record.model.name for e in effects if isinstance(e, kind)]

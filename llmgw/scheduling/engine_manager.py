@@ -28,12 +28,12 @@ from llmgw.runtime import RunningEngine, Runtime
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.scheduler import (
     Effect,
+    EngineRecord,
     Fail,
     Gone,
     Grant,
     Phase,
     Scheduler,
-    Slot,
     Start,
     Stop,
     Ticket,
@@ -56,8 +56,8 @@ class EngineManager:
         self.runtime = runtime
         self.state = state or StateStore(None)
         self.memory = MemoryBook(dict(config.server.memory_budget), self.state.section(_MEMORY_SECTION))
-        self.scheduler = Scheduler(config, self.memory)
-        self._waiters: dict[int, asyncio.Future[Slot]] = {}
+        self.scheduler: Scheduler[RunningEngine] = Scheduler(config, self.memory)
+        self._waiters: dict[int, asyncio.Future[EngineRecord[RunningEngine]]] = {}
         self._gone: dict[int, asyncio.Event] = {}
         self._idle: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         self._measured_at: dict[int, float] = {}
@@ -79,9 +79,9 @@ class EngineManager:
         return len(self.scheduler.queue)
 
     @property
-    def engines(self) -> list[Slot]:
+    def engines(self) -> list[EngineRecord[RunningEngine]]:
         """Every engine the scheduler knows: starting, ready or stopping."""
-        return list(self.scheduler.slots)
+        return list(self.scheduler.records)
 
     @property
     def waiting(self) -> list[Ticket]:
@@ -99,9 +99,9 @@ class EngineManager:
     def variant_for(self, model: ModelConfig, min_ctx: int, capability: str | None = None) -> Variant:
         return self.scheduler.variant_for(model, min_ctx, capability)
 
-    def memory_of(self, slot: Slot) -> tuple[dict[str, float], str]:
+    def memory_of(self, record: EngineRecord[RunningEngine]) -> tuple[dict[str, float], str]:
         """The engine's memory in MiB per pool, and where the figure comes from."""
-        return self.memory.figures(slot.model, slot.variant), self.memory.source(slot.model, slot.variant)
+        return self.memory.figures(record.model, record.variant), self.memory.source(record.model, record.variant)
 
     # ----------------------------------------------------------------- leases
 
@@ -119,15 +119,16 @@ class EngineManager:
         ``min_ctx`` 0 means "any variant": the running one, or the smallest if none runs.
         ``on_wait`` is told the request's ticket when it has to wait (loading feedback).
         """
-        slot = await self._acquire(model, min_ctx, capability, on_wait)
+        record = await self._acquire(model, min_ctx, capability, on_wait)
+        assert record.handle is not None  # granted engines are ready
         try:
-            yield slot.handle
+            yield record.handle
         finally:
             now = self._now()
-            self._apply(self.scheduler.release(slot.id, now))
-            if now - self._measured_at.get(slot.id, now) > _REMEASURE_EVERY:
-                self._measured_at[slot.id] = now
-                self._spawn(self._measure(slot))
+            self._apply(self.scheduler.release(record.id, now))
+            if now - self._measured_at.get(record.id, now) > _REMEASURE_EVERY:
+                self._measured_at[record.id] = now
+                self._spawn(self._measure(record))
 
     async def ensure_engine(self, model: ModelConfig, min_ctx: int = 0) -> EngineClient:
         """Make sure a fitting engine runs (preload); does not keep a lease."""
@@ -136,10 +137,10 @@ class EngineManager:
 
     async def _acquire(
         self, model: ModelConfig, min_ctx: int, capability: str | None, on_wait: Callable[[Ticket], None] | None
-    ) -> Slot:
+    ) -> EngineRecord[RunningEngine]:
         loop = asyncio.get_running_loop()
         ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability)
-        future: asyncio.Future[Slot] = loop.create_future()
+        future: asyncio.Future[EngineRecord[RunningEngine]] = loop.create_future()
         self._waiters[ticket.id] = future
         self._apply(effects)
         if not future.done():
@@ -156,7 +157,7 @@ class EngineManager:
                 raise
         return future.result()
 
-    async def _wait(self, ticket: Ticket, future: asyncio.Future[Slot]) -> None:
+    async def _wait(self, ticket: Ticket, future: asyncio.Future[EngineRecord[RunningEngine]]) -> None:
         timeout = self.config.server.queue_timeout
         done, _ = await asyncio.wait([future], timeout=timeout)
         if done:
@@ -181,7 +182,7 @@ class EngineManager:
         """Stop the model's engine (every engine if None) once the requests that arrived before are
         done; returns the names of the models stopped."""
         ids, effects = self.scheduler.unload(model_name, self._now())
-        names = [slot.model.name for slot in self.scheduler.slots if slot.id in ids]
+        names = [record.model.name for record in self.scheduler.records if record.id in ids]
         await self._apply_and_wait_gone(ids, effects)
         return names
 
@@ -189,23 +190,23 @@ class EngineManager:
         """Switch to a new config: engines whose launch is unchanged keep running, the others stop
         once their requests are done (this waits for them)."""
         self.config = config
-        before = {slot.id for slot in self.scheduler.slots if not slot.draining}
+        before = {record.id for record in self.scheduler.records if not record.draining}
         effects = self.scheduler.reload(config, self._now())
-        for slot in self.scheduler.slots:
-            if slot.handle is not None:
-                slot.handle.model, slot.handle.variant = slot.model, slot.variant
-            if slot.id in before and not slot.draining:
-                logger.info("reload: engine of model %r kept (launch unchanged)", slot.model.name)
-        stopping = [slot.id for slot in self.scheduler.slots if slot.id in before and slot.draining]
-        for slot in self.scheduler.slots:
-            if slot.id in stopping:
-                logger.info("reload: model %r changed; its engine stops once its requests are done", slot.model.name)
+        for record in self.scheduler.records:
+            if record.handle is not None:
+                record.handle.model, record.handle.variant = record.model, record.variant
+            if record.id in before and not record.draining:
+                logger.info("reload: engine of model %r kept (launch unchanged)", record.model.name)
+        stopping = [record.id for record in self.scheduler.records if record.id in before and record.draining]
+        for record in self.scheduler.records:
+            if record.id in stopping:
+                logger.info("reload: model %r changed; its engine stops once its requests are done", record.model.name)
         await self._apply_and_wait_gone(stopping, effects)
 
     async def shutdown(self) -> None:
         """Refuse new leases, fail queued ones, stop every engine (starting ones included)."""
         self.runtime.close()
-        ids = [slot.id for slot in self.scheduler.slots]
+        ids = [record.id for record in self.scheduler.records]
         effects = self.scheduler.shutdown(self._now())
         for _, handle in self._idle.values():
             handle.cancel()
@@ -214,7 +215,9 @@ class EngineManager:
         for task in list(self._tasks):
             task.cancel()
 
-    async def _apply_and_wait_gone(self, ids: list[int], effects: list[Effect], shutting_down: bool = False) -> None:
+    async def _apply_and_wait_gone(
+        self, ids: list[int], effects: list[Effect[RunningEngine]], shutting_down: bool = False
+    ) -> None:
         """Carry out ``effects``, then wait until the engines ``ids`` are gone.
 
         Stops are bounded by ``engine_stop_timeout`` (then SIGKILL); engines that still serve
@@ -240,30 +243,30 @@ class EngineManager:
 
     # ----------------------------------------------------------------- carrying out effects
 
-    def _apply(self, effects: list[Effect]) -> None:
+    def _apply(self, effects: list[Effect[RunningEngine]]) -> None:
         pending = list(effects)
         while pending:
             effect = pending.pop(0)
             if isinstance(effect, Grant):
                 future = self._waiters.pop(effect.ticket.id, None)
                 if future is None or future.done():  # the waiter gave up meanwhile: give the engine back
-                    pending.extend(self.scheduler.release(effect.slot.id, self._now()))
+                    pending.extend(self.scheduler.release(effect.record.id, self._now()))
                 else:
-                    future.set_result(effect.slot)
+                    future.set_result(effect.record)
             elif isinstance(effect, Fail):
                 future = self._waiters.pop(effect.ticket.id, None)
                 if future is not None and not future.done():
                     future.set_exception(effect.error)
             elif isinstance(effect, Start):
-                self._gone[effect.slot.id] = asyncio.Event()
-                self._spawn(self._start(effect.slot))
+                self._gone[effect.record.id] = asyncio.Event()
+                self._spawn(self._start(effect.record))
             elif isinstance(effect, Stop):
-                self._spawn(self._stop(effect.slot, effect.reason, effect.kill))
+                self._spawn(self._stop(effect.record, effect.reason, effect.kill))
             elif isinstance(effect, Gone):
-                event = self._gone.pop(effect.slot.id, None)
+                event = self._gone.pop(effect.record.id, None)
                 if event is not None:
                     event.set()
-                self._measured_at.pop(effect.slot.id, None)
+                self._measured_at.pop(effect.record.id, None)
         self._sync_idle_timers()
         self._watch_busy_engines()
         if self.on_change is not None:
@@ -274,112 +277,114 @@ class EngineManager:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _start(self, slot: Slot) -> None:
-        model, variant = slot.model, slot.variant
+    async def _start(self, record: EngineRecord[RunningEngine]) -> None:
+        model, variant = record.model, record.variant
         started = self._now()
         try:
-            engine = await self.runtime.start(model, variant, lambda: self._on_crash(slot.id))
+            engine = await self.runtime.start(model, variant, lambda: self._on_crash(record.id))
         except GatewayError as exc:
-            self._apply(self.scheduler.start_failed(slot.id, exc, self._now()))
+            self._apply(self.scheduler.start_failed(record.id, exc, self._now()))
             return
         except Exception as exc:  # never leave requests waiting on a start that died of a bug
             logger.exception("starting model %r failed unexpectedly", model.name)
             error = EngineStartError(f"model {model.name!r}: the engine could not be started ({type(exc).__name__})")
-            self._apply(self.scheduler.start_failed(slot.id, error, self._now()))
+            self._apply(self.scheduler.start_failed(record.id, error, self._now()))
             return
         if self.on_engine_started is not None:
             self.on_engine_started(model.name, self._now() - started)
-        self._measured_at[slot.id] = self._now()
-        self._apply(self.scheduler.started(slot.id, engine, engine.n_ctx, self._now()))
-        await self._measure(slot)
+        self._measured_at[record.id] = self._now()
+        self._apply(self.scheduler.started(record.id, engine, engine.n_ctx, self._now()))
+        await self._measure(record)
 
-    async def _stop(self, slot: Slot, reason: str, kill: bool = False) -> None:
-        logger.info("stopping engine of model %r (variant %d): %s", slot.model.name, slot.variant.index, reason)
+    async def _stop(self, record: EngineRecord[RunningEngine], reason: str, kill: bool = False) -> None:
+        logger.info("stopping engine of model %r (variant %d): %s", record.model.name, record.variant.index, reason)
         try:
-            if slot.handle is not None:
-                await self.runtime.stop(slot.handle, kill)
+            if record.handle is not None:
+                await self.runtime.stop(record.handle, kill)
         except Exception:
-            logger.exception("stopping the engine of model %r failed", slot.model.name)
+            logger.exception("stopping the engine of model %r failed", record.model.name)
         finally:
             if self.on_engine_stopped is not None:
-                self.on_engine_stopped(slot.model.name, reason)
-            self._apply(self.scheduler.stopped(slot.id, self._now()))
+                self.on_engine_stopped(record.model.name, reason)
+            self._apply(self.scheduler.stopped(record.id, self._now()))
 
-    async def _measure(self, slot: Slot) -> None:
-        if slot.handle is None or not slot.ready:
+    async def _measure(self, record: EngineRecord[RunningEngine]) -> None:
+        if record.handle is None or not record.ready:
             return
         try:
-            usage = await self.runtime.measure(slot.handle)
+            usage = await self.runtime.measure(record.handle)
         except Exception:
-            logger.exception("measuring the memory of model %r failed", slot.model.name)
+            logger.exception("measuring the memory of model %r failed", record.model.name)
             return
-        if usage is None or self.scheduler.slot(slot.id) is None:
+        if usage is None or self.scheduler.record(record.id) is None:
             return
-        if self.memory.record(slot.model, slot.variant, usage):
+        if self.memory.record(record.model, record.variant, usage):
             logger.info(
                 "model %r variant %d measured: %s",
-                slot.model.name,
-                slot.variant.index,
-                ", ".join(f"{pool} {mib:g} MiB" for pool, mib in self.memory.figures(slot.model, slot.variant).items()),
+                record.model.name,
+                record.variant.index,
+                ", ".join(
+                    f"{pool} {mib:g} MiB" for pool, mib in self.memory.figures(record.model, record.variant).items()
+                ),
             )
             self.state.put(_MEMORY_SECTION, self.memory.snapshot())
-            self._apply(self.scheduler.measured(slot.id, self._now()))
+            self._apply(self.scheduler.measured(record.id, self._now()))
 
-    def _on_crash(self, slot_id: int) -> None:
-        self._apply(self.scheduler.crashed(slot_id, self._now()))
+    def _on_crash(self, record_id: int) -> None:
+        self._apply(self.scheduler.crashed(record_id, self._now()))
 
     # ----------------------------------------------------------------- hung engines
 
     def _watch_busy_engines(self) -> None:
-        for slot in self.scheduler.slots:
-            if slot.ready and slot.busy and slot.id not in self._watched:
-                self._watched.add(slot.id)
-                self._spawn(self._watch(slot))
+        for record in self.scheduler.records:
+            if record.ready and record.busy and record.id not in self._watched:
+                self._watched.add(record.id)
+                self._spawn(self._watch(record))
 
-    async def _watch(self, slot: Slot) -> None:
+    async def _watch(self, record: EngineRecord[RunningEngine]) -> None:
         """Probe a busy engine's health; one that stops answering is killed (see Scheduler.hung)."""
-        interval = slot.variant.timeouts.health_check
+        interval = record.variant.timeouts.health_check
         misses = 0
         try:
-            while slot.ready and slot.busy and self.scheduler.slot(slot.id) is slot:
+            while record.ready and record.busy and self.scheduler.record(record.id) is record:
                 await asyncio.sleep(interval)
-                if not (slot.ready and slot.busy):
+                if not (record.ready and record.busy):
                     break
-                if await self.runtime.responsive(slot.handle, interval):
+                if record.handle is None or await self.runtime.responsive(record.handle, interval):
                     misses = 0
                     continue
                 misses += 1
-                logger.warning("model %r: engine did not answer its health check (%d)", slot.model.name, misses)
+                logger.warning("model %r: engine did not answer its health check (%d)", record.model.name, misses)
                 if misses >= _HUNG_AFTER:
-                    logger.error("model %r: engine no longer answers (hung?): killing it", slot.model.name)
-                    self._apply(self.scheduler.hung(slot.id, self._now()))
+                    logger.error("model %r: engine no longer answers (hung?): killing it", record.model.name)
+                    self._apply(self.scheduler.hung(record.id, self._now()))
                     break
         finally:
-            self._watched.discard(slot.id)
+            self._watched.discard(record.id)
 
     # ----------------------------------------------------------------- idle unload
 
     def _sync_idle_timers(self) -> None:
         """One timer per idle engine, due ``engine_idle_timeout`` after its last use."""
         wanted: dict[int, float] = {}
-        for slot in self.scheduler.slots:
-            idle = slot.variant.timeouts.engine_idle
-            if slot.ready and not slot.busy and not slot.draining and idle > 0 and not self.scheduler.closed:
-                wanted[slot.id] = slot.last_used + idle
-        for slot_id, (due, handle) in list(self._idle.items()):
-            if wanted.get(slot_id) != due:
+        for record in self.scheduler.records:
+            idle = record.variant.timeouts.engine_idle
+            if record.ready and not record.busy and not record.draining and idle > 0 and not self.scheduler.closed:
+                wanted[record.id] = record.last_used + idle
+        for record_id, (due, handle) in list(self._idle.items()):
+            if wanted.get(record_id) != due:
                 handle.cancel()
-                del self._idle[slot_id]
+                del self._idle[record_id]
         if not wanted:
             return
         loop = asyncio.get_running_loop()
-        for slot_id, due in wanted.items():
-            if slot_id not in self._idle:
-                self._idle[slot_id] = (due, loop.call_at(due, self._on_idle, slot_id))
+        for record_id, due in wanted.items():
+            if record_id not in self._idle:
+                self._idle[record_id] = (due, loop.call_at(due, self._on_idle, record_id))
 
-    def _on_idle(self, slot_id: int) -> None:
-        self._idle.pop(slot_id, None)
-        self._apply(self.scheduler.idle_expired(slot_id, self._now()))
+    def _on_idle(self, record_id: int) -> None:
+        self._idle.pop(record_id, None)
+        self._apply(self.scheduler.idle_expired(record_id, self._now()))
 
     @staticmethod
     def _now() -> float:

@@ -1,6 +1,6 @@
 """Placement: may an engine run next to others, and which ones must stop to make room.
 
-Pure functions of the config and a list of engines (the scheduler's slots, or a planned
+Pure functions of the config and a list of engines (the scheduler's records, or a planned
 start). The rules:
 
 * at most ``max_engines`` engines, and per memory pool at most the budget;

@@ -9,7 +9,7 @@ the effects.
 The rules (placement.py says which engines may run together):
 
 * A request whose model runs with enough context is granted at once, next to any others
-  (llama-server has parallel slots), unless that engine is *draining* (below).
+  (llama-server has parallel records), unless that engine is *draining* (below).
 * Otherwise it queues. Queued requests are planned in arrival order: one that needs a start
   picks the engines that must stop to make room, marks them draining, stops the idle ones at
   once and the busy ones when their last request ends, then starts its engine. A draining
@@ -29,12 +29,14 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Generic, TypeVar, Union
 
 from llmgw.config import Config, ModelConfig, Variant
 from llmgw.errors import ContextTooLarge, GatewayError, ModelNotFound, ShuttingDown
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.placement import Placed, Placement
+
+H = TypeVar("H")  # what the runtime gives for a ready engine (RunningEngine); opaque here
 
 
 class EngineState(StrEnum):
@@ -44,7 +46,7 @@ class EngineState(StrEnum):
 
 
 @dataclass(eq=False)
-class Slot:
+class EngineRecord(Generic[H]):
     """The scheduler's record of one engine, from the decision to start it until it is gone."""
 
     id: int
@@ -59,7 +61,7 @@ class Slot:
     evict_for: int | None = None  # the queued request that needs this engine gone (draining)
     unload_from: int | None = None  # unloading: requests from this arrival number on are not granted
     stop_reason: str = ""
-    handle: Any = None  # the runtime's RunningEngine, once ready (opaque here)
+    handle: H | None = None  # the runtime's handle of the engine, once ready
 
     @property
     def ready(self) -> bool:
@@ -110,21 +112,21 @@ class Ticket:
 
 
 @dataclass(frozen=True)
-class Start:
-    slot: Slot
+class Start(Generic[H]):
+    record: EngineRecord[H]
 
 
 @dataclass(frozen=True)
-class Stop:
-    slot: Slot
+class Stop(Generic[H]):
+    record: EngineRecord[H]
     reason: str
     kill: bool = False  # no grace period: the engine no longer answers
 
 
 @dataclass(frozen=True)
-class Grant:
+class Grant(Generic[H]):
     ticket: Ticket
-    slot: Slot
+    record: EngineRecord[H]
 
 
 @dataclass(frozen=True)
@@ -134,27 +136,27 @@ class Fail:
 
 
 @dataclass(frozen=True)
-class Gone:
+class Gone(Generic[H]):
     """The engine left the scheduler (stopped, or its start failed)."""
 
-    slot: Slot
+    record: EngineRecord[H]
 
 
-Effect = Start | Stop | Grant | Fail | Gone
+Effect = Union[Start[H], Stop[H], Grant[H], Fail, Gone[H]]  # noqa: UP007 (a generic alias)
 
 
 @dataclass
-class Scheduler:
+class Scheduler(Generic[H]):
     config: Config
     memory: MemoryBook
-    slots: list[Slot] = field(default_factory=list)
+    records: list[EngineRecord[H]] = field(default_factory=list)
     queue: list[Ticket] = field(default_factory=list)
     closed: bool = False
 
     def __post_init__(self) -> None:
         self.placement = Placement(self.config)
         self._arrivals = itertools.count(1)
-        self._slot_ids = itertools.count(1)
+        self._record_ids = itertools.count(1)
         self._learned_ctx: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ context sizes
@@ -176,15 +178,15 @@ class Scheduler:
 
     # ------------------------------------------------------------------ queries
 
-    def slot(self, slot_id: int) -> Slot | None:
-        return next((slot for slot in self.slots if slot.id == slot_id), None)
+    def record(self, record_id: int) -> EngineRecord[H] | None:
+        return next((record for record in self.records if record.id == record_id), None)
 
     def is_running(self, model_name: str) -> bool:
-        return any(s.ready and s.model.name == model_name and s.unload_from is None for s in self.slots)
+        return any(s.ready and s.model.name == model_name and s.unload_from is None for s in self.records)
 
     @property
     def in_flight(self) -> int:
-        return sum(slot.in_flight for slot in self.slots)
+        return sum(record.in_flight for record in self.records)
 
     def phase(self, ticket_id: int) -> Phase | None:
         """What a queued request waits for; None once it has left the queue."""
@@ -194,7 +196,7 @@ class Scheduler:
 
     def submit(
         self, model: ModelConfig, min_ctx: int, now: float, capability: str | None = None
-    ) -> tuple[Ticket, list[Effect]]:
+    ) -> tuple[Ticket, list[Effect[H]]]:
         """A request wants an engine of ``model`` with at least ``min_ctx`` context (0: any), of a
         variant serving ``capability`` (None: any)."""
         ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability)
@@ -203,132 +205,132 @@ class Scheduler:
         largest = self.largest_context(model, capability)
         if min_ctx > largest:
             return ticket, [Fail(ticket, ContextTooLarge(model.name, min_ctx, largest))]
-        slot = self._serving(ticket)
-        if slot is not None:
-            return ticket, [self._grant(ticket, slot, now)]
+        record = self._serving(ticket)
+        if record is not None:
+            return ticket, [self._grant(ticket, record, now)]
         self.queue.append(ticket)
         return ticket, self._pump(now)
 
-    def cancel(self, ticket_id: int, now: float) -> list[Effect]:
+    def cancel(self, ticket_id: int, now: float) -> list[Effect[H]]:
         """The request stopped waiting (client gone, queue timeout): what it had decided is undone."""
         before = len(self.queue)
         self.queue = [t for t in self.queue if t.id != ticket_id]
         return self._pump(now) if len(self.queue) != before else []
 
-    def release(self, slot_id: int, now: float) -> list[Effect]:
+    def release(self, record_id: int, now: float) -> list[Effect[H]]:
         """A granted request is done with its engine."""
-        slot = self.slot(slot_id)
-        if slot is None:
+        record = self.record(record_id)
+        if record is None:
             return []  # crashed and gone meanwhile
-        slot.in_flight -= 1
-        slot.last_used = now
-        if self.queue or slot.draining:
+        record.in_flight -= 1
+        record.last_used = now
+        if self.queue or record.draining:
             return self._pump(now)
         return []
 
     # ------------------------------------------------------------------ engine lifecycle
 
-    def started(self, slot_id: int, handle: Any, n_ctx: int, now: float) -> list[Effect]:
-        slot = self.slot(slot_id)
-        if slot is None:
+    def started(self, record_id: int, handle: H, n_ctx: int, now: float) -> list[Effect[H]]:
+        record = self.record(record_id)
+        if record is None:
             return []
-        slot.state = EngineState.READY
-        slot.handle = handle
-        slot.n_ctx = n_ctx
-        slot.last_used = now
-        self._learned_ctx[(slot.model.name, slot.variant.fingerprint)] = n_ctx
+        record.state = EngineState.READY
+        record.handle = handle
+        record.n_ctx = n_ctx
+        record.last_used = now
+        self._learned_ctx[(record.model.name, record.variant.fingerprint)] = n_ctx
         if self.closed:
-            return [self._stop(slot, "the gateway is shutting down")]
+            return [self._stop(record, "the gateway is shutting down")]
         return self._pump(now)
 
-    def start_failed(self, slot_id: int, error: GatewayError, now: float) -> list[Effect]:
+    def start_failed(self, record_id: int, error: GatewayError, now: float) -> list[Effect[H]]:
         """Requests queued for exactly this engine share its error (retrying a broken engine once per
         queued request would make the last one wait queue length x start-up timeout); requests that
         arrive later try again."""
-        slot = self.slot(slot_id)
-        if slot is None:
+        record = self.record(record_id)
+        if record is None:
             return []
-        self.slots.remove(slot)
-        effects: list[Effect] = [Gone(slot)]
+        self.records.remove(record)
+        effects: list[Effect[H]] = [Gone(record)]
         for ticket in list(self.queue):
-            if ticket.model.name == slot.model.name and self._wanted_variant(ticket) is slot.variant:
+            if ticket.model.name == record.model.name and self._wanted_variant(ticket) is record.variant:
                 self.queue.remove(ticket)
                 effects.append(Fail(ticket, error))
         return effects + self._pump(now)
 
-    def stopped(self, slot_id: int, now: float) -> list[Effect]:
-        slot = self.slot(slot_id)
-        if slot is None:
+    def stopped(self, record_id: int, now: float) -> list[Effect[H]]:
+        record = self.record(record_id)
+        if record is None:
             return []
-        self.slots.remove(slot)
-        return [Gone(slot), *self._pump(now)]
+        self.records.remove(record)
+        return [Gone(record), *self._pump(now)]
 
-    def crashed(self, slot_id: int, now: float) -> list[Effect]:
+    def crashed(self, record_id: int, now: float) -> list[Effect[H]]:
         """A ready engine exited on its own. It is stopped all the same (its process group may hold
         children, and the guard must forget it); the next request for it starts a new one."""
-        slot = self.slot(slot_id)
-        if slot is None or slot.state is not EngineState.READY:
+        record = self.record(record_id)
+        if record is None or record.state is not EngineState.READY:
             return []  # a start reports its own failure; a stop its own end
-        return [self._stop(slot, "crashed"), *self._pump(now)]
+        return [self._stop(record, "crashed"), *self._pump(now)]
 
-    def hung(self, slot_id: int, now: float) -> list[Effect]:
+    def hung(self, record_id: int, now: float) -> list[Effect[H]]:
         """A ready engine stopped answering (a stopped process, a stuck GPU): it is killed, which
         ends the requests it holds (the client gets an error, not a wait), and the next request
         starts a new one."""
-        slot = self.slot(slot_id)
-        if slot is None or slot.state is not EngineState.READY:
+        record = self.record(record_id)
+        if record is None or record.state is not EngineState.READY:
             return []
-        return [self._stop(slot, "not answering (hung)", kill=True), *self._pump(now)]
+        return [self._stop(record, "not answering (hung)", kill=True), *self._pump(now)]
 
-    def measured(self, slot_id: int, now: float) -> list[Effect]:
+    def measured(self, record_id: int, now: float) -> list[Effect[H]]:
         """The memory book learned a new figure for this engine's variant."""
-        slot = self.slot(slot_id)
-        if slot is None:
+        record = self.record(record_id)
+        if record is None:
             return []
-        slot.need = self.memory.need(slot.model, slot.variant)
+        record.need = self.memory.need(record.model, record.variant)
         return self._rebalance(now, "over the memory budget (measured)") + self._pump(now)
 
-    def idle_expired(self, slot_id: int, now: float) -> list[Effect]:
-        slot = self.slot(slot_id)
-        if slot is None or not slot.ready or slot.busy or slot.draining:
+    def idle_expired(self, record_id: int, now: float) -> list[Effect[H]]:
+        record = self.record(record_id)
+        if record is None or not record.ready or record.busy or record.draining:
             return []
-        idle = slot.variant.timeouts.engine_idle
-        if idle <= 0 or now - slot.last_used < idle - 1e-3:
+        idle = record.variant.timeouts.engine_idle
+        if idle <= 0 or now - record.last_used < idle - 1e-3:
             return []
-        if any(t.model.name == slot.model.name for t in self.queue):
+        if any(t.model.name == record.model.name for t in self.queue):
             return []
-        return [self._stop(slot, f"idle for {idle:g} s")]
+        return [self._stop(record, f"idle for {idle:g} s")]
 
     # ------------------------------------------------------------------ operations
 
-    def unload(self, model_name: str | None, now: float) -> tuple[list[int], list[Effect]]:
+    def unload(self, model_name: str | None, now: float) -> tuple[list[int], list[Effect[H]]]:
         """Stop the model's engine (every engine if None) once the requests that arrived before
         this call are done. Returns the ids of the engines to wait for."""
         mark = next(self._arrivals)
-        targets = [s for s in self.slots if model_name is None or s.model.name == model_name]
-        for slot in targets:
-            if slot.state is not EngineState.STOPPING and slot.unload_from is None:
-                slot.unload_from = mark
-                slot.stop_reason = "unloaded"
-        return [slot.id for slot in targets], self._pump(now)
+        targets = [s for s in self.records if model_name is None or s.model.name == model_name]
+        for record in targets:
+            if record.state is not EngineState.STOPPING and record.unload_from is None:
+                record.unload_from = mark
+                record.stop_reason = "unloaded"
+        return [record.id for record in targets], self._pump(now)
 
-    def reload(self, config: Config, now: float) -> list[Effect]:
+    def reload(self, config: Config, now: float) -> list[Effect[H]]:
         """A new config: engines whose launch is unchanged keep running; the others stop once the
         requests that arrived before the reload are done."""
         self.config = config
         self.placement = Placement(config)
         self.memory.budget = dict(config.server.memory_budget)
         mark = next(self._arrivals)
-        for slot in self.slots:
-            model = config.model(slot.model.name)
-            same = None if model is None else next((v for v in model.variants if _same_launch(v, slot.variant)), None)
+        for record in self.records:
+            model = config.model(record.model.name)
+            same = None if model is None else next((v for v in model.variants if _same_launch(v, record.variant)), None)
             if model is not None and same is not None:
-                slot.model, slot.variant = model, same
-                slot.need = self.memory.need(model, same)
-            elif slot.state is not EngineState.STOPPING and slot.unload_from is None:
-                slot.unload_from = mark
-                slot.stop_reason = "changed by a reload"
-        effects: list[Effect] = []
+                record.model, record.variant = model, same
+                record.need = self.memory.need(model, same)
+            elif record.state is not EngineState.STOPPING and record.unload_from is None:
+                record.unload_from = mark
+                record.stop_reason = "changed by a reload"
+        effects: list[Effect[H]] = []
         for ticket in list(self.queue):
             model = config.model(ticket.model.name)
             error: GatewayError | None = None
@@ -344,43 +346,43 @@ class Scheduler:
                 ticket.model = model
         return effects + self._rebalance(now, "over the new placement limits") + self._pump(now)
 
-    def shutdown(self, now: float) -> list[Effect]:
+    def shutdown(self, now: float) -> list[Effect[H]]:
         """Fail every queued request and stop every ready engine, busy or not (the caller gave them
         their grace); engines still starting are stopped by their own start when it returns."""
         self.closed = True
-        effects: list[Effect] = [Fail(t, ShuttingDown("the gateway is shutting down")) for t in self.queue]
+        effects: list[Effect[H]] = [Fail(t, ShuttingDown("the gateway is shutting down")) for t in self.queue]
         self.queue.clear()
-        for slot in self.slots:
-            if slot.ready:
-                effects.append(self._stop(slot, "the gateway is shutting down"))
+        for record in self.records:
+            if record.ready:
+                effects.append(self._stop(record, "the gateway is shutting down"))
         return effects
 
     # ------------------------------------------------------------------ the decisions
 
-    def _serving(self, ticket: Ticket) -> Slot | None:
-        for slot in self.slots:
+    def _serving(self, ticket: Ticket) -> EngineRecord[H] | None:
+        for record in self.records:
             if (
-                slot.ready
-                and slot.model.name == ticket.model.name
-                and slot.n_ctx is not None
-                and slot.n_ctx >= ticket.min_ctx
-                and slot.variant.serves(ticket.capability)
-                and slot.evict_for is None
-                and (slot.unload_from is None or ticket.id < slot.unload_from)
+                record.ready
+                and record.model.name == ticket.model.name
+                and record.n_ctx is not None
+                and record.n_ctx >= ticket.min_ctx
+                and record.variant.serves(ticket.capability)
+                and record.evict_for is None
+                and (record.unload_from is None or ticket.id < record.unload_from)
             ):
-                return slot
+                return record
         return None
 
-    def _grant(self, ticket: Ticket, slot: Slot, now: float) -> Grant:
-        slot.in_flight += 1
-        slot.last_used = now
-        return Grant(ticket, slot)
+    def _grant(self, ticket: Ticket, record: EngineRecord[H], now: float) -> Grant[H]:
+        record.in_flight += 1
+        record.last_used = now
+        return Grant(ticket, record)
 
-    def _stop(self, slot: Slot, reason: str, kill: bool = False) -> Stop:
-        slot.state = EngineState.STOPPING
-        slot.evict_for = None
-        slot.stop_reason = reason
-        return Stop(slot, reason, kill)
+    def _stop(self, record: EngineRecord[H], reason: str, kill: bool = False) -> Stop[H]:
+        record.state = EngineState.STOPPING
+        record.evict_for = None
+        record.stop_reason = reason
+        return Stop(record, reason, kill)
 
     def _wanted_variant(self, ticket: Ticket) -> Variant | None:
         try:
@@ -388,16 +390,16 @@ class Scheduler:
         except ContextTooLarge:
             return None
 
-    def _pump(self, now: float) -> list[Effect]:
+    def _pump(self, now: float) -> list[Effect[H]]:
         """Walk the queue in arrival order: grant, plan starts, stop what is in the way."""
-        effects: list[Effect] = []
+        effects: list[Effect[H]] = []
         draining_for: dict[int, set[int]] = {}
-        for slot in self.slots:
-            if slot.evict_for is not None:
-                draining_for.setdefault(slot.evict_for, set()).add(slot.id)
-                slot.evict_for = None  # re-decided below, in arrival order
+        for record in self.records:
+            if record.evict_for is not None:
+                draining_for.setdefault(record.evict_for, set()).add(record.id)
+                record.evict_for = None  # re-decided below, in arrival order
         # What will still run once the decisions taken so far are carried out.
-        live: list[Placed] = [s for s in self.slots if s.state is not EngineState.STOPPING and s.unload_from is None]
+        live: list[Placed] = [s for s in self.records if s.state is not EngineState.STOPPING and s.unload_from is None]
         planning: dict[str, Ticket] = {}
         held_back = False
         for ticket in list(self.queue):
@@ -410,7 +412,7 @@ class Scheduler:
             if name in planning:
                 ticket.phase = planning[name].phase
                 continue
-            own = next((s for s in self.slots if s.model.name == name), None)  # one per model at most
+            own = next((s for s in self.records if s.model.name == name), None)  # one per model at most
             if own is not None and own.state is EngineState.STARTING:
                 fits = own.variant.serves(ticket.capability)
                 fits = fits and self.effective_context(own.model, own.variant) >= ticket.min_ctx
@@ -441,12 +443,14 @@ class Scheduler:
                 continue
             planning[name] = ticket
             for victim in victims:
-                assert isinstance(victim, Slot)
+                assert isinstance(victim, EngineRecord)
                 victim.evict_for = ticket.id
             live = [engine for engine in live if engine not in victims]
-            if self.placement.fits_beside(self.slots, wish):
-                new = Slot(next(self._slot_ids), ticket.model, variant, EngineState.STARTING, dict(wish.need), now)
-                self.slots.append(new)
+            if self.placement.fits_beside(self.records, wish):
+                new: EngineRecord[H] = EngineRecord(
+                    next(self._record_ids), ticket.model, variant, EngineState.STARTING, dict(wish.need), now
+                )
+                self.records.append(new)
                 live.append(new)
                 effects.append(Start(new))
                 ticket.phase = Phase.STARTING
@@ -454,28 +458,28 @@ class Scheduler:
             live.append(wish)
             busy = False
             for victim in victims:
-                assert isinstance(victim, Slot)
+                assert isinstance(victim, EngineRecord)
                 if victim.busy:
                     busy = True
                 else:
                     effects.append(self._stop(victim, f"making room for {name!r}"))
             ticket.phase = Phase.DRAINING if busy else Phase.STOPPING
-        for slot in self.slots:
-            if slot.unload_from is not None and slot.ready and not slot.busy:
-                effects.append(self._stop(slot, slot.stop_reason or "unloaded"))
+        for record in self.records:
+            if record.unload_from is not None and record.ready and not record.busy:
+                effects.append(self._stop(record, record.stop_reason or "unloaded"))
         return effects
 
-    def _rebalance(self, now: float, reason: str) -> list[Effect]:
+    def _rebalance(self, now: float, reason: str) -> list[Effect[H]]:
         """Limits lowered or a figure grew: unload engines, least recently used first, until the
         engines that stay fit again. Pinned engines stay."""
-        live = [s for s in self.slots if s.state is not EngineState.STOPPING and s.unload_from is None]
+        live = [s for s in self.records if s.state is not EngineState.STOPPING and s.unload_from is None]
         if self.placement.within_budget(live):
             return []
         mark = next(self._arrivals)
-        for slot in sorted((s for s in live if s.ready and not s.model.pinned), key=lambda s: (s.busy, s.last_used)):
-            slot.unload_from = mark
-            slot.stop_reason = reason
-            live.remove(slot)
+        for record in sorted((s for s in live if s.ready and not s.model.pinned), key=lambda s: (s.busy, s.last_used)):
+            record.unload_from = mark
+            record.stop_reason = reason
+            live.remove(record)
             if self.placement.within_budget(live):
                 break
         return []

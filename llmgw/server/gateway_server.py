@@ -15,9 +15,9 @@ from llmgw.config import Config
 from llmgw.errors import BadRequest, EngineNotRunning
 from llmgw.events import EventBus
 from llmgw.models import ModelSelector
-from llmgw.runtime import ProcessGuard, ProcessRuntime
+from llmgw.runtime import ProcessGuard, ProcessRuntime, RunningEngine
 from llmgw.scheduling import EngineManager
-from llmgw.scheduling.scheduler import Slot
+from llmgw.scheduling.scheduler import EngineRecord
 from llmgw.server import ops_handlers, views, watch_handlers
 from llmgw.server.activity import EngineLogs, RequestLog
 from llmgw.server.feedback import LoadingFeedback
@@ -192,8 +192,8 @@ class GatewayServer:
     def health(self) -> dict[str, Any]:
         return views.health(self.manager)
 
-    def engine_view(self, slot: Slot) -> dict[str, Any]:
-        return views.engine_view(self.manager, slot, asyncio.get_running_loop().time(), self.watch)
+    def engine_view(self, record: EngineRecord[RunningEngine]) -> dict[str, Any]:
+        return views.engine_view(self.manager, record, asyncio.get_running_loop().time(), self.watch)
 
     def http_client(self) -> EngineHTTPClient:
         assert self.http is not None
@@ -202,18 +202,18 @@ class GatewayServer:
     def running_engine_for(self, name: str | None) -> str:
         """Base URL of the running engine of ``name`` (default: server.default_model, else the only
         engine running); never starts one."""
-        engines = [slot for slot in self.manager.engines if slot.ready]
+        engines = [record for record in self.manager.engines if record.ready]
         if name is None:
             name = self.config.server.default_model
         if name is None:
             if len(engines) == 1:
                 return str(engines[0].variant.connect)
-            running = ", ".join(sorted(slot.model.name for slot in engines)) or "none"
+            running = ", ".join(sorted(record.model.name for record in engines)) or "none"
             raise BadRequest(f"say which model with ?model= (running: {running})")
         model = self.selector.model(name)
-        for slot in engines:
-            if slot.model.name == model.name:
-                return str(slot.variant.connect)
+        for record in engines:
+            if record.model.name == model.name:
+                return str(record.variant.connect)
         raise EngineNotRunning(
             f"model {model.name!r} is not running (it is not started just to answer this; "
             "send it a request or POST /load first)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -10,7 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from llmgw.api.usage import AnswerStats
-from llmgw.scheduling.scheduler import Slot, Ticket
+from llmgw.scheduling.scheduler import EngineRecord, Ticket
 from llmgw.slotcache import SlotCache
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -115,7 +116,7 @@ class GatewayMetrics:
     def observe_count(self, model: str, tokens: int) -> None:
         self.tokens_counted.labels(model=model).inc(tokens)
 
-    def refresh(self, models: Iterable[str], engines: Iterable[Slot], queue: Iterable[Ticket]) -> None:
+    def refresh(self, models: Iterable[str], engines: Iterable[EngineRecord[Any]], queue: Iterable[Ticket]) -> None:
         """Set the gauges from the scheduler's state, every configured model included (0 when idle)."""
         names = list(models)
         for gauge in (self.engines, self.engine_memory, self.in_flight, self.queued):
@@ -123,11 +124,11 @@ class GatewayMetrics:
         for name in names:
             self.in_flight.labels(model=name).set(0)
             self.queued.labels(model=name).set(0)
-        for slot in engines:
-            self.engines.labels(model=slot.model.name, state=slot.state.value).inc()
-            self.in_flight.labels(model=slot.model.name).inc(slot.in_flight)
-            for pool, mib in slot.need.items():
-                self.engine_memory.labels(model=slot.model.name, pool=pool).set(mib)
+        for record in engines:
+            self.engines.labels(model=record.model.name, state=record.state.value).inc()
+            self.in_flight.labels(model=record.model.name).inc(record.in_flight)
+            for pool, mib in record.need.items():
+                self.engine_memory.labels(model=record.model.name, pool=pool).set(mib)
         for ticket in queue:
             self.queued.labels(model=ticket.model.name).inc()
 

@@ -48,8 +48,8 @@ class LoadHandler(RequestHandler):
             if context > self.gateway.manager.largest_context(model):
                 self.gateway.manager.variant_for(model, context)  # raises ContextTooLarge
             async with self.gateway.manager.lease(model, context) as engine:
-                slot = next(s for s in self.gateway.manager.engines if s.handle is engine)
-                view = self.gateway.engine_view(slot)
+                record = next(s for s in self.gateway.manager.engines if s.handle is engine)
+                view = self.gateway.engine_view(record)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return

@@ -22,9 +22,10 @@ from typing import Any
 from llmgw.api.progress import LOADING, Progress
 from llmgw.config import ModelConfig, Variant
 from llmgw.events import EventBus
+from llmgw.runtime import RunningEngine
 from llmgw.scheduling.engine_manager import EngineManager
 from llmgw.scheduling.memory import launch_key
-from llmgw.scheduling.scheduler import EngineState, Phase, Slot, Ticket
+from llmgw.scheduling.scheduler import EngineRecord, EngineState, Phase, Ticket
 from llmgw.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class StatusTracker:
         self.load_times = LoadTimes(manager.state)
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._seen: dict[int, _Seen] = {}
-        self._spawned: dict[int, int] = {}  # slot id -> pid, for engines whose process runs
+        self._spawned: dict[int, int] = {}  # record id -> pid, for engines whose process runs
         self._queue: tuple[tuple[int, str], ...] = ()
         self.failed: dict[str, float] = {}  # model -> loop time of its last failed start (cleared by a success)
 
@@ -75,27 +76,27 @@ class StatusTracker:
     def changed(self) -> None:
         """EngineManager.on_change: compare with what was seen last, publish the differences."""
         now = self._clock()
-        slots = {slot.id: slot for slot in self.manager.engines}
-        for slot in slots.values():
-            state = self._state(slot)
-            before = self._seen.get(slot.id)
+        records = {record.id: record for record in self.manager.engines}
+        for record in records.values():
+            state = self._state(record)
+            before = self._seen.get(record.id)
             if before is not None and before.state == state:
                 continue
-            if before is not None and before.state in (EngineState.STARTING, LOADING) and slot.ready:
-                seconds = now - slot.started_at
-                self.load_times.record(slot.model, slot.variant, seconds)
-                self.failed.pop(slot.model.name, None)
-                logger.debug("model %r variant %d loaded in %.3f s", slot.model.name, slot.variant.index, seconds)
-            self._seen[slot.id] = _Seen(state, slot.model.name, slot.variant.index)
-            self.bus.publish("engine", **self.engine_event(slot, now))
-        for slot_id in [i for i in self._seen if i not in slots]:
-            seen = self._seen.pop(slot_id)
-            self._spawned.pop(slot_id, None)
+            if before is not None and before.state in (EngineState.STARTING, LOADING) and record.ready:
+                seconds = now - record.started_at
+                self.load_times.record(record.model, record.variant, seconds)
+                self.failed.pop(record.model.name, None)
+                logger.debug("model %r variant %d loaded in %.3f s", record.model.name, record.variant.index, seconds)
+            self._seen[record.id] = _Seen(state, record.model.name, record.variant.index)
+            self.bus.publish("engine", **self.engine_event(record, now))
+        for record_id in [i for i in self._seen if i not in records]:
+            seen = self._seen.pop(record_id)
+            self._spawned.pop(record_id, None)
             failed = seen.state in (EngineState.STARTING, LOADING) and not self.manager.scheduler.closed
             if failed:
                 self.failed[seen.model] = now
             state = "failed" if failed else "stopped"
-            self.bus.publish("engine", model=seen.model, variant=seen.variant, id=slot_id, state=state)
+            self.bus.publish("engine", model=seen.model, variant=seen.variant, id=record_id, state=state)
         queue = tuple((ticket.id, ticket.phase.value) for ticket in self.manager.waiting)
         if queue != self._queue:
             self._queue = queue
@@ -103,64 +104,64 @@ class StatusTracker:
                 self.bus.publish("queue", queue=self.queue_view(now))
 
     def spawned(self, model: ModelConfig, variant: Variant, pid: int) -> None:
-        """The runtime spawned an engine process: its slot is now loading."""
-        for slot in self.manager.engines:
-            if slot.state is EngineState.STARTING and slot.model.name == model.name and slot.variant is variant:
-                self._spawned[slot.id] = pid
+        """The runtime spawned an engine process: its record is now loading."""
+        for record in self.manager.engines:
+            if record.state is EngineState.STARTING and record.model.name == model.name and record.variant is variant:
+                self._spawned[record.id] = pid
                 self.changed()
                 return
 
     def tick(self) -> None:
         """Once a second while engines load: their progress, for pages that show a bar."""
         now = self._clock()
-        for slot in self.manager.engines:
-            if slot.state is EngineState.STARTING:
-                self.bus.publish("engine", **self.engine_event(slot, now))
+        for record in self.manager.engines:
+            if record.state is EngineState.STARTING:
+                self.bus.publish("engine", **self.engine_event(record, now))
 
     # ------------------------------------------------------------------ queries
 
-    def engine_event(self, slot: Slot, now: float) -> dict[str, Any]:
+    def engine_event(self, record: EngineRecord[RunningEngine], now: float) -> dict[str, Any]:
         event: dict[str, Any] = {
-            "model": slot.model.name,
-            "variant": slot.variant.index,
-            "id": slot.id,
-            "state": self._state(slot),
-            "context": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
+            "model": record.model.name,
+            "variant": record.variant.index,
+            "id": record.id,
+            "state": self._state(record),
+            "context": record.n_ctx if record.n_ctx is not None else record.variant.context,
         }
-        if slot.state is EngineState.STARTING:
-            event.update(self.load_progress(slot, now))
-        if slot.state is EngineState.STOPPING and slot.stop_reason:
-            event["reason"] = slot.stop_reason
-        pid = self._spawned.get(slot.id) or (slot.handle.process.pid if slot.handle is not None else None)
+        if record.state is EngineState.STARTING:
+            event.update(self.load_progress(record, now))
+        if record.state is EngineState.STOPPING and record.stop_reason:
+            event["reason"] = record.stop_reason
+        pid = self._spawned.get(record.id) or (record.handle.process.pid if record.handle is not None else None)
         if pid is not None:
             event["pid"] = pid
         return event
 
-    def load_progress(self, slot: Slot, now: float | None = None) -> dict[str, Any]:
+    def load_progress(self, record: EngineRecord[RunningEngine], now: float | None = None) -> dict[str, Any]:
         """``elapsed``, ``expected`` and ``percent`` of a starting engine."""
         now = self._clock() if now is None else now
-        elapsed = max(now - slot.started_at, 0.0)
-        expected = self.load_times.expected(slot.model, slot.variant)
+        elapsed = max(now - record.started_at, 0.0)
+        expected = self.load_times.expected(record.model, record.variant)
         return {"elapsed": round(elapsed, 1), "expected": expected, "percent": _percent(elapsed, expected)}
 
     def status(self, model: ModelConfig) -> dict[str, Any]:
         """A model's load state in the shape of llama.cpp's router (``GET /models``): ``value`` is
         unloaded, loading, loaded or stopping; plus the running variant and its context."""
-        slot = next((s for s in self.manager.engines if s.model.name == model.name), None)
-        if slot is None:
+        record = next((s for s in self.manager.engines if s.model.name == model.name), None)
+        if record is None:
             status: dict[str, Any] = {"value": "unloaded"}
             if model.name in self.failed:
                 status["failed"] = True
             return status
         value = {EngineState.STARTING: "loading", EngineState.READY: "loaded", EngineState.STOPPING: "stopping"}
         status = {
-            "value": value[slot.state],
-            "variant": slot.variant.index,
-            "n_ctx": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
-            "args": [slot.variant.binary, *slot.variant.args],
+            "value": value[record.state],
+            "variant": record.variant.index,
+            "n_ctx": record.n_ctx if record.n_ctx is not None else record.variant.context,
+            "args": [record.variant.binary, *record.variant.args],
         }
-        if slot.state is EngineState.STARTING:
-            status["progress"] = self.load_progress(slot)
+        if record.state is EngineState.STARTING:
+            status["progress"] = self.load_progress(record)
         return status
 
     def progress(self, ticket: Ticket) -> Progress | None:
@@ -212,10 +213,10 @@ class StatusTracker:
             for position, ticket in enumerate(self.manager.waiting, 1)
         ]
 
-    def _state(self, slot: Slot) -> str:
-        if slot.state is EngineState.STARTING and slot.id in self._spawned:
+    def _state(self, record: EngineRecord[RunningEngine]) -> str:
+        if record.state is EngineState.STARTING and record.id in self._spawned:
             return LOADING
-        return slot.state.value
+        return record.state.value
 
 
 def _percent(elapsed: float, expected: float | None) -> int | None:

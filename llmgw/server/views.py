@@ -11,8 +11,9 @@ from typing import Any
 
 from llmgw.config import Config, ModelConfig
 from llmgw.errors import ModelNotFound, echo
+from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
-from llmgw.scheduling.scheduler import EngineState, Slot
+from llmgw.scheduling.scheduler import EngineRecord, EngineState
 from llmgw.server.status import StatusTracker
 
 
@@ -64,36 +65,40 @@ def model_view(
     return model_entry(config, manager, model, name, created, watch)
 
 
-def engine_view(manager: EngineManager, slot: Slot, now: float, watch: StatusTracker | None = None) -> dict[str, Any]:
-    handle = slot.handle
-    memory, source = manager.memory_of(slot)
+def engine_view(
+    manager: EngineManager, record: EngineRecord[RunningEngine], now: float, watch: StatusTracker | None = None
+) -> dict[str, Any]:
+    handle = record.handle
+    memory, source = manager.memory_of(record)
     return {
-        "model": slot.model.name,
-        "variant": slot.variant.index,
-        "context": slot.n_ctx if slot.n_ctx is not None else slot.variant.context,
+        "model": record.model.name,
+        "variant": record.variant.index,
+        "context": record.n_ctx if record.n_ctx is not None else record.variant.context,
         "pid": handle.process.pid if handle is not None else None,
-        "state": slot.state.value,
+        "state": record.state.value,
         "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},
         "memory_source": source,
-        "in_flight": slot.in_flight,
-        "last_used": round(time.time() - (now - slot.last_used), 3) if slot.last_used else None,
+        "in_flight": record.in_flight,
+        "last_used": round(time.time() - (now - record.last_used), 3) if record.last_used else None,
         "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
-        "pinned": slot.model.pinned,
-        "idle_unload_in": _idle_unload_in(slot, now),
-        **({"stopping_because": slot.stop_reason} if slot.stop_reason else {}),
+        "pinned": record.model.pinned,
+        "idle_unload_in": _idle_unload_in(record, now),
+        **({"stopping_because": record.stop_reason} if record.stop_reason else {}),
         **(
-            {"load": watch.load_progress(slot, now)} if watch is not None and slot.state is EngineState.STARTING else {}
+            {"load": watch.load_progress(record, now)}
+            if watch is not None and record.state is EngineState.STARTING
+            else {}
         ),
     }
 
 
-def _idle_unload_in(slot: Slot, now: float) -> float | None:
+def _idle_unload_in(record: EngineRecord[RunningEngine], now: float) -> float | None:
     """Seconds until the idle timeout stops this engine; None when it never will from here (no
     timeout, busy, starting or already stopping)."""
-    idle = slot.variant.timeouts.engine_idle
-    if idle <= 0 or not slot.ready or slot.busy or slot.draining:
+    idle = record.variant.timeouts.engine_idle
+    if idle <= 0 or not record.ready or record.busy or record.draining:
         return None
-    return round(max(slot.last_used + idle - now, 0.0), 1)
+    return round(max(record.last_used + idle - now, 0.0), 1)
 
 
 def running(manager: EngineManager, watch: StatusTracker | None = None) -> dict[str, Any]:
@@ -110,7 +115,7 @@ def running(manager: EngineManager, watch: StatusTracker | None = None) -> dict[
         for ticket in manager.waiting
     ]
     return {
-        "engines": [engine_view(manager, slot, now, watch) for slot in manager.engines],
+        "engines": [engine_view(manager, record, now, watch) for record in manager.engines],
         "queue": queue,
         "in_flight": manager.in_flight,
         "queued": manager.queued,
@@ -118,5 +123,5 @@ def running(manager: EngineManager, watch: StatusTracker | None = None) -> dict[
 
 
 def health(manager: EngineManager) -> dict[str, Any]:
-    ready = sum(1 for slot in manager.engines if slot.ready)
+    ready = sum(1 for record in manager.engines if record.ready)
     return {"status": "ok", "engines": ready, "in_flight": manager.in_flight, "queued": manager.queued}

@@ -118,7 +118,7 @@ def harness(io_loop: Any, tmp_path: Path) -> Iterator[Harness]:
 
 def current(manager: EngineManager) -> RunningEngine | None:
     """The one ready engine (these tests run one at a time), or None."""
-    ready = [slot for slot in manager.engines if slot.ready]
+    ready = [record for record in manager.engines if record.ready]
     assert len(ready) <= 1, ready
     return ready[0].handle if ready else None
 
@@ -376,7 +376,7 @@ async def test_unload_waits_for_in_flight_leases(io_loop: Any, harness: Harness,
     pid = pid_of(await holder.wait_acquired())
 
     unload = asyncio.ensure_future(manager.unload())
-    await wait_for(lambda: all(slot.draining for slot in manager.engines), what="the engine to drain")
+    await wait_for(lambda: all(record.draining for record in manager.engines), what="the engine to drain")
     await asyncio.sleep(0.3)
     assert not unload.done()
     assert current(manager) is not None and kinds(a) == ["start"]  # still up, serving its lease

@@ -15,15 +15,15 @@ def test_two_models_run_side_by_side_and_requests_to_one_never_wait_for_the_othe
     w = World.of(config([a, b], max_engines=2))
     ta = w.request(a)
     assert names(w.log, Start) == ["a"]
-    w.finish_start(w.slot_of("a"))
+    w.finish_start(w.record_of("a"))
     assert w.holds(ta) is not None
     tb = w.request(b)  # b starts next to a: nothing stops
     assert names(w.log, Start) == ["a", "b"] and names(w.log, Stop) == []
     assert w.holds(tb) is None
     ta2 = w.request(a)  # while b is still starting
-    assert w.holds(ta2) is w.slot_of("a")
-    w.finish_start(w.slot_of("b"))
-    assert w.holds(tb) is w.slot_of("b")
+    assert w.holds(ta2) is w.record_of("a")
+    w.finish_start(w.record_of("b"))
+    assert w.holds(tb) is w.record_of("b")
     w.release(ta), w.release(ta2), w.release(tb)
     for _ in range(5):  # alternating: no start, no stop
         w.release(w.request(a))
@@ -46,7 +46,7 @@ def test_room_is_made_by_stopping_the_least_recently_used_idle_engine() -> None:
     assert names(w.log, Stop) == ["b"]  # least recently used
     assert w.scheduler.phase(tc.id) is Phase.STOPPING
     w.settle()
-    assert w.running() == ["a", "c"] and w.holds(tc) is w.slot_of("c")
+    assert w.running() == ["a", "c"] and w.holds(tc) is w.record_of("c")
     w.check()
 
 
@@ -77,17 +77,17 @@ def test_when_every_engine_is_busy_the_start_waits_and_the_victim_drains() -> No
     tc = w.request(c)
     assert names(w.log, Stop) == []
     assert w.scheduler.phase(tc.id) is Phase.DRAINING
-    victim = w.slot_of("a")  # least recently used of the busy ones
+    victim = w.record_of("a")  # least recently used of the busy ones
     assert victim.evict_for == tc.id
     # Steady traffic: new requests to the draining engine wait; the other engine still serves.
     ta2 = w.request(a)
     assert w.holds(ta2) is None
     tb2 = w.request(b)
-    assert w.holds(tb2) is w.slot_of("b")
+    assert w.holds(tb2) is w.record_of("b")
     w.release(ta)
     assert names(w.log, Stop) == ["a"]
     w.settle()
-    assert w.holds(tc) is w.slot_of("c")
+    assert w.holds(tc) is w.record_of("c")
     assert w.holds(ta2) is None  # a comes back once b or c can go
     w.release(tb), w.release(tb2)
     w.settle()
@@ -101,10 +101,10 @@ def test_cancelling_the_waiting_request_ends_the_drain() -> None:
     ta = w.request(a)
     w.settle()
     tb = w.request(b)
-    assert w.slot_of("a").draining
+    assert w.record_of("a").draining
     w.take(w.scheduler.cancel(tb.id, w.now))
-    assert not w.slot_of("a").draining
-    assert w.holds(w.request(a)) is w.slot_of("a")  # granted at once again
+    assert not w.record_of("a").draining
+    assert w.holds(w.request(a)) is w.record_of("a")  # granted at once again
     w.release(ta)
     assert names(w.log, Stop) == [] and names(w.log, Start) == ["a"]
 
@@ -146,7 +146,7 @@ def test_an_exclusive_model_runs_alone() -> None:
     w.settle()
     assert w.running() == ["x"] and w.holds(tx) is not None
     tb3 = w.request(b)  # nothing starts next to x: x must go first
-    assert names(w.log, Start).count("b") == 1 and w.slot_of("x").draining
+    assert names(w.log, Start).count("b") == 1 and w.record_of("x").draining
     w.release(tx)
     w.settle()
     assert w.holds(tb3) is not None and "x" not in w.running()
@@ -173,16 +173,16 @@ def test_a_bigger_variant_waits_only_for_its_own_models_requests() -> None:
     ta, tb = w.request(a), w.request(b)
     w.settle()
     big = w.request(a, 3000)
-    assert w.slot_of("a").evict_for == big.id and not w.slot_of("b").draining
+    assert w.record_of("a").evict_for == big.id and not w.record_of("b").draining
     tb2 = w.request(b)
-    assert w.holds(tb2) is w.slot_of("b")  # the other model is untouched
+    assert w.holds(tb2) is w.record_of("b")  # the other model is untouched
     small = w.request(a, 100)
     assert w.holds(small) is None  # behind the switch, in arrival order
     w.release(ta)
     w.settle()
-    assert w.slot_of("a").variant.context == 4096
-    assert w.holds(big) is w.slot_of("a") and w.holds(small) is w.slot_of("a")  # the big one serves both
-    assert w.slot_of("b").in_flight == 2
+    assert w.record_of("a").variant.context == 4096
+    assert w.holds(big) is w.record_of("a") and w.holds(small) is w.record_of("a")  # the big one serves both
+    assert w.record_of("b").in_flight == 2
     w.release(big), w.release(small)
     w.release(w.request(a, 10))  # a big enough running variant is kept
     assert names(w.log, Start) == ["a", "b", "a"]
@@ -215,16 +215,16 @@ def test_an_unmeasured_variant_needs_the_whole_budget_until_measured() -> None:
     w = World.of(config([a, b], max_engines=2, budget={"total": 1000}))
     ta = w.request(a)
     w.settle()
-    assert w.slot_of("a").need == {"total": 1000}
+    assert w.record_of("a").need == {"total": 1000}
     w.scheduler.memory.record(a, a.variants[0], Usage(300.0))
-    w.take(w.scheduler.measured(w.slot_of("a").id, w.now))
-    assert w.slot_of("a").need == {"total": 300.0}
+    w.take(w.scheduler.measured(w.record_of("a").id, w.now))
+    assert w.record_of("a").need == {"total": 300.0}
     w.release(ta)
     tb = w.request(b)  # b is unknown: it needs all 1000, so a must go
     assert names(w.log, Stop) == ["a"]
     w.settle()
     w.scheduler.memory.record(b, b.variants[0], Usage(200.0, {0: 100.0}))  # total = RSS + GPU
-    w.take(w.scheduler.measured(w.slot_of("b").id, w.now))
+    w.take(w.scheduler.measured(w.record_of("b").id, w.now))
     w.release(tb)
     w.request(a)  # both known now: 300 + 300 fit
     assert names(w.log, Stop) == ["a"] and names(w.log, Start) == ["a", "b", "a"]
@@ -238,7 +238,7 @@ def test_measured_memory_survives_in_the_book() -> None:
     cfg = config([a], budget={"gpu0": 8000, "ram": 16000})
     w = World.of(cfg, measured={f"a/{a.variants[0].fingerprint}": {"gpu0": 5000.0, "ram": 900.0}})
     w.request(a)
-    assert w.slot_of("a").need == {"gpu0": 5000.0, "ram": 900.0}
+    assert w.record_of("a").need == {"gpu0": 5000.0, "ram": 900.0}
 
 
 def test_a_growing_figure_unloads_the_least_recently_used_engine() -> None:
@@ -253,7 +253,7 @@ def test_a_growing_figure_unloads_the_least_recently_used_engine() -> None:
     tb = w.request(b)
     w.settle()
     w.scheduler.memory.record(b, b.variants[0], Usage(700.0))  # b's KV cache filled up
-    w.take(w.scheduler.measured(w.slot_of("b").id, w.now))
+    w.take(w.scheduler.measured(w.record_of("b").id, w.now))
     assert names(w.log, Stop) == ["a"]  # idle and least recently used
     w.settle()
     assert w.running() == ["b"] and w.holds(tb) is not None
@@ -268,11 +268,11 @@ def test_a_failed_start_fails_the_requests_waiting_for_it_only() -> None:
     t_big = w.request(a, 3000)  # needs another variant: not this start's
     tb = w.request(b)
     assert w.scheduler.phase(t_big.id) is Phase.QUEUED
-    w.finish_start(w.slot_of("a"), ok=False)
+    w.finish_start(w.record_of("a"), ok=False)
     assert isinstance(w.failed[t1.id], EngineStartError) and isinstance(w.failed[t2.id], EngineStartError)
     assert t_big.id not in w.failed and tb.id not in w.failed
     assert names(w.log, Start) == ["a", "b", "a"]  # the big one now starts its own variant
-    assert w.slot_of("a").variant.context == 4096
+    assert w.record_of("a").variant.context == 4096
     w.check()
 
 
@@ -301,7 +301,7 @@ def test_unload_of_one_model_leaves_the_others() -> None:
         w.release(t)
     ids, effects = w.scheduler.unload("a", w.now)
     w.take(effects)
-    assert ids == [w.slot_of("a").id] and names(w.log, Stop) == ["a"]
+    assert ids == [w.record_of("a").id] and names(w.log, Stop) == ["a"]
     w.settle()
     assert w.running() == ["b"]
 
@@ -311,13 +311,13 @@ def test_idle_expiry_stops_only_an_engine_idle_long_enough() -> None:
     w = World.of(config([a]))
     t = w.request(a)
     w.settle()
-    slot = w.slot_of("a")
+    record = w.record_of("a")
     w.now = 100.0
-    assert w.take(w.scheduler.idle_expired(slot.id, w.now)) == []  # held
+    assert w.take(w.scheduler.idle_expired(record.id, w.now)) == []  # held
     w.release(t)
-    assert w.take(w.scheduler.idle_expired(slot.id, 105.0)) == []  # idle 5 s only
+    assert w.take(w.scheduler.idle_expired(record.id, 105.0)) == []  # idle 5 s only
     w.now = 111.0
-    assert names(w.take(w.scheduler.idle_expired(slot.id, w.now)), Stop) == ["a"]
+    assert names(w.take(w.scheduler.idle_expired(record.id, w.now)), Stop) == ["a"]
 
 
 def test_a_crashed_engine_is_cleaned_up_and_the_next_request_restarts_it() -> None:
@@ -325,7 +325,7 @@ def test_a_crashed_engine_is_cleaned_up_and_the_next_request_restarts_it() -> No
     w = World.of(config([a]))
     t = w.request(a)
     w.settle()
-    w.take(w.scheduler.crashed(w.slot_of("a").id, w.now))
+    w.take(w.scheduler.crashed(w.record_of("a").id, w.now))
     assert [e.reason for e in w.log if isinstance(e, Stop)] == ["crashed"]
     w.release(t)  # the request that was on it ends (with an error) and gives it back
     w.settle()
@@ -346,9 +346,9 @@ def test_reload_keeps_unchanged_engines_and_fails_requests_for_removed_models() 
     new = config([a, changed_b], max_engines=3)
     w.take(w.scheduler.reload(new, w.now))
     assert isinstance(w.failed[tc.id], ModelNotFound)
-    assert w.slot_of("a").model is new.models[0] and not w.slot_of("a").draining
+    assert w.record_of("a").model is new.models[0] and not w.record_of("a").draining
     assert names(w.log, Stop) == ["b"]  # changed and idle: stopped now
-    assert w.slot_of("c").unload_from is not None  # removed: stops once started
+    assert w.record_of("c").unload_from is not None  # removed: stops once started
     w.settle()
     assert w.running() == ["a"] and w.holds(ta) is not None
     w.check()
@@ -377,13 +377,13 @@ def test_learned_context_decides_the_variant() -> None:
     a = model("a", (4096, 8192), port=1001)
     w = World.of(config([a]))
     t = w.request(a)
-    w.finish_start(w.slot_of("a"), n_ctx=2048)  # -np 2: half the configured context per slot
+    w.finish_start(w.record_of("a"), n_ctx=2048)  # -np 2: half the configured context per record
     assert w.scheduler.effective_context(a, a.variants[0]) == 2048
     w.release(t)
     big = w.request(a, 3000)
     assert w.holds(big) is None and names(w.log, Stop) == ["a"]
     w.settle()
-    assert w.slot_of("a").variant.context == 8192
+    assert w.record_of("a").variant.context == 8192
 
 
 def test_shutdown_fails_the_queue_and_stops_everything() -> None:
@@ -406,10 +406,10 @@ def test_no_model_is_ever_started_twice(state: EngineState) -> None:
     w = World.of(config([a], max_engines=3))
     tickets = [w.request(a, ctx) for ctx in (0, 10, 3000, 0, 4000)]
     if state is EngineState.READY:
-        w.finish_start(w.slot_of("a"))
+        w.finish_start(w.record_of("a"))
     tickets += [w.request(a, ctx) for ctx in (0, 3500)]
     w.check()
-    assert len([s for s in w.scheduler.slots if s.model.name == "a"]) == 1
+    assert len([s for s in w.scheduler.records if s.model.name == "a"]) == 1
     for _ in range(10):  # give every lease back until nothing waits
         for t in tickets:
             if w.holds(t) is not None:
@@ -433,9 +433,9 @@ def test_a_start_that_must_wait_for_a_starting_engine_holds_later_starts_back() 
     assert w.scheduler.phase(tc.id) is Phase.QUEUED and "to finish starting" in tc.blocked_by
     td = w.request(d)  # d alone would fit by stopping b: it must not jump ahead of c
     assert names(w.log, Stop) == [] and w.scheduler.phase(td.id) is Phase.QUEUED
-    w.finish_start(w.slot_of("a"))
+    w.finish_start(w.record_of("a"))
     assert w.holds(ta) is not None
-    assert names(w.log, Stop) == ["b"] and w.slot_of("a").evict_for == tc.id  # c goes first
+    assert names(w.log, Stop) == ["b"] and w.record_of("a").evict_for == tc.id  # c goes first
     w.release(ta)
     w.settle()
     assert w.holds(tc) is not None and w.holds(td) is not None and w.running() == ["c", "d"]

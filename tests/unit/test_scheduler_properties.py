@@ -24,7 +24,7 @@ from scheduling_world import World, config, model
 from llmgw.config import Config, ModelConfig
 from llmgw.runtime import Usage
 from llmgw.scheduling.placement import Placement
-from llmgw.scheduling.scheduler import EngineState, Grant, Phase, Slot, Ticket
+from llmgw.scheduling.scheduler import EngineRecord, EngineState, Grant, Phase, Ticket
 
 QUEUE_TIMEOUT = 60.0
 
@@ -84,8 +84,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def finish_request(self, data: st.DataObject) -> None:
         ticket_id = data.draw(st.sampled_from(sorted(self.world.granted)))
-        slot = self.world.granted.pop(ticket_id)
-        self.world.take(self.s.release(slot.id, self.world.now))
+        record = self.world.granted.pop(ticket_id)
+        self.world.take(self.s.release(record.id, self.world.now))
 
     @precondition(lambda self: bool(self.world.scheduler.queue))
     @rule(data=st.data())
@@ -98,8 +98,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         """Time goes by: idle engines expire; requests past the queue timeout give up, unless their
         engine is starting or the ones in their way are stopping (those have their own timeouts)."""
         self.world.now += seconds
-        for slot in list(self.s.slots):
-            self.world.take(self.s.idle_expired(slot.id, self.world.now))
+        for record in list(self.s.records):
+            self.world.take(self.s.idle_expired(record.id, self.world.now))
         for ticket in list(self.s.queue):
             if self.world.now - ticket.arrived > QUEUE_TIMEOUT and ticket.phase not in (Phase.STARTING, Phase.STOPPING):
                 self.world.take(self.s.cancel(ticket.id, self.world.now))
@@ -109,28 +109,28 @@ class SchedulerMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.world.starting))
     @rule(data=st.data(), ok=st.booleans(), halved=st.booleans())
     def start_ends(self, data: st.DataObject, ok: bool, halved: bool) -> None:
-        slot: Slot = data.draw(st.sampled_from(self.world.starting))
-        n_ctx = slot.variant.context // 2 if halved else slot.variant.context  # e.g. -np 2
-        self.world.finish_start(slot, n_ctx, ok=ok or self.s.closed)
+        record: EngineRecord = data.draw(st.sampled_from(self.world.starting))
+        n_ctx = record.variant.context // 2 if halved else record.variant.context  # e.g. -np 2
+        self.world.finish_start(record, n_ctx, ok=ok or self.s.closed)
 
     @precondition(lambda self: bool(self.world.stopping))
     @rule(data=st.data())
     def stop_ends(self, data: st.DataObject) -> None:
         self.world.finish_stop(data.draw(st.sampled_from(self.world.stopping)))
 
-    @precondition(lambda self: any(s.state is EngineState.READY for s in self.world.scheduler.slots))
+    @precondition(lambda self: any(s.state is EngineState.READY for s in self.world.scheduler.records))
     @rule(data=st.data())
     def engine_crashes(self, data: st.DataObject) -> None:
-        slot = data.draw(st.sampled_from([s for s in self.s.slots if s.state is EngineState.READY]))
-        self.world.take(self.s.crashed(slot.id, self.world.now))
+        record = data.draw(st.sampled_from([s for s in self.s.records if s.state is EngineState.READY]))
+        self.world.take(self.s.crashed(record.id, self.world.now))
 
-    @precondition(lambda self: any(s.state is EngineState.READY for s in self.world.scheduler.slots))
+    @precondition(lambda self: any(s.state is EngineState.READY for s in self.world.scheduler.records))
     @rule(data=st.data(), mib=st.sampled_from([100.0, 300.0, 600.0]))
     def engine_measured(self, data: st.DataObject, mib: float) -> None:
-        slot = data.draw(st.sampled_from([s for s in self.s.slots if s.state is EngineState.READY]))
-        if self.s.memory.record(slot.model, slot.variant, Usage(mib)):
+        record = data.draw(st.sampled_from([s for s in self.s.records if s.state is EngineState.READY]))
+        if self.s.memory.record(record.model, record.variant, Usage(mib)):
             self.limits_changed = True
-            self.world.take(self.s.measured(slot.id, self.world.now))
+            self.world.take(self.s.measured(record.id, self.world.now))
 
     # -- operations -------------------------------------------------------------------------
 
@@ -145,8 +145,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         ticket = self.world.request(data.draw(st.sampled_from(self._models())))
         self.tickets.append(ticket)
         if ticket.id in self.world.granted:
-            slot = self.world.granted.pop(ticket.id)
-            self.world.take(self.s.release(slot.id, self.world.now))
+            record = self.world.granted.pop(ticket.id)
+            self.world.take(self.s.release(record.id, self.world.now))
 
     @rule(data=st.data(), max_engines=st.integers(1, 3))
     def reload(self, data: st.DataObject, max_engines: int) -> None:
@@ -174,13 +174,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.world.check()
         for effect in self.world.log:
             if isinstance(effect, Grant):
-                slot, ticket = effect.slot, effect.ticket
-                assert slot.state is EngineState.READY or slot.state is EngineState.STOPPING
-                assert slot.model.name == ticket.model.name
+                record, ticket = effect.record, effect.ticket
+                assert record.state is EngineState.READY or record.state is EngineState.STOPPING
+                assert record.model.name == ticket.model.name
         self.world.log.clear()
         if not self.limits_changed:
-            assert Placement(self.s.config).within_budget(self.s.slots), [
-                (s.model.name, s.need) for s in self.s.slots
+            assert Placement(self.s.config).within_budget(self.s.records), [
+                (s.model.name, s.need) for s in self.s.records
             ]
 
     def teardown(self) -> None:
@@ -189,8 +189,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         w = self.world
         for _ in range(50):  # every request ends, every start and stop completes
             for ticket_id in sorted(w.granted):
-                slot = w.granted.pop(ticket_id)
-                w.take(self.s.release(slot.id, w.now))
+                record = w.granted.pop(ticket_id)
+                w.take(self.s.release(record.id, w.now))
             if not w.starting and not w.stopping and not w.granted:
                 break
             w.settle()
@@ -198,7 +198,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             raise AssertionError("the world never settled")
         w.check()
         for ticket in self.s.queue:
-            assert "pinned" in ticket.blocked_by, (ticket.model.name, ticket.phase, ticket.blocked_by, self.s.slots)
+            assert "pinned" in ticket.blocked_by, (ticket.model.name, ticket.phase, ticket.blocked_by, self.s.records)
         w.now += QUEUE_TIMEOUT + 1
         for ticket in list(self.s.queue):
             w.take(self.s.cancel(ticket.id, w.now))

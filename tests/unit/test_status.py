@@ -167,8 +167,8 @@ async def test_progress_of_a_waiting_request(tmp_path: Path) -> None:
     assert behind is not None
     assert (behind.phase, behind.position, behind.model, behind.percent) == ("queued", 2, "b", None)
     # The engine's process runs: "loading" from now on.
-    slot = manager.engines[0]
-    watch.spawned(slot.model, slot.variant, 4242)
+    record = manager.engines[0]
+    watch.spawned(record.model, record.variant, 4242)
     loading = watch.progress(tickets[0])
     assert loading is not None and loading.phase == "loading"
     gate.set()
