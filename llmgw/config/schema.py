@@ -173,6 +173,10 @@ class Config:
                 return model
         return None
 
+    def reserve(self, model: ModelConfig) -> int:
+        """Tokens kept for the answer of a request that sets no budget (``completion_reserve``)."""
+        return model.completion_reserve or self.server.completion_reserve
+
     def strict(self, model: ModelConfig) -> bool:
         return self.server.strict_context if model.strict_context is None else model.strict_context
 
@@ -237,3 +241,11 @@ def _declared(variant: Variant) -> str:
     if variant.memory is None:
         return f"{variant.context}: measured on {'+'.join(variant.pools)}"
     return f"{variant.context}: " + " + ".join(f"{_mib(mib)} on {pool}" for pool, mib in variant.memory)
+
+
+class LiveConfig:
+    """The configuration in force. Every service that reads it holds this one object, so a reload
+    (SIGHUP) replaces the configuration in one place."""
+
+    def __init__(self, config: Config) -> None:
+        self.current = config

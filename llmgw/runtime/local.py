@@ -43,15 +43,18 @@ class ProcessRuntime:
         guard: ProcessGuard | None = None,
         probe: SystemProbe | None = None,
         slot_cache: SlotCache | None = None,
+        on_spawned: Callable[[ModelConfig, Variant, int], None] | None = None,
+        on_output: Callable[[ModelConfig, Variant, str], None] | None = None,
     ) -> None:
+        """``on_spawned`` hears of each engine process spawned (its pid), ``on_output`` of each line
+        an engine prints (the status tracker, the engine log book): plain callables, as the manager's."""
         self.http = http
         self.guard = guard
         self.probe = probe or SystemProbe()
         self.slot_cache = slot_cache  # slots are saved there before a stop
+        self.on_spawned = on_spawned
+        self.on_output = on_output
         self._closed = False
-        # Observers (StatusTracker, the engine log book); plain callables, as the manager's.
-        self.on_spawned: Callable[[ModelConfig, Variant, int], None] | None = None
-        self.on_output: Callable[[ModelConfig, Variant, str], None] | None = None
 
     def close(self) -> None:
         self._closed = True

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from llmgw.config import Config, ModelConfig, Variant
@@ -50,23 +51,44 @@ _HUNG_AFTER = 2
 _MEMORY_SECTION = "memory"
 
 
+@dataclass(frozen=True)
+class ManagerHooks:
+    """Who hears what the manager did (metrics, the status tracker): plain callables, so this
+    layer knows nothing of Prometheus or of events."""
+
+    engine_started: Callable[[str, float], None] | None = None  # model, seconds to start
+    engine_stopped: Callable[[str, str], None] | None = None  # model, reason
+    changed: Callable[[], None] | None = None  # after every batch of effects
+
+
+def new_scheduler(config: Config, state: StateStore) -> Scheduler[RunningEngine]:
+    """The scheduler an engine manager drives, with the memory figures kept in ``state``."""
+    return Scheduler(config, MemoryBook(dict(config.server.memory_budget), state.section(_MEMORY_SECTION)))
+
+
 class EngineManager:
-    def __init__(self, config: Config, runtime: Runtime, state: StateStore | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        runtime: Runtime,
+        state: StateStore | None = None,
+        scheduler: Scheduler[RunningEngine] | None = None,
+        hooks: ManagerHooks | None = None,
+    ) -> None:
+        """``scheduler``: one made with :func:`new_scheduler` when others read it too (the status
+        tracker); else the manager makes its own."""
         self.config = config
         self.runtime = runtime
         self.state = state or StateStore(None)
-        self.memory = MemoryBook(dict(config.server.memory_budget), self.state.section(_MEMORY_SECTION))
-        self.scheduler: Scheduler[RunningEngine] = Scheduler(config, self.memory)
+        self.scheduler = scheduler or new_scheduler(config, self.state)
+        self.memory = self.scheduler.memory
+        self.hooks = hooks or ManagerHooks()
         self._waiters: dict[int, asyncio.Future[EngineRecord[RunningEngine]]] = {}
         self._gone: dict[int, asyncio.Event] = {}
         self._idle: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         self._measured_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._watched: set[int] = set()  # engines whose health is watched while they serve requests
-        # Observers (metrics); plain callables so this layer knows nothing of Prometheus.
-        self.on_engine_started: Callable[[str, float], None] | None = None
-        self.on_engine_stopped: Callable[[str, str], None] | None = None
-        self.on_change: Callable[[], None] | None = None  # after every batch of effects (StatusTracker)
+        self._probed: set[int] = set()  # engines whose health is probed while they serve requests
 
     # ----------------------------------------------------------------- queries
 
@@ -107,57 +129,53 @@ class EngineManager:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self,
-        model: ModelConfig,
-        min_ctx: int = 0,
-        capability: str | None = None,
-        on_wait: Callable[[Ticket], None] | None = None,
+        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None
     ) -> AsyncIterator[RunningEngine]:
         """Hold an engine of ``model`` with at least ``min_ctx`` context for the whole block, of a
         variant serving ``capability`` (a route family; None: any).
 
         ``min_ctx`` 0 means "any variant": the running one, or the smallest if none runs.
-        ``on_wait`` is told the request's ticket when it has to wait (loading feedback).
         """
-        record = await self._acquire(model, min_ctx, capability, on_wait)
-        assert record.handle is not None  # granted engines are ready
+        async with self.reserve(model, min_ctx, capability) as reservation:
+            yield await reservation.granted()
+
+    @contextlib.asynccontextmanager
+    async def reserve(
+        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None
+    ) -> AsyncIterator[Reservation]:
+        """:meth:`lease` in two steps: the request joins the scheduler at once, and the caller
+        sees whether it waits (loading feedback) before it awaits the engine. Leaving the block
+        gives the engine back, or withdraws the request if it was never granted."""
+        loop = asyncio.get_running_loop()
+        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability)
+        future: asyncio.Future[EngineRecord[RunningEngine]] = loop.create_future()
+        self._waiters[ticket.id] = future
+        self._apply(effects)
         try:
-            yield record.handle
+            yield Reservation(self, ticket, future)
         finally:
-            now = self._now()
-            self._apply(self.scheduler.release(record.id, now))
-            if now - self._measured_at.get(record.id, now) > _REMEASURE_EVERY:
-                self._measured_at[record.id] = now
-                self._spawn(self._measure(record))
+            self._settle(ticket, future)
 
     async def ensure_engine(self, model: ModelConfig, min_ctx: int = 0) -> EngineClient:
         """Make sure a fitting engine runs (preload); does not keep a lease."""
         async with self.lease(model, min_ctx) as engine:
             return engine.client
 
-    async def _acquire(
-        self, model: ModelConfig, min_ctx: int, capability: str | None, on_wait: Callable[[Ticket], None] | None
-    ) -> EngineRecord[RunningEngine]:
-        loop = asyncio.get_running_loop()
-        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability)
-        future: asyncio.Future[EngineRecord[RunningEngine]] = loop.create_future()
-        self._waiters[ticket.id] = future
-        self._apply(effects)
-        if not future.done():
-            try:
-                if on_wait is not None:
-                    on_wait(ticket)
-                await self._wait(ticket, future)
-            except BaseException:
-                self._waiters.pop(ticket.id, None)
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    self._apply(self.scheduler.release(future.result().id, loop.time()))  # granted as we gave up
-                else:
-                    self._apply(self.scheduler.cancel(ticket.id, loop.time()))
-                raise
-        return future.result()
+    def _settle(self, ticket: Ticket, future: asyncio.Future[EngineRecord[RunningEngine]]) -> None:
+        """A reservation ends: its engine goes back, or its request leaves the queue."""
+        self._waiters.pop(ticket.id, None)
+        now = self._now()
+        if future.done() and not future.cancelled() and future.exception() is None:
+            record = future.result()
+            self._apply(self.scheduler.release(record.id, now))
+            if now - self._measured_at.get(record.id, now) > _REMEASURE_EVERY:
+                self._measured_at[record.id] = now
+                self._spawn(self._measure(record))
+        else:
+            self._apply(self.scheduler.cancel(ticket.id, now))
 
     async def _wait(self, ticket: Ticket, future: asyncio.Future[EngineRecord[RunningEngine]]) -> None:
+        """Until ``future`` is settled; raises QueueTimeout past ``queue_timeout``."""
         timeout = self.config.server.queue_timeout
         done, _ = await asyncio.wait([future], timeout=timeout)
         if done:
@@ -268,9 +286,9 @@ class EngineManager:
                     event.set()
                 self._measured_at.pop(effect.record.id, None)
         self._sync_idle_timers()
-        self._watch_busy_engines()
-        if self.on_change is not None:
-            self.on_change()
+        self._probe_busy_engines()
+        if self.hooks.changed is not None:
+            self.hooks.changed()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -290,8 +308,8 @@ class EngineManager:
             error = EngineStartError(f"model {model.name!r}: the engine could not be started ({type(exc).__name__})")
             self._apply(self.scheduler.start_failed(record.id, error, self._now()))
             return
-        if self.on_engine_started is not None:
-            self.on_engine_started(model.name, self._now() - started)
+        if self.hooks.engine_started is not None:
+            self.hooks.engine_started(model.name, self._now() - started)
         self._measured_at[record.id] = self._now()
         self._apply(self.scheduler.started(record.id, engine, engine.n_ctx, self._now()))
         await self._measure(record)
@@ -304,8 +322,8 @@ class EngineManager:
         except Exception:
             logger.exception("stopping the engine of model %r failed", record.model.name)
         finally:
-            if self.on_engine_stopped is not None:
-                self.on_engine_stopped(record.model.name, reason)
+            if self.hooks.engine_stopped is not None:
+                self.hooks.engine_stopped(record.model.name, reason)
             self._apply(self.scheduler.stopped(record.id, self._now()))
 
     async def _measure(self, record: EngineRecord[RunningEngine]) -> None:
@@ -335,13 +353,13 @@ class EngineManager:
 
     # ----------------------------------------------------------------- hung engines
 
-    def _watch_busy_engines(self) -> None:
+    def _probe_busy_engines(self) -> None:
         for record in self.scheduler.records:
-            if record.ready and record.busy and record.id not in self._watched:
-                self._watched.add(record.id)
-                self._spawn(self._watch(record))
+            if record.ready and record.busy and record.id not in self._probed:
+                self._probed.add(record.id)
+                self._spawn(self._probe_while_busy(record))
 
-    async def _watch(self, record: EngineRecord[RunningEngine]) -> None:
+    async def _probe_while_busy(self, record: EngineRecord[RunningEngine]) -> None:
         """Probe a busy engine's health; one that stops answering is killed (see Scheduler.hung)."""
         interval = record.variant.timeouts.health_check
         misses = 0
@@ -360,7 +378,7 @@ class EngineManager:
                     self._apply(self.scheduler.hung(record.id, self._now()))
                     break
         finally:
-            self._watched.discard(record.id)
+            self._probed.discard(record.id)
 
     # ----------------------------------------------------------------- idle unload
 
@@ -389,3 +407,27 @@ class EngineManager:
     @staticmethod
     def _now() -> float:
         return asyncio.get_running_loop().time()
+
+
+class Reservation:
+    """One request's claim on an engine (:meth:`EngineManager.reserve`)."""
+
+    def __init__(
+        self, manager: EngineManager, ticket: Ticket, future: asyncio.Future[EngineRecord[RunningEngine]]
+    ) -> None:
+        self.ticket = ticket
+        self._manager = manager
+        self._future = future
+
+    @property
+    def waiting(self) -> bool:
+        """True when no engine was granted at once: the request waits in the queue."""
+        return not self._future.done()
+
+    async def granted(self) -> RunningEngine:
+        """The engine, once granted; raises the scheduler's error (QueueTimeout, ContextTooLarge...)."""
+        if not self._future.done():
+            await self._manager._wait(self.ticket, self._future)
+        record = self._future.result()
+        assert record.handle is not None  # granted engines are ready
+        return record.handle

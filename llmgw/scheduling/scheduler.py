@@ -9,7 +9,7 @@ the effects.
 The rules (placement.py says which engines may run together):
 
 * A request whose model runs with enough context is granted at once, next to any others
-  (llama-server has parallel records), unless that engine is *draining* (below).
+  (llama-server has parallel slots), unless that engine is *draining* (below).
 * Otherwise it queues. Queued requests are planned in arrival order: one that needs a start
   picks the engines that must stop to make room, marks them draining, stops the idle ones at
   once and the busy ones when their last request ends, then starts its engine. A draining

@@ -1,6 +1,7 @@
-"""Server layer: Tornado application, handlers and the streaming proxy."""
+"""Server layer: the Tornado application (thin handlers), the composition root, and what the
+read-only routes show."""
 
-from llmgw.server.gateway_server import GatewayServer
-from llmgw.server.request_handler import RequestHandler
+from llmgw.server.gateway import GatewayServer
+from llmgw.server.services import Services, build
 
-__all__ = ["GatewayServer", "RequestHandler"]
+__all__ = ["GatewayServer", "Services", "build"]

@@ -18,7 +18,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, slot_cache: SlotCache | None = None) -> None:
+        """``slot_cache``: its own counters are read at each scrape."""
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "llmgw_requests", "HTTP requests served", ["route", "model", "status"], registry=self.registry
@@ -89,6 +90,8 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=(1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640),
         )
+        if slot_cache is not None:
+            self.registry.register(_SlotCacheCollector(slot_cache))
 
     def observe_answer(self, model: str, stats: AnswerStats) -> None:
         if stats.prompt_tokens:
@@ -131,9 +134,6 @@ class GatewayMetrics:
                 self.engine_memory.labels(model=record.model.name, pool=pool).set(mib)
         for ticket in queue:
             self.queued.labels(model=ticket.model.name).inc()
-
-    def watch_slot_cache(self, cache: SlotCache) -> None:
-        self.registry.register(_SlotCacheCollector(cache))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,9 +1,9 @@
 """StatusTracker: what the engines and the queue are doing, as events, load times and progress.
 
-It observes the :class:`EngineManager` through one callback (``on_change``, after every batch of
-effects) and compares the scheduler's state with what it saw last: an engine that appeared,
+The engine manager calls :meth:`StatusTracker.changed` after every batch of effects; it then
+compares the scheduler's state with what it saw last: an engine that appeared,
 became ready, started stopping or left is an ``engine`` event; a queue that changed is a
-``queue`` event. Nothing here decides anything, and the manager does not know it exists.
+``queue`` event. Nothing here decides anything: it only reads the scheduler.
 
 It also keeps each variant's last measured load time (decision to start -> ready) in the state
 file, so a request waiting for a cold start gets an estimated percentage, the first time after a
@@ -23,9 +23,8 @@ from llmgw.api.progress import LOADING, Progress
 from llmgw.config import ModelConfig, Variant
 from llmgw.events import EventBus
 from llmgw.runtime import RunningEngine
-from llmgw.scheduling.engine_manager import EngineManager
 from llmgw.scheduling.memory import launch_key
-from llmgw.scheduling.scheduler import EngineRecord, EngineState, Phase, Ticket
+from llmgw.scheduling.scheduler import EngineRecord, EngineState, Phase, Scheduler, Ticket
 from llmgw.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -61,10 +60,16 @@ class _Seen:
 
 
 class StatusTracker:
-    def __init__(self, manager: EngineManager, bus: EventBus, clock: Callable[[], float] | None = None) -> None:
-        self.manager = manager
+    def __init__(
+        self,
+        scheduler: Scheduler[RunningEngine],
+        bus: EventBus,
+        state: StateStore,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.scheduler = scheduler
         self.bus = bus
-        self.load_times = LoadTimes(manager.state)
+        self.load_times = LoadTimes(state)
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._seen: dict[int, _Seen] = {}
         self._spawned: dict[int, int] = {}  # record id -> pid, for engines whose process runs
@@ -74,9 +79,9 @@ class StatusTracker:
     # ------------------------------------------------------------------ observers
 
     def changed(self) -> None:
-        """EngineManager.on_change: compare with what was seen last, publish the differences."""
+        """After the engine manager carried out effects: publish what changed since last time."""
         now = self._clock()
-        records = {record.id: record for record in self.manager.engines}
+        records = {record.id: record for record in self.scheduler.records}
         for record in records.values():
             state = self._state(record)
             before = self._seen.get(record.id)
@@ -92,12 +97,12 @@ class StatusTracker:
         for record_id in [i for i in self._seen if i not in records]:
             seen = self._seen.pop(record_id)
             self._spawned.pop(record_id, None)
-            failed = seen.state in (EngineState.STARTING, LOADING) and not self.manager.scheduler.closed
+            failed = seen.state in (EngineState.STARTING, LOADING) and not self.scheduler.closed
             if failed:
                 self.failed[seen.model] = now
             state = "failed" if failed else "stopped"
             self.bus.publish("engine", model=seen.model, variant=seen.variant, id=record_id, state=state)
-        queue = tuple((ticket.id, ticket.phase.value) for ticket in self.manager.waiting)
+        queue = tuple((ticket.id, ticket.phase.value) for ticket in self.scheduler.queue)
         if queue != self._queue:
             self._queue = queue
             if self.bus.watched:
@@ -105,7 +110,7 @@ class StatusTracker:
 
     def spawned(self, model: ModelConfig, variant: Variant, pid: int) -> None:
         """The runtime spawned an engine process: its record is now loading."""
-        for record in self.manager.engines:
+        for record in self.scheduler.records:
             if record.state is EngineState.STARTING and record.model.name == model.name and record.variant is variant:
                 self._spawned[record.id] = pid
                 self.changed()
@@ -114,7 +119,7 @@ class StatusTracker:
     def tick(self) -> None:
         """Once a second while engines load: their progress, for pages that show a bar."""
         now = self._clock()
-        for record in self.manager.engines:
+        for record in self.scheduler.records:
             if record.state is EngineState.STARTING:
                 self.bus.publish("engine", **self.engine_event(record, now))
 
@@ -147,7 +152,7 @@ class StatusTracker:
     def status(self, model: ModelConfig) -> dict[str, Any]:
         """A model's load state in the shape of llama.cpp's router (``GET /models``): ``value`` is
         unloaded, loading, loaded or stopping; plus the running variant and its context."""
-        record = next((s for s in self.manager.engines if s.model.name == model.name), None)
+        record = next((s for s in self.scheduler.records if s.model.name == model.name), None)
         if record is None:
             status: dict[str, Any] = {"value": "unloaded"}
             if model.name in self.failed:
@@ -166,13 +171,13 @@ class StatusTracker:
 
     def progress(self, ticket: Ticket) -> Progress | None:
         """Where a waiting request stands; None once it left the queue (granted or failed)."""
-        queue = self.manager.waiting
+        queue = self.scheduler.queue
         position = next((i for i, t in enumerate(queue, 1) if t is ticket), 0)
         if not position:
             return None
         now = self._clock()
         model = ticket.model
-        own = next((s for s in self.manager.engines if s.model.name == model.name), None)
+        own = next((s for s in self.scheduler.records if s.model.name == model.name), None)
         starting = own if own is not None and own.state is EngineState.STARTING else None
         if starting is not None and ticket.phase is Phase.STARTING:
             variant = starting.variant
@@ -182,7 +187,7 @@ class StatusTracker:
             percent = load["percent"]
         else:
             try:
-                variant = self.manager.variant_for(model, ticket.min_ctx, ticket.capability)
+                variant = self.scheduler.variant_for(model, ticket.min_ctx, ticket.capability)
             except Exception:  # the wait ends with its own error; progress only describes it
                 variant = model.largest
             phase, elapsed, percent = ticket.phase.value, None, None
@@ -192,7 +197,7 @@ class StatusTracker:
             queued=len(queue),
             model=model.name,
             variant=variant.index,
-            context=self.manager.effective_context(model, variant),
+            context=self.scheduler.effective_context(model, variant),
             waited=max(now - ticket.arrived, 0.0),
             load_elapsed=elapsed,
             expected=self.load_times.expected(model, variant),
@@ -210,7 +215,7 @@ class StatusTracker:
                 "waiting": round(now - ticket.arrived, 1),
                 **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
             }
-            for position, ticket in enumerate(self.manager.waiting, 1)
+            for position, ticket in enumerate(self.scheduler.queue, 1)
         ]
 
     def _state(self, record: EngineRecord[RunningEngine]) -> str:

@@ -1,6 +1,7 @@
 """What the read-only routes show: the model list, one model, the engines and the queue, health.
 
-Plain functions of the config and the engine manager, so the handlers stay thin.
+A plain class over the configuration, the engine manager and the status tracker, so the
+handlers stay thin and the shapes are tested without Tornado.
 """
 
 from __future__ import annotations
@@ -9,87 +10,132 @@ import asyncio
 import time
 from typing import Any
 
-from llmgw.config import Config, ModelConfig
-from llmgw.errors import ModelNotFound, echo
+from llmgw.config import LiveConfig, ModelConfig
+from llmgw.errors import BadRequest, EngineNotRunning, ModelNotFound, echo
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import EngineRecord, EngineState
 from llmgw.server.status import StatusTracker
 
 
-def model_entry(
-    config: Config,
-    manager: EngineManager,
-    model: ModelConfig,
-    name: str,
-    created: int,
-    watch: StatusTracker | None = None,
-) -> dict[str, Any]:
-    """One model as OpenAI lists it, with its context (largest variant) and variants; ``name`` is the
-    name or the alias it is listed under. ``status`` is llama.cpp router's (``value``: unloaded,
-    loading, loaded or stopping), so clients written for the router (Open WebUI) show it."""
-    contexts = sorted(manager.effective_context(model, v) for v in model.variants)
-    entry: dict[str, Any] = {
-        "id": name,
-        "object": "model",
-        "created": created,
-        "owned_by": "llmgw",
-        "context_length": contexts[-1],
-        "aliases": list(model.aliases),
-        "meta": {"n_ctx": contexts[-1], "variants": contexts},
-    }
-    if name != model.name:
-        entry["alias_of"] = model.name
-    if watch is not None:
-        entry["status"] = watch.status(model)
-    return entry
+class Views:
+    def __init__(self, live: LiveConfig, manager: EngineManager, status: StatusTracker, created: int) -> None:
+        self.live = live
+        self.manager = manager
+        self.status = status
+        self.created = created  # epoch seconds: every model's "created"
 
+    def model(self, name: str) -> ModelConfig:
+        """The model called (or aliased) ``name``; 404 otherwise."""
+        config = self.live.current
+        model = config.model(name)
+        if model is None:
+            raise ModelNotFound(f"model {echo(name)} does not exist; available: {', '.join(config.model_names())}")
+        return model
 
-def models_list(
-    config: Config, manager: EngineManager, created: int, watch: StatusTracker | None = None
-) -> dict[str, Any]:
-    data = []
-    for model in config.models:
-        data.append(model_entry(config, manager, model, model.name, created, watch))
-        if config.server.list_aliases:
-            data.extend(model_entry(config, manager, model, alias, created, watch) for alias in model.aliases)
-    return {"object": "list", "data": data}
+    def model_entry(self, model: ModelConfig, name: str) -> dict[str, Any]:
+        """One model as OpenAI lists it, with its context (largest variant) and variants; ``name`` is
+        the name or the alias it is listed under. ``status`` is llama.cpp router's (``value``:
+        unloaded, loading, loaded or stopping), so clients written for the router (Open WebUI) show it."""
+        contexts = sorted(self.manager.effective_context(model, v) for v in model.variants)
+        entry: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llmgw",
+            "context_length": contexts[-1],
+            "aliases": list(model.aliases),
+            "meta": {"n_ctx": contexts[-1], "variants": contexts},
+        }
+        if name != model.name:
+            entry["alias_of"] = model.name
+        entry["status"] = self.status.status(model)
+        return entry
 
+    def models_list(self) -> dict[str, Any]:
+        config = self.live.current
+        data = []
+        for model in config.models:
+            data.append(self.model_entry(model, model.name))
+            if config.server.list_aliases:
+                data.extend(self.model_entry(model, alias) for alias in model.aliases)
+        return {"object": "list", "data": data}
 
-def model_view(
-    config: Config, manager: EngineManager, name: str, created: int, watch: StatusTracker | None = None
-) -> dict[str, Any]:
-    model = config.model(name)
-    if model is None:
-        raise ModelNotFound(f"model {echo(name)} does not exist")
-    return model_entry(config, manager, model, name, created, watch)
+    def model_view(self, name: str) -> dict[str, Any]:
+        model = self.live.current.model(name)
+        if model is None:
+            raise ModelNotFound(f"model {echo(name)} does not exist")
+        return self.model_entry(model, name)
 
+    def engine_view(self, record: EngineRecord[RunningEngine], now: float | None = None) -> dict[str, Any]:
+        now = asyncio.get_running_loop().time() if now is None else now
+        handle = record.handle
+        memory, source = self.manager.memory_of(record)
+        view: dict[str, Any] = {
+            "model": record.model.name,
+            "variant": record.variant.index,
+            "context": record.n_ctx if record.n_ctx is not None else record.variant.context,
+            "pid": handle.process.pid if handle is not None else None,
+            "state": record.state.value,
+            "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},
+            "memory_source": source,
+            "in_flight": record.in_flight,
+            "last_used": round(time.time() - (now - record.last_used), 3) if record.last_used else None,
+            "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
+            "pinned": record.model.pinned,
+            "idle_unload_in": _idle_unload_in(record, now),
+        }
+        if record.stop_reason:
+            view["stopping_because"] = record.stop_reason
+        if record.state is EngineState.STARTING:
+            view["load"] = self.status.load_progress(record, now)
+        return view
 
-def engine_view(
-    manager: EngineManager, record: EngineRecord[RunningEngine], now: float, watch: StatusTracker | None = None
-) -> dict[str, Any]:
-    handle = record.handle
-    memory, source = manager.memory_of(record)
-    return {
-        "model": record.model.name,
-        "variant": record.variant.index,
-        "context": record.n_ctx if record.n_ctx is not None else record.variant.context,
-        "pid": handle.process.pid if handle is not None else None,
-        "state": record.state.value,
-        "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},
-        "memory_source": source,
-        "in_flight": record.in_flight,
-        "last_used": round(time.time() - (now - record.last_used), 3) if record.last_used else None,
-        "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
-        "pinned": record.model.pinned,
-        "idle_unload_in": _idle_unload_in(record, now),
-        **({"stopping_because": record.stop_reason} if record.stop_reason else {}),
-        **(
-            {"load": watch.load_progress(record, now)}
-            if watch is not None and record.state is EngineState.STARTING
-            else {}
-        ),
-    }
+    def running(self) -> dict[str, Any]:
+        """What runs and what waits: GET /running."""
+        manager = self.manager
+        now = asyncio.get_running_loop().time()
+        queue = [
+            {
+                "model": ticket.model.name,
+                "min_context": ticket.min_ctx,
+                "waiting": round(now - ticket.arrived, 3),
+                "phase": ticket.phase.value,
+                **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
+            }
+            for ticket in manager.waiting
+        ]
+        return {
+            "engines": [self.engine_view(record, now) for record in manager.engines],
+            "queue": queue,
+            "in_flight": manager.in_flight,
+            "queued": manager.queued,
+        }
+
+    def health(self) -> dict[str, Any]:
+        manager = self.manager
+        ready = sum(1 for record in manager.engines if record.ready)
+        return {"status": "ok", "engines": ready, "in_flight": manager.in_flight, "queued": manager.queued}
+
+    def running_engine_for(self, name: str | None) -> str:
+        """Base URL of the running engine of ``name`` (default: server.default_model, else the only
+        engine running); never starts one."""
+        engines = [record for record in self.manager.engines if record.ready]
+        if name is None:
+            name = self.live.current.server.default_model
+        if name is None:
+            if len(engines) == 1:
+                return str(engines[0].variant.connect)
+            running = ", ".join(sorted(record.model.name for record in engines)) or "none"
+            raise BadRequest(f"say which model with ?model= (running: {running})")
+        model = self.model(name)
+        for record in engines:
+            if record.model.name == model.name:
+                return str(record.variant.connect)
+        raise EngineNotRunning(
+            f"model {model.name!r} is not running (it is not started just to answer this; "
+            "send it a request or POST /load first)"
+        )
 
 
 def _idle_unload_in(record: EngineRecord[RunningEngine], now: float) -> float | None:
@@ -99,29 +145,3 @@ def _idle_unload_in(record: EngineRecord[RunningEngine], now: float) -> float | 
     if idle <= 0 or not record.ready or record.busy or record.draining:
         return None
     return round(max(record.last_used + idle - now, 0.0), 1)
-
-
-def running(manager: EngineManager, watch: StatusTracker | None = None) -> dict[str, Any]:
-    """What runs and what waits: GET /running."""
-    now = asyncio.get_running_loop().time()
-    queue = [
-        {
-            "model": ticket.model.name,
-            "min_context": ticket.min_ctx,
-            "waiting": round(now - ticket.arrived, 3),
-            "phase": ticket.phase.value,
-            **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
-        }
-        for ticket in manager.waiting
-    ]
-    return {
-        "engines": [engine_view(manager, record, now, watch) for record in manager.engines],
-        "queue": queue,
-        "in_flight": manager.in_flight,
-        "queued": manager.queued,
-    }
-
-
-def health(manager: EngineManager) -> dict[str, Any]:
-    ready = sum(1 for record in manager.engines if record.ready)
-    return {"status": "ok", "engines": ready, "in_flight": manager.in_flight, "queued": manager.queued}

@@ -29,7 +29,6 @@ from llmgw.slotcache.keys import launch_key
 from llmgw.slotcache.store import SlotFileError, SlotStore, read_tokens
 from llmgw.upstream.client import EngineClient
 from llmgw.upstream.http import UpstreamError
-from llmgw.upstream.llamacpp import LlamaCppClient
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ class SlotCache:
         """Save every slot of the engine that holds a prompt (it is about to stop)."""
         self._fresh.pop(client, None)
         directory = self._dir(model, variant)
-        if directory is None or not isinstance(client, LlamaCppClient):
+        if directory is None or not client.saves_slots:
             return
         slots = await client.slots(min(timeout, _SLOTS_TIMEOUT))
         if slots is None:
@@ -185,7 +184,7 @@ class SlotCache:
         directory: _Dir,
         model: ModelConfig,
         key: str,
-        client: LlamaCppClient,
+        client: EngineClient,
         slot_id: int,
         n: int,
         timeout: float,
@@ -258,7 +257,7 @@ class SlotCache:
         if fresh is None:
             directory = self._dir(model, variant)
             has = directory is not None and directory.index.has_key(launch_key(model, variant))
-            fresh = _Fresh(pending=has and isinstance(client, LlamaCppClient))
+            fresh = _Fresh(pending=has and client.saves_slots)
             self._fresh[client] = fresh
         return fresh.pending
 
@@ -276,7 +275,7 @@ class SlotCache:
         cannot be had, then ``n_prompt`` tokens counted) into a slot the engine has not used."""
         fresh = self._fresh.get(client)
         directory = self._dir(model, variant)
-        if fresh is None or not fresh.pending or directory is None or not isinstance(client, LlamaCppClient):
+        if fresh is None or not fresh.pending or directory is None or not client.saves_slots:
             return None
         stats = self._stats(model.name)
         async with fresh.lock:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,10 +10,6 @@ from llmgw.errors import EngineAnswered, TokenCountError, clip
 from llmgw.upstream.client import EngineClient
 from llmgw.upstream.http import JsonReply, UpstreamCall, UpstreamError
 
-# llama-server's defaults for the logical and physical batch (-b / -ub).
-_DEFAULT_BATCH, _DEFAULT_UBATCH = 2048, 512
-_BATCH_FLAGS = {"-b": "batch", "--batch-size": "batch", "-ub": "ubatch", "--ubatch-size": "ubatch"}
-_DIGITS = re.compile(r"[0-9]+")
 _RELAYED_ERROR_LIMIT = 4096  # an engine error body relayed larger than this has its message clipped
 
 
@@ -25,23 +20,6 @@ def _engine_message(data: Any) -> str:
         if isinstance(error, dict) and isinstance(error.get("message"), str):
             return clip(error["message"])
     return "no details"
-
-
-def physical_batch(args: Sequence[str]) -> int:
-    """Longest input llama-server embeds or reranks in one go: its physical batch.
-
-    With ``--embeddings`` llama-server sets the logical batch to the physical one, and a
-    physical batch larger than the logical one is cut to it: the limit is min(-b, -ub).
-    """
-    sizes = {"batch": _DEFAULT_BATCH, "ubatch": _DEFAULT_UBATCH}
-    items = list(args)
-    for i, arg in enumerate(items):
-        name, has_value, inline = arg.partition("=")
-        which = _BATCH_FLAGS.get(name)
-        value = inline if has_value else (items[i + 1] if i + 1 < len(items) else "")
-        if which is not None and _DIGITS.fullmatch(value):
-            sizes[which] = int(value)
-    return min(sizes.values())
 
 
 class LlamaCppClient(EngineClient):
@@ -129,6 +107,10 @@ class LlamaCppClient(EngineClient):
         return UpstreamCall(self.http, self.base_url + path, body, headers, method)
 
     # ----------------------------------------------------------------- slots (the slot cache)
+
+    @property
+    def saves_slots(self) -> bool:
+        return True
 
     async def slots(self, timeout: float = 10.0) -> list[dict[str, Any]] | None:
         """``GET /slots``: per slot ``id``, and once it ran a task ``id_task`` and ``n_prompt_tokens``;

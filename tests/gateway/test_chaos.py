@@ -139,7 +139,7 @@ async def test_chaos(
 
     async def quiet() -> None:
         for _ in range(600):  # let aborted requests unwind (bounded)
-            if gw.server.manager.in_flight == 0 and gw.server.manager.queued == 0:
+            if gw.server.services.manager.in_flight == 0 and gw.server.services.manager.queued == 0:
                 break
             await asyncio.sleep(0.05)
         assert (await post(traffic.http, gw.url + "/unload", {})).code == 200
@@ -172,5 +172,5 @@ async def test_chaos(
     assert not violations, violations
     assert traffic.outcomes["ok"] > 50, traffic.outcomes
     assert len(set(actions)) == 7, actions  # every kind of chaos happened
-    assert gw.server.manager.in_flight == 0 and gw.server.manager.queued == 0
+    assert gw.server.services.manager.in_flight == 0 and gw.server.services.manager.queued == 0
     assert_no_growth(before, after)

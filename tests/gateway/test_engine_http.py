@@ -320,7 +320,7 @@ async def test_engine_connections_are_pooled_and_go_away_with_the_engine(start_g
 
     m = make_model("m", [2048])
     gw = await start_gateway([m])
-    pool = gw.server.http.pool
+    pool = gw.server.services.http.pool
     for _ in range(3):
         assert (await post(http, gw.url + CHAT, chat_body("m", max_tokens=2))).code == 200
     assert pool.idle_count(_engine_address(gw)) >= 1
@@ -342,7 +342,7 @@ async def test_a_client_that_does_not_read_stops_the_engine_being_read(start_gat
         def engine_paused() -> bool:
             # The relay's queue is full and the engine's socket is no longer read: the engine's
             # own writes block, nothing piles up in the gateway.
-            calls = list(gw.server.proxy.active)
+            calls = list(gw.server.services.proxy.active)
             conns = [call._abort_exchange.__self__.conn for call in calls if call._abort_exchange is not None]
             return bool(conns) and all(call._queue.full() for call in calls) and all(c._paused for c in conns)
 
@@ -352,7 +352,7 @@ async def test_a_client_that_does_not_read_stops_the_engine_being_read(start_gat
             await asyncio.sleep(0.05)
         assert engine_paused()
         await asyncio.sleep(0.5)
-        (call,) = gw.server.proxy.active
+        (call,) = gw.server.services.proxy.active
         assert len(call._abort_exchange.__self__.conn.buffer) < 4 * 1024 * 1024  # bounded, not the whole stream
         assert not [e for e in m.read_events() if e["event"] == "done"]
     finally:

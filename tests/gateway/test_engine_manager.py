@@ -21,7 +21,7 @@ from conftest import FakeModel, free_port, wait_for, write_config
 from llmgw.config import Config
 from llmgw.errors import EngineStartError, EngineStartTimeout, QueueTimeout, ShuttingDown
 from llmgw.runtime import EngineStatus, ProcessRuntime, RunningEngine
-from llmgw.scheduling import EngineManager
+from llmgw.scheduling import EngineManager, ManagerHooks
 from llmgw.upstream.http import EngineHTTPClient
 
 HANG = 10.0  # generous bound for things that take well under a second
@@ -87,9 +87,9 @@ class Harness:
     def config(self, models: list[FakeModel], name: str = "c.lua", **server: Any) -> Config:
         return write_config(self.tmp_path / name, models, self.port, **server)
 
-    def manager(self, models: list[FakeModel], **server: Any) -> EngineManager:
+    def manager(self, models: list[FakeModel], hooks: ManagerHooks | None = None, **server: Any) -> EngineManager:
         http = EngineHTTPClient.create()
-        manager = EngineManager(self.config(models, **server), ProcessRuntime(http))
+        manager = EngineManager(self.config(models, **server), ProcessRuntime(http), hooks=hooks)
         self.made.append((manager, http))
         return manager
 
@@ -521,11 +521,12 @@ async def test_shutdown_during_start_up_stops_the_loading_engine(
 
 async def test_switch_and_start_observers(io_loop: Any, harness: Harness, make_model: MakeModel) -> None:
     a, b = make_model("a", [2048]), make_model("b", [2048])
-    manager = harness.manager([a, b])
     stops: list[str] = []
     starts: list[str] = []
-    manager.on_engine_stopped = lambda name, reason: stops.append(name)
-    manager.on_engine_started = lambda name, seconds: starts.append(name)
+    hooks = ManagerHooks(
+        engine_started=lambda name, seconds: starts.append(name), engine_stopped=lambda name, reason: stops.append(name)
+    )
+    manager = harness.manager([a, b], hooks=hooks)
 
     await manager.ensure_engine(model_of(manager, a))
     await manager.ensure_engine(model_of(manager, a))  # already running: no switch

@@ -370,7 +370,7 @@ async def test_engine_dying_before_answering_is_502(start_gateway, make_model, h
     request = await wait_event(m, "request")
     # The request is sent while it is counted: kill the engine once the count is in too, or the
     # gateway sees an engine that died before counting (and restarts it, see test_switch_failures).
-    registry = gw.server.metrics.registry
+    registry = gw.server.services.metrics.registry
     await wait_for(lambda: (registry.get_sample_value("llmgw_tokens_counted_total", {"model": "m"}) or 0) > 0)
     os.kill(events_of(m, "start")[0]["pid"], signal.SIGKILL)
     resp = await asyncio.wait_for(pending, GUARD)

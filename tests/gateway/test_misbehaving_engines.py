@@ -29,7 +29,7 @@ def gone(pid: int) -> bool:
 
 
 async def no_lease_left(gw: Gateway) -> None:
-    manager = gw.server.manager
+    manager = gw.server.services.manager
     deadline = time.monotonic() + GUARD
     while manager.in_flight or manager.queued:
         assert time.monotonic() < deadline, (manager.in_flight, manager.queued)

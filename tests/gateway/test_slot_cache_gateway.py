@@ -45,7 +45,7 @@ def files_of(directory: Path, model: str) -> list[Path]:
 
 
 def metric(gw: Gateway, name: str, **labels: str) -> float:
-    return gw.server.metrics.registry.get_sample_value(name, labels) or 0.0
+    return gw.server.services.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -264,7 +264,7 @@ async def test_an_idle_unload_and_a_reload_save_too(start_gateway, make_model, h
     gw = await start_gateway([a], slot_cache={"dir": str(cache_dir)})
     convo = await next_turn(http, gw, "a", conversation())
     await wait_for(lambda: len(events_of(a, "slot_save")) == 1, what="the idle engine's slot to be saved")
-    await wait_for(lambda: not gw.server.manager.engines, what="the idle engine to stop")
+    await wait_for(lambda: not gw.server.services.manager.engines, what="the idle engine to stop")
     convo = await next_turn(http, gw, "a", convo)  # restored: its new engine starts from the saved slot
     assert len(events_of(a, "slot_restore")) == 1
     # A reload that changes only the threads (not the KV cache) restarts the engine; the slot

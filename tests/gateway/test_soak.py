@@ -49,7 +49,7 @@ async def test_soak(start_gateway: Callable[..., Awaitable[Gateway]], make_model
         before = snapshot()
         await asyncio.gather(*(client_loop(time.monotonic() + SECONDS) for _ in range(CLIENTS)))
         for _ in range(100):  # let aborted requests unwind
-            if gateway.server.manager.in_flight == 0:
+            if gateway.server.services.manager.in_flight == 0:
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)
@@ -61,8 +61,8 @@ async def test_soak(start_gateway: Callable[..., Awaitable[Gateway]], make_model
     # Nothing misbehaves here: every answer is complete (or a prompt too large for beta).
     assert set(outcomes) <= {"ok", "too_large", "disconnected"}, outcomes  # no error event either
     assert outcomes["ok"] > 50 and outcomes["disconnected"] > 5, outcomes
-    assert gateway.server.manager.in_flight == 0 and gateway.server.manager.queued == 0
-    starts = sum(s.value for m in gateway.server.metrics.engine_starts.collect() for s in m.samples
+    assert gateway.server.services.manager.in_flight == 0 and gateway.server.services.manager.queued == 0
+    starts = sum(s.value for m in gateway.server.services.metrics.engine_starts.collect() for s in m.samples
                  if s.name.endswith("_total"))
     assert starts > 3  # models really alternated
     assert_no_growth(before, after)

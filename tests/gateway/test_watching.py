@@ -140,10 +140,10 @@ async def test_events_stream_engines_requests_queue_and_logs(start_gateway, make
         await watcher.close()
         await quiet.close()
     for _ in range(200):  # bounded: the handler notices the closed sockets
-        if not gw.server.bus.watched:
+        if not gw.server.services.bus.watched:
             break
         await asyncio.sleep(0.02)
-    assert not gw.server.bus.watched
+    assert not gw.server.services.bus.watched
 
 
 async def test_events_for_some_models_logs_and_unknown_ones(start_gateway, make_model, http) -> None:

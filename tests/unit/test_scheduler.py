@@ -377,7 +377,7 @@ def test_learned_context_decides_the_variant() -> None:
     a = model("a", (4096, 8192), port=1001)
     w = World.of(config([a]))
     t = w.request(a)
-    w.finish_start(w.record_of("a"), n_ctx=2048)  # -np 2: half the configured context per record
+    w.finish_start(w.record_of("a"), n_ctx=2048)  # -np 2: half the configured context per slot
     assert w.scheduler.effective_context(a, a.variants[0]) == 2048
     w.release(t)
     big = w.request(a, 3000)

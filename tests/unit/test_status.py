@@ -14,7 +14,7 @@ from scheduling_world import config, model
 
 from conftest import wait_for
 from llmgw.events import DROPPED, LOG, EventBus
-from llmgw.scheduling import EngineManager
+from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
 from llmgw.scheduling.memory import launch_key
 from llmgw.scheduling.scheduler import Ticket
 from llmgw.server.status import LOAD_SECTION, StatusTracker, _percent
@@ -72,16 +72,17 @@ async def test_closing_the_bus_ends_every_wait() -> None:
     assert subscription.drain() == []
 
 
-# ----------------------------------------------------------------------------- the watch
+# ----------------------------------------------------------------------------- the status tracker
 
 
 def watched(tmp_path: Path, **kwargs: Any) -> tuple[EngineManager, FakeRuntime, StatusTracker, EventBus, Any]:
     cfg = config([model("a", (1024, 4096), port=9101), model("b", port=9102)], **kwargs)
     runtime = FakeRuntime(cfg.server.max_engines)
-    manager = EngineManager(cfg, runtime, StateStore(tmp_path))
+    state = StateStore(tmp_path)
+    scheduler = new_scheduler(cfg, state)
     bus = EventBus()
-    watch = StatusTracker(manager, bus)
-    manager.on_change = watch.changed
+    watch = StatusTracker(scheduler, bus, state)
+    manager = EngineManager(cfg, runtime, state, scheduler, ManagerHooks(changed=watch.changed))
     return manager, runtime, watch, bus, cfg
 
 
@@ -97,8 +98,10 @@ async def test_engine_lifecycle_and_queue_become_events_and_load_time_is_kept(tm
     waiting: list[Ticket] = []
 
     async def use(m: Any, ctx: int = 0) -> None:
-        async with manager.lease(m, ctx, on_wait=waiting.append):
-            pass
+        async with manager.reserve(m, ctx) as reservation:
+            if reservation.waiting:
+                waiting.append(reservation.ticket)
+            await reservation.granted()
 
     first = asyncio.ensure_future(use(a))
     await wait_for(lambda: bool(waiting), HANG, "the request to wait")
@@ -178,8 +181,10 @@ async def test_progress_of_a_waiting_request(tmp_path: Path) -> None:
 
 
 async def _hold(manager: EngineManager, m: Any, ctx: int, tickets: list[Ticket]) -> None:
-    async with manager.lease(m, ctx, on_wait=tickets.append):
-        pass
+    async with manager.reserve(m, ctx) as reservation:
+        if reservation.waiting:
+            tickets.append(reservation.ticket)
+        await reservation.granted()
 
 
 def test_percent_is_elapsed_over_the_last_load_capped_until_ready() -> None:

@@ -1,4 +1,4 @@
-"""Routes for watching the gateway: the event stream, the request history, engine output, the web page.
+"""Routes for observing the gateway: the event stream, the request history, engine output, the web page.
 
 ``GET /events`` is a server-sent event stream (one ``event:`` name and one JSON ``data:`` line
 per event; see llmgw.events). Browsers' EventSource cannot send an API key, so the page reads
@@ -15,11 +15,12 @@ from typing import Any
 from tornado import iostream, web
 
 from llmgw.events import Event, Subscription
-from llmgw.server.request_handler import RequestHandler, problem
+from llmgw.server.handlers.base import GatewayHandler, problem
+from llmgw.server.services import Services
 
 logger = logging.getLogger(__name__)
 
-UI_DIR = Path(__file__).resolve().parent.parent / "ui"
+UI_DIR = Path(__file__).resolve().parents[2] / "ui"
 KEEPALIVE = 15.0  # seconds between comment lines on a quiet event stream (proxies drop idle ones)
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -31,20 +32,26 @@ def sse(event: Event) -> bytes:
     return b"event: " + event.kind.encode() + b"\ndata: " + json.dumps(event.payload()).encode() + b"\n\n"
 
 
-class EventsHandler(RequestHandler):
+class EventsHandler(GatewayHandler):
     """``GET /events``: engine changes (with load progress), queue changes, request start and end;
     engine output lines with ``?logs=1`` (every model) or ``?logs=a,b`` (those models)."""
 
     _subscription: Subscription | None = None
+    _streaming = False  # the event stream began: an error can no longer be an answer of its own
+
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.bus = services.bus
+        self.views = services.views
 
     async def get(self) -> None:
-        subscription = self.gateway.bus.subscribe(self._logs_wanted())
+        subscription = self.bus.subscribe(self._logs_wanted())
         self._subscription = subscription
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
         try:
-            hello = {"running": self.gateway.running(), "logs": _shown(subscription.logs)}
+            hello = {"running": self.views.running(), "logs": _shown(subscription.logs)}
             await self._send(b"event: hello\ndata: " + json.dumps(hello).encode() + b"\n\n")
             while not subscription.closed:
                 events = await subscription.next(KEEPALIVE)
@@ -64,11 +71,12 @@ class EventsHandler(RequestHandler):
         if value in ("1", "true", "yes", "all", "*"):
             return "*"
         names = frozenset(name.strip() for name in value.split(",") if name.strip())
-        models = {self.gateway.selector.model(name).name for name in names}  # 404 for an unknown one
+        models = {self.views.model(name).name for name in names}  # 404 for an unknown one
         return frozenset(models)
 
     async def _send(self, data: bytes) -> None:
         self.write(data)
+        self._streaming = True
         await self.flush()
 
     def on_connection_close(self) -> None:
@@ -77,30 +85,39 @@ class EventsHandler(RequestHandler):
             self._subscription.close()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        if not self._headers_written:
+        if not self._streaming:
             super().write_error(status_code, **kwargs)
 
 
-class RequestsHandler(RequestHandler):
+class RequestsHandler(GatewayHandler):
     """``GET /api/requests[?limit=N]``: requests in flight, and the last ones answered (newest first)."""
+
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.activity = services.activity
 
     def get(self) -> None:
         limit = _limit(self.get_query_argument("limit", None))
-        log = self.gateway.activity
+        log = self.activity
         self.write_json({"in_flight": log.in_flight(), "requests": log.recent(limit)})
 
 
-class EngineLogsHandler(RequestHandler):
+class EngineLogsHandler(GatewayHandler):
     """``GET /api/logs?model=m[&limit=N]``: the last lines that model's engines printed; without
     ``model``: the models that printed any."""
 
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.engine_logs = services.engine_logs
+        self.views = services.views
+
     def get(self) -> None:
         name = self.get_query_argument("model", None)
-        logs = self.gateway.engine_logs
+        logs = self.engine_logs
         if name is None:
             self.write_json({"models": logs.models()})
             return
-        model = self.gateway.selector.model(name).name
+        model = self.views.model(name).name
         self.write_json({"model": model, "lines": logs.tail(model, _limit(self.get_query_argument("limit", None)))})
 
 

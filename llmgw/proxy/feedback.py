@@ -1,16 +1,16 @@
 """LoadingFeedback: a streaming request that waits for an engine hears about it, once a second.
 
 Without it a client that triggers a cold load waits 30-90 s with nothing on its stream, and
-many give up. When the request's lease has to wait (``EngineManager.lease``'s ``on_wait``), a
-pump task starts the response (200, ``text/event-stream``) and writes the request's progress
-(queue position, phase, estimated percentage; see StatusTracker.progress) in the dialect's own
-shape (llmgw.api.progress) until the lease is granted. From then on the engine's events follow.
+many give up. When the request's reservation has to wait (``Reservation.waiting``), a pump task
+starts the response (200, ``text/event-stream``) and writes the request's progress (queue
+position, phase, estimated percentage; see StatusTracker.progress) in the dialect's own shape
+(llmgw.api.progress) until the reservation is granted. From then on the engine's events follow.
 Once the response has begun, a failure can no longer be a status: the stream ends with the
 dialect's error event instead, never with a 200 that looks like an answer (llama-swap's
 failures look like successes).
 
-Only one task writes to the client at a time: the proxy stops the pump (:meth:`ready`) before it
-relays anything.
+Only one task writes to the client at a time: the exchange stops the pump (:meth:`ready`) before
+it relays anything.
 """
 
 from __future__ import annotations
@@ -19,16 +19,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from llmgw.api import Sizing
 from llmgw.api.progress import LOAD_PHASES, Progress, ProgressStream, Rewriter, headline, progress_stream, tick
 from llmgw.api.usage import AnswerStats
 from llmgw.errors import GatewayError
+from llmgw.proxy.sink import ClientSink, ProxyRequest
 from llmgw.scheduling.scheduler import Ticket
-
-if TYPE_CHECKING:
-    from llmgw.server.proxy import ClientSink, ProxyRequest
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +62,10 @@ class LoadingFeedback:
         stream = progress_stream(request.endpoint, mode, request.requested) if streaming else None
         return cls(stream, sink, progress, request.stats)
 
-    # ------------------------------------------------------------------ the proxy's calls
+    # ------------------------------------------------------------------ the exchange's calls
 
     def waiting(self, ticket: Ticket) -> None:
-        """The lease waits (EngineManager.lease's ``on_wait``): report until it is granted."""
+        """The reservation waits: report until it is granted."""
         if self._stream is None:
             return
         self._ticket = ticket
@@ -123,7 +120,7 @@ class LoadingFeedback:
         try:
             while not self._stop.is_set():
                 progress = self._progress(self._ticket) if self._ticket is not None else None
-                if progress is None:  # granted or failed meanwhile: the proxy takes over
+                if progress is None:  # granted or failed meanwhile: the exchange takes over
                     return
                 if not self.started:
                     self._sink.start_response(200, [("Content-Type", "text/event-stream")])
@@ -134,7 +131,7 @@ class LoadingFeedback:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), max(due - loop.time(), 0.0))
         except Exception as exc:
-            if self._sink.gone:  # the client left (ClientGone): the proxy notices on its own
+            if self._sink.gone:  # the client left (ClientGone): the exchange notices on its own
                 return
             logger.warning("loading feedback stopped: %r", exc, exc_info=True)
 

@@ -1,19 +1,29 @@
-"""Operations routes: what runs, load/unload on demand, Prometheus metrics."""
+"""Operations routes: what runs, load and unload on demand, Prometheus metrics."""
 
 from __future__ import annotations
 
 from llmgw.errors import BadRequest, GatewayError
+from llmgw.server.handlers.base import GatewayHandler
 from llmgw.server.json_body import parse_json_object
 from llmgw.server.metrics import CONTENT_TYPE
-from llmgw.server.request_handler import RequestHandler
+from llmgw.server.services import Services
 
 
-class RunningHandler(RequestHandler):
+class RunningHandler(GatewayHandler):
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+
     def get(self) -> None:
-        self.write_json(self.gateway.running())
+        self.write_json(self.views.running())
 
 
-class UnloadHandler(RequestHandler):
+class UnloadHandler(GatewayHandler):
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+        self.manager = services.manager
+
     async def post(self) -> None:
         """``{"model": m}`` stops that model's engine; no body (or no model) stops them all, each once
         the requests that arrived before are done."""
@@ -24,18 +34,24 @@ class UnloadHandler(RequestHandler):
                 if not isinstance(name, str):
                     raise BadRequest("'model' must be a string")
                 self.model_name = name
-                self.gateway.selector.model(name)  # 404 for an unknown model
-            stopped = await self.gateway.manager.unload(name)
+                self.views.model(name)  # 404 for an unknown model
+            stopped = await self.manager.unload(name)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return
         self.write_json({"status": "unloaded", "models": sorted(set(stopped))})
 
 
-class LoadHandler(RequestHandler):
+class LoadHandler(GatewayHandler):
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+        self.manager = services.manager
+
     async def post(self) -> None:
         """``{"model": m, "context": n}``: start the smallest variant holding ``n`` (placement rules apply:
         idle engines may be stopped to make room, busy ones are waited for)."""
+        manager = self.manager
         try:
             data = parse_json_object(self.request.body or b"{}").data
             if not isinstance(data.get("model"), str):
@@ -44,20 +60,25 @@ class LoadHandler(RequestHandler):
             if isinstance(context, bool) or not isinstance(context, int) or context < 0:
                 raise BadRequest("'context' must be a non-negative integer")
             self.model_name = data["model"]
-            model = self.gateway.selector.model(data["model"])
-            if context > self.gateway.manager.largest_context(model):
-                self.gateway.manager.variant_for(model, context)  # raises ContextTooLarge
-            async with self.gateway.manager.lease(model, context) as engine:
-                record = next(s for s in self.gateway.manager.engines if s.handle is engine)
-                view = self.gateway.engine_view(record)
+            model = self.views.model(data["model"])
+            if context > manager.largest_context(model):
+                manager.variant_for(model, context)  # raises ContextTooLarge
+            async with manager.lease(model, context) as engine:
+                record = next(r for r in manager.engines if r.handle is engine)
+                view = self.views.engine_view(record)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return
         self.write_json({"status": "loaded", "engine": view})
 
 
-class MetricsHandler(RequestHandler):
+class MetricsHandler(GatewayHandler):
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.manager = services.manager
+
     def get(self) -> None:
-        self.gateway.refresh_gauges()
+        manager = self.manager
+        self.metrics.refresh(self.live.current.model_names(), manager.engines, manager.waiting)
         self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(self.gateway.metrics.render())
+        self.finish(self.metrics.render())

@@ -1,0 +1,110 @@
+"""GatewayServer: a gateway's life: start (services, listeners), reload, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from tornado import httpserver, netutil
+
+from llmgw.config import Config
+from llmgw.server.app import make_app
+from llmgw.server.services import Services, build
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayServer:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._services: Services | None = None
+        self._servers: list[httpserver.HTTPServer] = []
+        self._stopped = asyncio.Event()
+        self._ticker: asyncio.Task[None] | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._services.live.current if self._services is not None else self._config
+
+    @property
+    def services(self) -> Services:
+        """The gateway's services (once started)."""
+        assert self._services is not None, "the gateway is not started"
+        return self._services
+
+    async def start(self) -> None:
+        config = self._config
+        services = self._services = build(config)
+        services.guard.start()
+        app = make_app(services)
+        self._ticker = asyncio.ensure_future(self._tick())
+        for host, port in config.server.listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sockets = netutil.bind_sockets(port, address=host, family=family)
+            server = httpserver.HTTPServer(
+                app,
+                max_body_size=config.server.max_body_bytes,
+                idle_connection_timeout=3600,
+                xheaders=False,
+            )
+            server.add_sockets(sockets)
+            self._servers.append(server)
+            for sock in sockets:
+                logger.info("listening on %s", _format_addr(sock.getsockname()))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish for ``grace`` seconds, stop the engines."""
+        grace = self.config.server.shutdown_grace if grace is None else grace
+        for server in self._servers:
+            server.stop()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        services = self._services
+        if services is not None:
+            services.bus.close()
+            manager = services.manager
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while manager.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if manager.in_flight:
+                logger.warning("shutdown: aborting %d request(s) still in flight", manager.in_flight)
+                services.proxy.abort_all()
+            await manager.shutdown()
+        for server in self._servers:
+            await server.close_all_connections()
+        self._servers.clear()
+        if services is not None:
+            services.http.close()
+            services.guard.stop()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stopped.wait()
+
+    async def reload(self, config: Config) -> None:
+        """Apply a new, already validated config (SIGHUP)."""
+        services = self.services
+        if config.server.listen != services.live.current.server.listen:
+            logger.warning("reload: listen addresses changed; restart the gateway to apply them")
+        services.live.current = config
+        services.slot_cache.configure(config)
+        await services.manager.adopt_config(config)
+        logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
+
+    async def _tick(self) -> None:
+        """Load progress once a second for watchers, while engines load."""
+        services = self.services
+        while True:
+            await asyncio.sleep(1.0)
+            if services.bus.watched:
+                services.status.tick()
+
+
+def _format_addr(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,61 @@
+"""Read-only routes about models and engines: the model list, one model, health, engine props."""
+
+from __future__ import annotations
+
+from llmgw.errors import GatewayError
+from llmgw.server.handlers.base import GatewayHandler
+from llmgw.server.services import Services
+
+
+class HealthHandler(GatewayHandler):
+    public = True
+
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+
+    def get(self) -> None:
+        self.write_json(self.views.health())
+
+
+class ModelsHandler(GatewayHandler):
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+
+    def get(self) -> None:
+        self.write_json(self.views.models_list())
+
+
+class ModelHandler(GatewayHandler):
+    """GET /v1/models/{id}: one model, by name or alias."""
+
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+
+    def get(self, name: str) -> None:
+        try:
+            self.write_json(self.views.model_view(name))
+        except GatewayError as exc:
+            self.send_gateway_error(exc)
+
+
+class EngineInfoHandler(GatewayHandler):
+    """GET /props and /slots: asked of the running engine of ``?model=`` (never started for this)."""
+
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+        self.http = services.http
+
+    async def get(self) -> None:
+        try:
+            base_url = self.views.running_engine_for(self.get_query_argument("model", None))
+        except GatewayError as exc:
+            self.send_gateway_error(exc)
+            return
+        reply = await self.http.json_exchange(base_url + self.request.path, timeout=30.0)
+        self.set_status(reply.status)
+        self.set_header("Content-Type", reply.content_type or "application/json")
+        self.finish(reply.body)

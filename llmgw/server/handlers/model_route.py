@@ -1,0 +1,166 @@
+"""POST on every model route (chat, completions, embeddings, messages, responses...): the body
+read within its limit, parsed and checked, then handed to the request path (llmgw.proxy) with
+a sink on this connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+
+from tornado import web
+from tornado.http1connection import HTTP1Connection
+
+from llmgw.api import ROUTES
+from llmgw.api.filters import apply_filters
+from llmgw.errors import BadRequest, GatewayError, clip, echo
+from llmgw.proxy import ClientGone, ProxyRequest
+from llmgw.server.activity import RequestRecord
+from llmgw.server.handlers.base import GatewayHandler, problem
+from llmgw.server.json_body import parse_json_object
+from llmgw.server.services import Services
+from llmgw.server.tornado_sink import TornadoSink
+
+logger = logging.getLogger(__name__)
+
+_DIGITS = re.compile("[0-9]+")
+
+
+@web.stream_request_body
+class ModelRouteHandler(GatewayHandler):
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.proxy = services.proxy
+        self.views = services.views
+        self.activity = services.activity
+        self.sink = TornadoSink(self)
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        self._record: RequestRecord | None = None  # in the request history once its model is known
+
+    # ------------------------------------------------------------------ the body, within its limit
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.answered:
+            return
+        limit = self.live.current.server.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        # ASCII digits only, and no int() of a huge header: str.isdigit() takes "²", int() refuses
+        # past 4300 digits, and both were 500s. Other malformed lengths are Tornado's (a bare 400).
+        if length is not None and _DIGITS.fullmatch(length) and (len(length.lstrip("0")) > 18 or int(length) > limit):
+            self._send_too_large(clip(length, 40))
+        elif length is None and isinstance(self.request.connection, HTTP1Connection):
+            # A chunked body is measured in data_received, which answers 413 itself; the
+            # connection's own cap (same limit) would cut it first with a bare "400 Bad Request".
+            self.request.connection.set_max_body_size(2**62)
+
+    def _send_too_large(self, size: int | str) -> None:
+        limit = self.live.current.server.max_body_bytes
+        message = f"request body of {size} bytes is over the limit of {limit} bytes (max_body_size)"
+        self.send_gateway_error(problem(413, message))
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._too_large:
+            return
+        if self._size > self.live.current.server.max_body_bytes:
+            self._too_large = True
+            self._chunks.clear()
+            # Answer now: Tornado then closes the connection instead of reading the rest.
+            self._send_too_large(self._size)
+        else:
+            self._chunks.append(chunk)
+
+    # ------------------------------------------------------------------ the request
+
+    async def post(self) -> None:
+        if self._too_large:
+            return  # answered by data_received
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        started = time.monotonic()
+        sink = self.sink
+        try:
+            request = self._proxy_request(body)
+            await sink.serve(self.proxy.forward(request, sink))
+        except (ClientGone, asyncio.CancelledError):
+            if not sink.gone:
+                raise
+            logger.info(
+                "[%s] client left during a %r request after %.3f s",
+                self.request_id,
+                self.model_name,
+                time.monotonic() - started,
+            )
+            return
+        except GatewayError as exc:
+            if sink.gone:
+                return
+            if not sink.started:
+                level = logging.WARNING if exc.status >= 500 else logging.INFO
+                logger.log(
+                    level,
+                    "[%s] %s %s -> %d %s",
+                    self.request_id,
+                    self.request.method,
+                    self.request.path,
+                    exc.status,
+                    exc.message,
+                )
+                self.send_gateway_error(exc)
+                return
+            logger.warning("[%s] error after the response started: %s", self.request_id, exc.message)
+        if not sink.finished and not sink.gone:
+            await sink.finish()
+
+    def _proxy_request(self, body: bytes) -> ProxyRequest:
+        """Parse and check the request, find its model, apply the model's filters."""
+        endpoint = ROUTES[self.request.path]
+        parsed = parse_json_object(body)
+        data = parsed.data
+        config = self.live.current
+        requested = data.get("model")
+        if requested is None or requested == "":
+            requested = config.server.default_model
+            if requested is None:
+                raise BadRequest("'model' is required (this gateway has no server.default_model)")
+        elif not isinstance(requested, str):
+            raise BadRequest(f"'model' must be a string, got {echo(requested)}")
+        model = self.views.model(requested)
+        self.model_name = model.name
+        if not model.serves(endpoint.capability):
+            serving = [m.name for m in config.models if m.serves(endpoint.capability)]
+            raise BadRequest(
+                f"model {model.name!r} does not serve {endpoint.capability} requests "
+                f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
+            )
+        endpoint.check(data)
+        raw = parsed.raw
+        if apply_filters(model, endpoint, data):
+            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        self._record = self.activity.begin(self.request_id, self.request.path, model.name, data.get("stream") is True)
+        return ProxyRequest(
+            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats
+        )
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        self.activity.end(
+            self._record,
+            request_id=self.request_id,
+            route=self.request.path,
+            model=self.model_name,
+            status=self.get_status(),
+            seconds=self.request.request_time(),
+            client_left=self.sink.gone,
+        )
+
+    def on_connection_close(self) -> None:
+        # Tornado's own method ends the wait for the body: a body cut short or malformed (which
+        # Tornado answers with a bare 400) would otherwise leave this handler pending for ever.
+        super().on_connection_close()
+        self.sink.left()

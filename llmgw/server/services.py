@@ -1,0 +1,63 @@
+"""The composition root: every long-lived object of a gateway, wired once, through constructors.
+
+:func:`build` is the only place that knows how the pieces fit; handlers receive the services
+they use (llmgw.server.app) and never look anything up elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from llmgw.config import Config, LiveConfig
+from llmgw.events import EventBus
+from llmgw.proxy import Proxy, TokenCounter
+from llmgw.runtime import ProcessGuard, ProcessRuntime
+from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
+from llmgw.server.activity import EngineLogs, RequestLog
+from llmgw.server.metrics import GatewayMetrics
+from llmgw.server.status import StatusTracker
+from llmgw.server.views import Views
+from llmgw.slotcache import SlotCache
+from llmgw.state import StateStore, default_state_dir
+from llmgw.upstream import EngineHTTPClient
+
+
+@dataclass(frozen=True)
+class Services:
+    live: LiveConfig  # the configuration in force (a reload replaces it there)
+    metrics: GatewayMetrics
+    bus: EventBus  # /events
+    activity: RequestLog  # requests in flight and answered
+    engine_logs: EngineLogs  # what each engine printed
+    guard: ProcessGuard  # kills the engines if the gateway dies without cleaning up
+    http: EngineHTTPClient  # pooled connections to the engines
+    slot_cache: SlotCache
+    manager: EngineManager  # which engines run, and who uses them
+    status: StatusTracker  # engine and queue events, load progress
+    proxy: Proxy  # the request path
+    views: Views  # what the read-only routes show
+
+
+def build(config: Config) -> Services:
+    """Wire a gateway for ``config``. Call it in the running event loop: Tornado's HTTP client
+    must not be made at import time."""
+    live = LiveConfig(config)
+    state = StateStore(config.server.state_dir or default_state_dir())
+    slot_cache = SlotCache(config)
+    metrics = GatewayMetrics(slot_cache)
+    bus = EventBus()
+    activity = RequestLog(bus, metrics.observe_answer)
+    engine_logs = EngineLogs(bus)
+    guard = ProcessGuard()
+    http = EngineHTTPClient.create()
+    scheduler = new_scheduler(config, state)
+    status = StatusTracker(scheduler, bus, state)
+    runtime = ProcessRuntime(http, guard, slot_cache=slot_cache, on_spawned=status.spawned, on_output=engine_logs.add)
+    hooks = ManagerHooks(
+        engine_started=metrics.observe_start, engine_stopped=metrics.observe_stop, changed=status.changed
+    )
+    manager = EngineManager(config, runtime, state, scheduler, hooks)
+    proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
+    views = Views(live, manager, status, int(time.time()))
+    return Services(live, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views)
