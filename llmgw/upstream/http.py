@@ -18,7 +18,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, Protocol
 
 from tornado import httputil
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
@@ -55,6 +55,29 @@ class JsonReply:
     content_type: str
 
 
+class CallHooks(Protocol):
+    """What an exchange tells the call it serves (UpstreamCall): how to abort it, and its head."""
+
+    def attach(self, abort: Callable[[], None]) -> None: ...
+
+    def head_received(self, status: int, headers: httputil.HTTPHeaders) -> None: ...
+
+
+class EngineRequest(HTTPRequest):
+    """An ``HTTPRequest`` with what only the engine client reads.
+
+    ``hooks``: the call that is handed the exchange's abort function and, in place of
+    ``header_callback``, the parsed head. ``retry_stale``: a request that met a pooled connection
+    the engine had closed is sent again once, on a new one (only for requests that are safe to
+    repeat, such as counting).
+    """
+
+    def __init__(self, url: str, *, hooks: CallHooks | None = None, retry_stale: bool = False, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.hooks = hooks
+        self.retry_stale = retry_stale
+
+
 class _Exchange:
     """What an abort needs to reach: the connection of the exchange in progress, if any yet."""
 
@@ -85,22 +108,20 @@ class _Plan:
         target = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self.data = request_bytes(self.method, target, url.netloc, list(request.headers.get_all()), request.body)
         self.current = _Exchange()
-        self.hook = hook = getattr(request, "llmgw_call", None)
+        # fetch() hands over its own wrapper (which applies the client's defaults); ours is inside.
+        own = getattr(request, "request", request)
+        own = own if isinstance(own, EngineRequest) else None
+        self.hook = hook = own.hooks if own is not None else None
         if hook is not None:
             hook.attach(self.current.abort)
-        self.retry = bool(getattr(request, "llmgw_retry_stale", False))
+        self.retry = own is not None and own.retry_stale
 
 
 class EngineHTTPClient(AsyncHTTPClient):
-    """One per gateway: keep-alive connections pooled per engine address, no request timeout, no
-    redirects, no decompression, no cap on concurrent requests.
-
-    Two request attributes beyond ``HTTPRequest``'s: ``llmgw_call`` (an object with
-    ``attach(abort)``, handed the exchange's abort function, and optionally
-    ``head_received(status, headers)``, called in place of ``header_callback`` with the parsed
-    head) and ``llmgw_retry_stale`` (True: a
-    request that met a pooled connection the engine had closed is sent again once, on a new one;
-    only for requests that are safe to repeat, such as counting).
+    r"""One per gateway: keep-alive connections pooled per engine address, no request timeout, no
+    redirects, no decompression, no cap on concurrent requests. Takes plain ``HTTPRequest``\ s
+    and :class:`EngineRequest`\ s; ``header_callback`` is not supported (nothing needs it: an
+    EngineRequest's hooks get the parsed head).
     """
 
     def initialize(self, defaults: dict[str, Any] | None = None) -> None:
@@ -164,20 +185,15 @@ class EngineHTTPClient(AsyncHTTPClient):
 
     async def _exchange(self, plan: _Plan, sent: Connection | None, started: float) -> HTTPResponse:
         request, current = plan.request, plan.current
-        header_callback, streaming_callback = request.header_callback, request.streaming_callback
+        streaming_callback = request.streaming_callback
         headers = httputil.HTTPHeaders()
-        head_received = getattr(plan.hook, "head_received", None)
+        hook = plan.hook
 
         def on_head(head: Head) -> None:
             for name, value in head.headers:
                 headers.add(name, value)
-            if head_received is not None:  # our own calls: the parsed head, without the text round trip
-                head_received(head.status, headers)
-            elif header_callback is not None:
-                header_callback(f"{head.version} {head.status} {head.reason}\r\n")
-                for name, value in head.headers:
-                    header_callback(f"{name}: {value}\r\n")
-                header_callback("\r\n")
+            if hook is not None:
+                hook.head_received(head.status, headers)
 
         timeout = request.request_timeout or None
         try:
@@ -232,15 +248,15 @@ class EngineHTTPClient(AsyncHTTPClient):
         meanwhile is sent again, once, on a new connection.
         """
         body = None if payload is None else json.dumps(payload).encode()
-        request = HTTPRequest(
+        request = EngineRequest(
             url,
+            retry_stale=True,
             method="GET" if body is None else "POST",
             body=body,
             headers={"Content-Type": "application/json"} if body is not None else None,
             request_timeout=timeout,
             connect_timeout=min(timeout, 10.0),
         )
-        request.llmgw_retry_stale = True  # type: ignore[attr-defined]
         try:
             response: HTTPResponse = await self.fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as exc:
@@ -294,7 +310,6 @@ class UpstreamCall:
     def __init__(
         self, http: EngineHTTPClient, url: str, body: bytes | None, headers: dict[str, str], method: str = "POST"
     ) -> None:
-        self._http = http
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(_STREAM_QUEUE_CHUNKS)
         self._head: asyncio.Future[tuple[int, httputil.HTTPHeaders]] = asyncio.get_running_loop().create_future()
         self._status = 0
@@ -303,14 +318,14 @@ class UpstreamCall:
         self._aborted = False
         self._observer: Callable[[bytes | None], None] | None = None
         self.error: UpstreamError | None = None
-        request = HTTPRequest(
+        request = EngineRequest(
             url,
+            hooks=self,
             method=method,
             body=body if method == "POST" else None,
             headers=headers,
             streaming_callback=self._on_chunk,
         )
-        request.llmgw_call = self  # type: ignore[attr-defined]
         self._ended = False  # the exchange is over: once the queue is empty, so is the body
         # fetch() starts the exchange at once (the request is written now when a pooled
         # connection is idle); its future says when it is over.
