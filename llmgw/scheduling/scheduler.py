@@ -89,6 +89,16 @@ class _Planned:
     last_used: float = 0.0
 
 
+@dataclass
+class _Walk:
+    """One walk of the queue: the decisions taken so far, which later requests must respect."""
+
+    live: list[Placed]  # what will still run once the decisions taken so far are carried out
+    planning: dict[str, Ticket] = field(default_factory=dict)  # model -> the request whose start is planned
+    draining_for: dict[int, set[int]] = field(default_factory=dict)  # request -> the engines it evicted last walk
+    held_back: bool = False  # a start could not be planned while engines start: later starts wait
+
+
 class Phase(StrEnum):
     """What a queued request waits for."""
 
@@ -392,82 +402,95 @@ class Scheduler(Generic[H]):
 
     def _pump(self, now: float) -> list[Effect[H]]:
         """Walk the queue in arrival order: grant, plan starts, stop what is in the way."""
+        walk = self._begin_walk()
         effects: list[Effect[H]] = []
-        draining_for: dict[int, set[int]] = {}
+        for ticket in list(self.queue):
+            served = self._serving(ticket)
+            if served is not None:
+                self.queue.remove(ticket)
+                effects.append(self._grant(ticket, served, now))
+            elif not self._waits_for_others(ticket, walk):
+                effects.extend(self._plan_start(ticket, walk, now))
+        effects.extend(self._stop_unloaded())
+        return effects
+
+    def _begin_walk(self) -> _Walk:
+        """Evictions are decided afresh on every walk, in arrival order: forget the last ones (but
+        remember who they were for, so a request keeps the victims it already picked)."""
+        walk = _Walk(live=[r for r in self.records if r.state is not EngineState.STOPPING and r.unload_from is None])
         for record in self.records:
             if record.evict_for is not None:
-                draining_for.setdefault(record.evict_for, set()).add(record.id)
-                record.evict_for = None  # re-decided below, in arrival order
-        # What will still run once the decisions taken so far are carried out.
-        live: list[Placed] = [s for s in self.records if s.state is not EngineState.STOPPING and s.unload_from is None]
-        planning: dict[str, Ticket] = {}
-        held_back = False
-        for ticket in list(self.queue):
-            serving = self._serving(ticket)
-            if serving is not None:
-                self.queue.remove(ticket)
-                effects.append(self._grant(ticket, serving, now))
-                continue
-            name = ticket.model.name
-            if name in planning:
-                ticket.phase = planning[name].phase
-                continue
-            own = next((s for s in self.records if s.model.name == name), None)  # one per model at most
-            if own is not None and own.state is EngineState.STARTING:
-                fits = own.variant.serves(ticket.capability)
-                fits = fits and self.effective_context(own.model, own.variant) >= ticket.min_ctx
-                ticket.phase = Phase.STARTING if fits and own.unload_from is None else Phase.QUEUED
-                continue
-            if own is not None and (own.state is EngineState.STOPPING or own.draining):
-                # Its engine is on its way out (for an earlier request, an unload or a crash): plan
-                # a new one once it is gone, without taking room from anyone meanwhile.
-                ticket.phase = Phase.STOPPING if own.state is EngineState.STOPPING else Phase.QUEUED
-                continue
-            if held_back:
-                ticket.phase = Phase.QUEUED
-                continue
-            try:
-                variant = self.variant_for(ticket.model, ticket.min_ctx, ticket.capability)
-            except ContextTooLarge as exc:  # the context learned from an engine shrank the largest
-                self.queue.remove(ticket)
-                effects.append(Fail(ticket, exc))
-                continue
-            wish = _Planned(ticket.model, variant, self.memory.need(ticket.model, variant), -ticket.id)
-            victims = self.placement.victims(wish, live, draining_for.get(ticket.id, ()))
-            if victims is None:
-                ticket.phase = Phase.QUEUED
-                ticket.blocked_by = self._blocker(wish, live)
-                # Only engines still starting (or planned) free up by themselves: wait for them
-                # before starting anything else. Pinned engines never do: don't hold others back.
-                held_back = any(not engine.ready for engine in live)
-                continue
-            planning[name] = ticket
-            for victim in victims:
-                assert isinstance(victim, EngineRecord)
-                victim.evict_for = ticket.id
-            live = [engine for engine in live if engine not in victims]
-            if self.placement.fits_beside(self.records, wish):
-                new: EngineRecord[H] = EngineRecord(
-                    next(self._record_ids), ticket.model, variant, EngineState.STARTING, dict(wish.need), now
-                )
-                self.records.append(new)
-                live.append(new)
-                effects.append(Start(new))
-                ticket.phase = Phase.STARTING
-                continue
-            live.append(wish)
-            busy = False
-            for victim in victims:
-                assert isinstance(victim, EngineRecord)
-                if victim.busy:
-                    busy = True
-                else:
-                    effects.append(self._stop(victim, f"making room for {name!r}"))
-            ticket.phase = Phase.DRAINING if busy else Phase.STOPPING
-        for record in self.records:
-            if record.unload_from is not None and record.ready and not record.busy:
-                effects.append(self._stop(record, record.stop_reason or "unloaded"))
+                walk.draining_for.setdefault(record.evict_for, set()).add(record.id)
+                record.evict_for = None
+        return walk
+
+    def _waits_for_others(self, ticket: Ticket, walk: _Walk) -> bool:
+        """True (its phase set) when the request must wait for what others do: a start planned
+        for its model, its model's engine starting or on its way out, or an earlier start that
+        could not be planned."""
+        name = ticket.model.name
+        if name in walk.planning:
+            ticket.phase = walk.planning[name].phase
+            return True
+        own = next((r for r in self.records if r.model.name == name), None)  # one per model at most
+        if own is not None and own.state is EngineState.STARTING:
+            fits = own.variant.serves(ticket.capability)
+            fits = fits and self.effective_context(own.model, own.variant) >= ticket.min_ctx
+            ticket.phase = Phase.STARTING if fits and own.unload_from is None else Phase.QUEUED
+            return True
+        if own is not None and (own.state is EngineState.STOPPING or own.draining):
+            # Its engine is on its way out (for an earlier request, an unload or a crash): plan
+            # a new one once it is gone, without taking room from anyone meanwhile.
+            ticket.phase = Phase.STOPPING if own.state is EngineState.STOPPING else Phase.QUEUED
+            return True
+        if walk.held_back:
+            ticket.phase = Phase.QUEUED
+            return True
+        return False
+
+    def _plan_start(self, ticket: Ticket, walk: _Walk, now: float) -> list[Effect[H]]:
+        """Start the request's engine now if there is room; else pick what must stop for it."""
+        try:
+            variant = self.variant_for(ticket.model, ticket.min_ctx, ticket.capability)
+        except ContextTooLarge as exc:  # the context learned from an engine shrank the largest
+            self.queue.remove(ticket)
+            return [Fail(ticket, exc)]
+        wish = _Planned(ticket.model, variant, self.memory.need(ticket.model, variant), -ticket.id)
+        victims = self.placement.victims(wish, walk.live, walk.draining_for.get(ticket.id, ()))
+        if victims is None:
+            ticket.phase = Phase.QUEUED
+            ticket.blocked_by = self._blocker(wish, walk.live)
+            # Only engines still starting (or planned) free up by themselves: wait for them
+            # before starting anything else. Pinned engines never do: don't hold others back.
+            walk.held_back = any(not engine.ready for engine in walk.live)
+            return []
+        walk.planning[ticket.model.name] = ticket
+        evicted = [victim for victim in victims if isinstance(victim, EngineRecord)]
+        assert len(evicted) == len(victims)
+        for victim in evicted:
+            victim.evict_for = ticket.id
+        walk.live = [engine for engine in walk.live if engine not in victims]
+        if self.placement.fits_beside(self.records, wish):
+            new: EngineRecord[H] = EngineRecord(
+                next(self._record_ids), ticket.model, variant, EngineState.STARTING, dict(wish.need), now
+            )
+            self.records.append(new)
+            walk.live.append(new)
+            ticket.phase = Phase.STARTING
+            return [Start(new)]
+        walk.live.append(wish)
+        reason = f"making room for {ticket.model.name!r}"
+        effects: list[Effect[H]] = [self._stop(victim, reason) for victim in evicted if not victim.busy]
+        ticket.phase = Phase.DRAINING if any(victim.busy for victim in evicted) else Phase.STOPPING
         return effects
+
+    def _stop_unloaded(self) -> list[Effect[H]]:
+        """Engines being unloaded stop once their last request is done."""
+        return [
+            self._stop(record, record.stop_reason or "unloaded")
+            for record in self.records
+            if record.unload_from is not None and record.ready and not record.busy
+        ]
 
     def _rebalance(self, now: float, reason: str) -> list[Effect[H]]:
         """Limits lowered or a figure grew: unload engines, least recently used first, until the
