@@ -73,7 +73,7 @@ class Variant:
     # None: not declared, the gateway measures it.
     pools: tuple[str, ...] = ()
     memory: tuple[tuple[str, float], ...] | None = None
-    endpoints: tuple[str, ...] | None = None  # route families it serves (None: all); see config.requests
+    endpoints: tuple[str, ...] | None = None  # route families it serves (None: all); see config.serving
     slot_cache: SlotCache | None = None  # set on generation variants of a model with slot_cache
 
     def serves(self, capability: str | None) -> bool:
@@ -124,13 +124,6 @@ class ModelConfig:
     def serves(self, capability: str | None) -> bool:
         """Some variant serves the route family."""
         return any(variant.serves(capability) for variant in self.variants)
-
-    def smallest_fitting(self, tokens: int) -> Variant | None:
-        """The variant with the smallest context that holds ``tokens``, or None."""
-        for variant in self.variants:
-            if variant.context >= tokens:
-                return variant
-        return None
 
     @property
     def largest(self) -> Variant:

@@ -7,7 +7,8 @@ import re
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from llmgw.config import caching, placement, requests
+from llmgw.config import budget as budget_keys
+from llmgw.config import caching, serving
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
@@ -162,13 +163,13 @@ def server_section(node: Node) -> ServerConfig:
         shutdown_grace=node.get_seconds("shutdown_grace", ServerConfig.shutdown_grace, allow_zero=True),
         api_keys=api_keys,
         max_engines=node.get_int("max_engines", 1, ServerConfig.max_engines),
-        memory_budget=placement.memory_budget(node.child("memory_budget")),
+        memory_budget=budget_keys.memory_budget(node.child("memory_budget")),
         state_dir=state_dir.string() if state_dir.exists() else None,
         default_model=default_model.string() if default_model.exists() else None,
         list_aliases=node.get_bool("list_aliases", True),
-        cors_origins=requests.cors_origins(node.child("cors_origins")),
+        cors_origins=serving.cors_origins(node.child("cors_origins")),
         strict_context=node.get_bool("strict_context", False),
-        loading_feedback=requests.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
+        loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
         slot_cache=caching.slot_cache(node.child("slot_cache"), None),
     )
 
@@ -255,8 +256,8 @@ def _variant(
     else:
         connect_node.fail("is required (set connect on the variant or on its model)")
     env_node = node.child("env")
-    chosen = placement.devices(node.child("devices"), budget)
-    pools = placement.variant_pools(chosen if chosen is not None else model_devices, budget)
+    chosen = budget_keys.devices(node.child("devices"), budget)
+    pools = budget_keys.variant_pools(chosen if chosen is not None else model_devices, budget)
     return Variant(
         index=index,
         binary=node.child("binary").string(),
@@ -266,8 +267,8 @@ def _variant(
         timeouts=_timeouts(node, base),
         env=_env(env_node) if env_node.exists() else (),
         pools=pools,
-        memory=placement.declared_memory(node.child("memory"), pools, budget),
-        endpoints=requests.endpoints(node.child("endpoints")),
+        memory=budget_keys.declared_memory(node.child("memory"), pools, budget),
+        endpoints=serving.endpoints(node.child("endpoints")),
     )
 
 
@@ -289,7 +290,7 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
     connect_node = model.child("connect")
     model_connect = _connect(connect_node) if connect_node.exists() else None
     timeouts = _timeouts(model, server.timeouts)
-    model_devices = placement.devices(model.child("devices"), server.memory_budget)
+    model_devices = budget_keys.devices(model.child("devices"), server.memory_budget)
 
     variants_node = model.child("variants")
     items = variants_node.items("a non-empty list of variant tables")
@@ -310,7 +311,7 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
 
     tokenization_node = model.child("tokenization")
     aliases = model.child("aliases")
-    model_endpoints = requests.endpoints(model.child("endpoints"))
+    model_endpoints = serving.endpoints(model.child("endpoints"))
     if model_endpoints is not None:
         variants = [v if v.endpoints is not None else replace(v, endpoints=model_endpoints) for v in variants]
     cache = caching.slot_cache(model.child("slot_cache"), server.slot_cache)
@@ -330,12 +331,12 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
         completion_reserve=model.opt_int("completion_reserve", 1),
         pinned=model.get_bool("pinned", False),
         exclusive=model.get_bool("exclusive", False),
-        aliases=requests.names(aliases, "a list of names") if aliases.exists() else (),
-        set_fields=requests.set_fields(model.child("set")),
-        strip_fields=requests.strip_fields(model.child("strip")),
+        aliases=serving.names(aliases, "a list of names") if aliases.exists() else (),
+        set_fields=serving.set_fields(model.child("set")),
+        strip_fields=serving.strip_fields(model.child("strip")),
         completion_limit=model.opt_int("completion_limit", 1),
         strict_context=model.get_bool("strict_context", False) if model.child("strict_context").exists() else None,
-        loading_feedback=requests.loading_feedback(model.child("loading_feedback")),
+        loading_feedback=serving.loading_feedback(model.child("loading_feedback")),
         slot_cache=cache,
     )
 
