@@ -289,3 +289,7 @@ async def running(http: AsyncHTTPClient, gw: Gateway) -> dict[str, Any]:
     return dict(json.loads(resp.body))
 
 
+async def ensure_engine(manager: Any, model: Any, min_ctx: int = 0) -> Any:
+    """Make sure a fitting engine runs (a preload), without keeping it leased; its client."""
+    async with manager.lease(model, min_ctx) as engine:
+        return engine.client

@@ -30,7 +30,7 @@ from llmgw.api.endpoints import CHAT, MESSAGES, RESPONSES, Endpoint
 from llmgw.api.errors import engine_error_event, stream_error_event
 from llmgw.errors import GatewayError
 
-REASONING, COMMENTS, NONE = "reasoning", "comments", "none"
+REASONING, NONE = "reasoning", "none"  # loading_feedback modes; the default, "comments", needs no name here
 LOADING = "loading"  # an engine whose process runs but does not answer yet
 
 
@@ -110,11 +110,9 @@ class ProgressStream:
     def __init__(self, endpoint: Endpoint, model: str) -> None:
         self.endpoint = endpoint
         self.model = model
-        self.opened = False
         self.closed = False
 
     def open(self) -> bytes:
-        self.opened = True
         return b""
 
     def text(self, text: str) -> bytes:
@@ -143,7 +141,6 @@ class ChatReasoning(ProgressStream):
     reasoning = True
 
     def open(self) -> bytes:
-        self.opened = True
         self._id = "chatcmpl-llmgw-" + uuid.uuid4().hex[:24]
         self._created = int(time.time())
         self._sent = False
@@ -170,7 +167,6 @@ class MessagesThinking(ProgressStream):
     reasoning = True
 
     def open(self) -> bytes:
-        self.opened = True
         message: dict[str, Any] = {
             "id": "msg_llmgw_" + uuid.uuid4().hex[:24],
             "type": "message",
@@ -206,7 +202,6 @@ class ResponsesReasoning(ProgressStream):
     reasoning = True
 
     def open(self) -> bytes:
-        self.opened = True
         self._item = "rs_llmgw_" + uuid.uuid4().hex[:24]
         self._text: list[str] = []
         response = {

@@ -54,10 +54,6 @@ class RunningEngine:
     n_ctx: int  # context per request as the engine reports it (may differ from variant.context)
     started_at: float = field(default_factory=time.time)
 
-    @property
-    def healthy(self) -> bool:
-        return self.process.is_running
-
 
 class Runtime(Protocol):
     async def start(self, model: ModelConfig, variant: Variant, on_crash: Callable[[], None]) -> RunningEngine:

@@ -220,9 +220,6 @@ class EngineProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self.is_running and self._proc is not None else None
 
-    def get_pid(self) -> int | None:
-        return self.pid
-
     @property
     def status(self) -> EngineStatus:
         return self._status

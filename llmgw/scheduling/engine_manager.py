@@ -40,7 +40,6 @@ from llmgw.scheduling.scheduler import (
     Ticket,
 )
 from llmgw.state import StateStore
-from llmgw.upstream.client import EngineClient
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +154,6 @@ class EngineManager:
             yield Reservation(self, ticket, future)
         finally:
             self._settle(ticket, future)
-
-    async def ensure_engine(self, model: ModelConfig, min_ctx: int = 0) -> EngineClient:
-        """Make sure a fitting engine runs (preload); does not keep a lease."""
-        async with self.lease(model, min_ctx) as engine:
-            return engine.client
 
     def _settle(self, ticket: Ticket, future: asyncio.Future[EngineRecord[RunningEngine]]) -> None:
         """A reservation ends: its engine goes back, or its request leaves the queue."""

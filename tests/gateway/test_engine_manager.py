@@ -17,11 +17,12 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from conftest import FakeModel, free_port, wait_for, write_config
+from conftest import FakeModel, ensure_engine, free_port, wait_for, write_config
 from llmgw.config import Config
 from llmgw.errors import EngineStartError, EngineStartTimeout, QueueTimeout, ShuttingDown
 from llmgw.runtime import EngineStatus, ProcessRuntime, RunningEngine
 from llmgw.scheduling import EngineManager, ManagerHooks
+from llmgw.scheduling.scheduler import EngineState, Phase
 from llmgw.upstream.http import EngineHTTPClient
 
 HANG = 10.0  # generous bound for things that take well under a second
@@ -231,7 +232,7 @@ async def test_exit_at_startup_fails_fast_with_stderr(io_loop: Any, harness: Har
     a = make_model("a", [2048], extra_args=["--fake-exit-at-startup", "3"])
     manager = harness.manager([a], engine_startup_timeout=600)
     with pytest.raises(EngineStartError) as info:  # the exit is noticed: not a 600 s start-up timeout
-        await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), HANG)
+        await asyncio.wait_for(ensure_engine(manager, model_of(manager, a)), HANG)
     assert "fake startup failure" in info.value.message
     assert "code 3" in info.value.message
     assert current(manager) is None
@@ -244,7 +245,7 @@ async def test_never_healthy_times_out_and_leaves_nothing(
     a = make_model("a", [2048], extra_args=["--fake-never-healthy"])
     manager = harness.manager([a], engine_startup_timeout=1.5)
     with pytest.raises(EngineStartTimeout) as info:
-        await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), 1.5 + HANG)
+        await asyncio.wait_for(ensure_engine(manager, model_of(manager, a)), 1.5 + HANG)
     assert info.value.status == 504
     assert current(manager) is None
     events = a.read_events()
@@ -270,7 +271,7 @@ async def test_port_in_use_is_refused(io_loop: Any, harness: Harness, make_model
     squatter.add_sockets(tornado.netutil.bind_sockets(a.port, "127.0.0.1"))
     try:
         with pytest.raises(EngineStartError) as info:
-            await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), HANG)
+            await asyncio.wait_for(ensure_engine(manager, model_of(manager, a)), HANG)
     finally:
         squatter.stop()
     assert "already in use" in info.value.message
@@ -289,7 +290,7 @@ async def test_concurrent_leases_start_one_engine(io_loop: Any, harness: Harness
             await asyncio.sleep(0.01)
             return pid_of(engine)
 
-    calls = [manager.ensure_engine(model) for _ in range(5)] + [lease_once() for _ in range(5)]
+    calls = [ensure_engine(manager, model) for _ in range(5)] + [lease_once() for _ in range(5)]
     results = await asyncio.wait_for(asyncio.gather(*calls), HANG)
     clients, pids = results[:5], results[5:]
     assert kinds(a) == ["start"]
@@ -301,7 +302,7 @@ async def test_concurrent_leases_start_one_engine(io_loop: Any, harness: Harness
 async def test_readiness_is_noticed_quickly(io_loop: Any, harness: Harness, make_model: MakeModel) -> None:
     a = make_model("a", [2048], extra_args=["--fake-load-delay", "1.0"])
     manager = harness.manager([a])
-    client = await asyncio.wait_for(manager.ensure_engine(model_of(manager, a)), HANG)
+    client = await asyncio.wait_for(ensure_engine(manager, model_of(manager, a)), HANG)
     # Not before the engine answers 200 (it answers 503 for its first second). How soon after is a
     # figure for the benchmarks (spawn to ready, benchmarks/switch.py), not for a test.
     assert await client.check_health(2.0)
@@ -324,8 +325,11 @@ async def test_switch_waits_for_leases_and_queue_is_fifo(io_loop: Any, harness: 
     await wait_for(lambda: manager.queued == 1, what="b to queue")
     late_a = harness.hold(manager, model_a, label="a2", order=order)
     await wait_for(lambda: manager.queued == 2, what="a2 to queue behind b")
-    await asyncio.sleep(0.3)
-    # a is held: b waits rather than switching, and a2 waits behind b although a runs.
+    # a is held: b waits for it to drain rather than switching (decided, not merely not yet done),
+    # and a2 waits behind b although a runs.
+    (record_a,) = manager.engines
+    assert record_a.ready and record_a.draining
+    assert [t.phase for t in manager.waiting] == [Phase.DRAINING, Phase.QUEUED]  # a2 waits for b's start
     assert order == ["a1"]
     assert not switch.acquired.is_set() and not late_a.acquired.is_set()
     assert current(manager) is engine_a and pid_of(engine_a) == pid_a
@@ -355,7 +359,7 @@ async def test_queue_timeout_while_engine_is_held(io_loop: Any, harness: Harness
     pid_a = pid_of(await holder.wait_acquired())
 
     with pytest.raises(QueueTimeout) as info:
-        await asyncio.wait_for(manager.ensure_engine(model_of(manager, b)), HANG)
+        await asyncio.wait_for(ensure_engine(manager, model_of(manager, b)), HANG)
     assert info.value.status == 503
     assert info.value.retry_after is not None and info.value.retry_after > 0
     assert manager.queued == 0
@@ -365,7 +369,7 @@ async def test_queue_timeout_while_engine_is_held(io_loop: Any, harness: Harness
     holder.release()
     await asyncio.wait_for(holder.task, HANG)
     # The queue is clean: the same switch now goes through.
-    await asyncio.wait_for(manager.ensure_engine(model_of(manager, b)), HANG)
+    await asyncio.wait_for(ensure_engine(manager, model_of(manager, b)), HANG)
     assert manager.is_running("b")
 
 
@@ -377,8 +381,9 @@ async def test_unload_waits_for_in_flight_leases(io_loop: Any, harness: Harness,
 
     unload = asyncio.ensure_future(manager.unload())
     await wait_for(lambda: all(record.draining for record in manager.engines), what="the engine to drain")
-    await asyncio.sleep(0.3)
-    assert not unload.done()
+    # The unload is decided, and its stop waits for the lease: the engine is draining, not stopping.
+    (record,) = manager.engines
+    assert record.state is EngineState.READY and record.busy and not unload.done()
     assert current(manager) is not None and kinds(a) == ["start"]  # still up, serving its lease
 
     holder.release()
@@ -392,17 +397,19 @@ async def test_unload_waits_for_in_flight_leases(io_loop: Any, harness: Harness,
 async def test_idle_engine_is_unloaded_but_never_while_leased(
     io_loop: Any, harness: Harness, make_model: MakeModel
 ) -> None:
-    a = make_model("a", [2048])
-    manager = harness.manager([a], engine_idle_timeout=0.5)
+    a, b = make_model("a", [2048]), make_model("b", [2048])
+    manager = harness.manager([a, b], engine_idle_timeout=0.5, max_engines=2)
     async with manager.lease(model_of(manager, a)) as engine:
         pid = pid_of(engine)
     # The release armed the idle timer; a lease taken now must keep the engine however long it lasts.
     holder = harness.hold(manager, model_of(manager, a))
     assert pid_of(await holder.wait_acquired()) == pid
-
-    await asyncio.sleep(1.2)  # more than twice the idle timeout, with the lease held
-    assert manager.is_running("a") and pid_of(current(manager)) == pid  # type: ignore[arg-type]
+    # b, used once after a's lease began, is the control: once its idle timer fired, a's would have.
+    await ensure_engine(manager, model_of(manager, b))
+    await wait_for(lambda: not manager.is_running("b"), what="b's idle unload")
+    assert manager.is_running("a") and next(r.handle for r in manager.engines if r.ready).process.pid == pid
     assert kinds(a) == ["start"]
+    await wait_for(lambda: all(r.model.name == "a" for r in manager.engines), what="b's engine to be gone")
 
     holder.release()
     await asyncio.wait_for(holder.task, HANG)
@@ -422,7 +429,7 @@ async def test_shutdown_stops_engine_and_refuses_leases(io_loop: Any, harness: H
     manager = harness.manager([a, b])
     holder = harness.hold(manager, model_of(manager, a))
     pid = pid_of(await holder.wait_acquired())
-    queued = asyncio.ensure_future(manager.ensure_engine(model_of(manager, b)))
+    queued = asyncio.ensure_future(ensure_engine(manager, model_of(manager, b)))
     await wait_for(lambda: manager.queued == 1, what="b to queue")
 
     await asyncio.wait_for(manager.shutdown(), HANG)
@@ -431,7 +438,7 @@ async def test_shutdown_stops_engine_and_refuses_leases(io_loop: Any, harness: H
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(queued, HANG)
     with pytest.raises(ShuttingDown) as info:
-        await manager.ensure_engine(model_of(manager, a))
+        await ensure_engine(manager, model_of(manager, a))
     assert info.value.status == 503
     assert kinds(b) == []
     holder.release()
@@ -487,7 +494,7 @@ async def test_cancelled_waiter_leaves_the_queue(io_loop: Any, harness: Harness,
     holder = harness.hold(manager, model_a)
     pid = pid_of(await holder.wait_acquired())
 
-    waiter = asyncio.ensure_future(manager.ensure_engine(model_of(manager, b)))
+    waiter = asyncio.ensure_future(ensure_engine(manager, model_of(manager, b)))
     await wait_for(lambda: manager.queued == 1, what="b to queue")
     waiter.cancel()  # e.g. the client went away
     with contextlib.suppress(asyncio.CancelledError):
@@ -507,7 +514,7 @@ async def test_shutdown_during_start_up_stops_the_loading_engine(
 ) -> None:
     a = make_model("a", [2048], extra_args=["--fake-load-delay", "60"])
     manager = harness.manager([a], engine_startup_timeout=120)
-    starting = asyncio.ensure_future(manager.ensure_engine(model_of(manager, a)))
+    starting = asyncio.ensure_future(ensure_engine(manager, model_of(manager, a)))
     await wait_for(lambda: kinds(a) == ["start"], what="the engine to start loading")
 
     await asyncio.wait_for(manager.shutdown(), HANG)  # not the 120 s start-up timeout, nor the 60 s load
@@ -528,9 +535,9 @@ async def test_switch_and_start_observers(io_loop: Any, harness: Harness, make_m
     )
     manager = harness.manager([a, b], hooks=hooks)
 
-    await manager.ensure_engine(model_of(manager, a))
-    await manager.ensure_engine(model_of(manager, a))  # already running: no switch
-    await manager.ensure_engine(model_of(manager, b))
+    await ensure_engine(manager, model_of(manager, a))
+    await ensure_engine(manager, model_of(manager, a))  # already running: no switch
+    await ensure_engine(manager, model_of(manager, b))
     await manager.unload()
     assert starts == ["a", "b"]
     assert stops == ["a", "b"]
@@ -542,7 +549,7 @@ async def test_concurrent_leases_on_a_broken_engine_try_once(
     caplog.set_level(logging.INFO)
     a = make_model("a", [2048], extra_args=["--fake-exit-at-startup", "3"])
     manager = harness.manager([a], engine_startup_timeout=60)
-    calls = [manager.ensure_engine(model_of(manager, a)) for _ in range(5)]
+    calls = [ensure_engine(manager, model_of(manager, a)) for _ in range(5)]
     results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), HANG)
     assert all(isinstance(r, EngineStartError) for r in results), results
     assert all("fake startup failure" in r.message for r in results)  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scheduling_world import config, model
 
-from conftest import wait_for
+from conftest import ensure_engine, wait_for
 from llmgw.config import Config, ModelConfig, ServerConfig
 from llmgw.errors import QueueTimeout, ShuttingDown
 from llmgw.runtime import RunningEngine, Usage
@@ -84,9 +84,9 @@ async def test_a_request_to_a_running_engine_never_waits_for_another_start(io_lo
     runtime = FakeRuntime(2)
     manager = make(config([a, b], max_engines=2), runtime)
     managers.append(manager)
-    await manager.ensure_engine(a)
+    await ensure_engine(manager, a)
     gate = runtime.gate("b")
-    starting_b = asyncio.ensure_future(manager.ensure_engine(b))
+    starting_b = asyncio.ensure_future(ensure_engine(manager, b))
     await wait_for(lambda: runtime.starts == ["a", "b"], what="b to start")
     async with leased(manager, a) as engine:  # granted while b's start is still held
         assert engine.model.name == "a" and not gate.is_set() and not starting_b.done()
@@ -136,14 +136,14 @@ async def test_a_start_blocked_by_a_pinned_engine_times_out_with_the_reason(io_l
     p, a = model("p", port=2001, pinned=True), model("a", port=2002)
     manager = make(with_server(config([p, a], max_engines=1), queue_timeout=0.3))
     managers.append(manager)
-    await manager.ensure_engine(p)
+    await ensure_engine(manager, p)
     with pytest.raises(QueueTimeout) as info:
-        await asyncio.wait_for(manager.ensure_engine(a), HANG)
+        await asyncio.wait_for(ensure_engine(manager, a), HANG)
     assert info.value.status == 503 and info.value.retry_after
     assert "pinned model(s) 'p' leave no room for 'a'" in info.value.message
     assert manager.queued == 0
     await manager.unload("p")  # an explicit unload does stop a pinned model
-    await asyncio.wait_for(manager.ensure_engine(a), HANG)
+    await asyncio.wait_for(ensure_engine(manager, a), HANG)
 
 
 async def test_many_concurrent_requests_start_each_engine_once(io_loop: Any, managers: list) -> None:
@@ -183,8 +183,8 @@ async def test_a_crashed_engine_is_stopped_and_restarted_by_the_next_request(io_
     runtime = FakeRuntime(2)
     manager = make(config([a, b], max_engines=2), runtime)
     managers.append(manager)
-    await manager.ensure_engine(a)
-    await manager.ensure_engine(b)
+    await ensure_engine(manager, a)
+    await ensure_engine(manager, b)
     runtime.crash("a")
     await wait_for(lambda: not manager.is_running("a"), what="the crash to be handled")
     assert manager.is_running("b")
@@ -203,12 +203,12 @@ async def test_measured_memory_places_engines_and_survives_a_restart(
     runtime.usage = {"a": Usage(200.0, {0: 100.0}), "b": Usage(300.0)}
     manager = make(cfg, runtime, StateStore(tmp_path))
     managers.append(manager)
-    await manager.ensure_engine(a)  # never measured: it runs alone, then it is measured
+    await ensure_engine(manager, a)  # never measured: it runs alone, then it is measured
     await wait_for(lambda: manager.memory.source(a, a.variants[0]) == "measured", what="a's measurement")
-    await manager.ensure_engine(b)  # unknown: needs the whole budget, so a makes room
+    await ensure_engine(manager, b)  # unknown: needs the whole budget, so a makes room
     assert runtime.names() == ["b"] and runtime.stops == ["a"]
     await wait_for(lambda: manager.memory.source(b, b.variants[0]) == "measured", what="b's measurement")
-    await manager.ensure_engine(a)  # 300 + 300 fit now
+    await ensure_engine(manager, a)  # 300 + 300 fit now
     assert runtime.names() == ["a", "b"]
     saved = json.loads((tmp_path / "state.json").read_text())["memory"]
     assert saved == {
@@ -221,8 +221,8 @@ async def test_measured_memory_places_engines_and_survives_a_restart(
     manager2 = make(cfg, runtime2, StateStore(tmp_path))
     managers.append(manager2)
     await manager.shutdown()
-    await manager2.ensure_engine(a)
-    await manager2.ensure_engine(b)
+    await ensure_engine(manager2, a)
+    await ensure_engine(manager2, b)
     assert runtime2.names() == ["a", "b"] and runtime2.stops == []
 
 
@@ -232,7 +232,7 @@ async def test_unload_one_model_or_all(io_loop: Any, managers: list) -> None:
     manager = make(config([a, b, c], max_engines=3), runtime)
     managers.append(manager)
     for m in (a, b, c):
-        await manager.ensure_engine(m)
+        await ensure_engine(manager, m)
     assert await manager.unload("b") == ["b"]
     assert runtime.names() == ["a", "c"]
     assert sorted(await manager.unload()) == ["a", "c"]
@@ -244,8 +244,8 @@ async def test_reload_keeps_unchanged_engines_and_stops_changed_ones(io_loop: An
     runtime = FakeRuntime(2)
     manager = make(config([a, b], max_engines=2), runtime)
     managers.append(manager)
-    await manager.ensure_engine(a)
-    await manager.ensure_engine(b)
+    await ensure_engine(manager, a)
+    await ensure_engine(manager, b)
     kept = runtime.running["127.0.0.1:2001"]
     new_b = model("b", (2048,), port=2002)
     async with leased(manager, b):
@@ -262,14 +262,14 @@ async def test_shutdown_during_a_start_fails_its_waiters_and_leaves_nothing(io_l
     runtime = FakeRuntime(1)
     manager = make(config([a]), runtime)
     runtime.gate("a")
-    waiter = asyncio.ensure_future(manager.ensure_engine(a))
+    waiter = asyncio.ensure_future(ensure_engine(manager, a))
     await wait_for(lambda: runtime.starts == ["a"], what="the start")
     await asyncio.wait_for(manager.shutdown(), HANG)
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(waiter, HANG)
     assert runtime.running == {} and manager.engines == []
     with pytest.raises(ShuttingDown):
-        await manager.ensure_engine(a)
+        await ensure_engine(manager, a)
 
 
 @st.composite
