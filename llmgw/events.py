@@ -1,6 +1,6 @@
 """EventBus: what the gateway is doing, for whoever watches (``GET /events``, the web page).
 
-Publishers (the engine watch, the request log, engine output) call :meth:`EventBus.publish`;
+Publishers (the status tracker, the request log, engine output) call :meth:`EventBus.publish`;
 it never blocks and never fails: each subscriber has a bounded queue, and a subscriber that
 does not keep up loses events instead of slowing requests down or growing the gateway's
 memory. The first event it reads after a gap is a ``dropped`` marker with the count lost, so

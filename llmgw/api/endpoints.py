@@ -35,7 +35,7 @@ class Sizing(StrEnum):
 @dataclass(frozen=True)
 class Endpoint:
     name: str  # shown in logs, metrics and events
-    capability: str  # the route family `endpoints = { ... }` lists (config.requests.CAPABILITIES)
+    capability: str  # the route family `endpoints = { ... }` lists (config.serving.CAPABILITIES)
     dialect: Dialect
     sizing: Sizing
     budget_keys: tuple[str, ...] = ()  # fields holding the completion budget, first wins

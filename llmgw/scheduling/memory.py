@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from llmgw.config import ModelConfig, Variant
-from llmgw.config.placement import TOTAL_POOL
+from llmgw.config.budget import TOTAL_POOL
 from llmgw.runtime import Usage
 
 RAM_POOL = "ram"
