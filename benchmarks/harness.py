@@ -25,8 +25,9 @@ from typing import Any
 
 import psutil
 
-from benchmarks.client import Connection, wait_http_ok
-from fake_engine.configs import FAKE_ENGINE, free_port, lua
+from benchmarks.client import Connection, wait_accepting, wait_http_ok
+from fake_engine.configs import FAKE_ENGINE, lua
+from fake_engine.configs import free_port as free_port  # re-exported: the benchmarks take ports from here
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -234,6 +235,20 @@ class DirectEngine:
         return Connection(HOST, self.spec.port)
 
 
+async def timed_launch(proc: Proc, port: int, ready_path: str, timeout: float) -> dict[str, float]:
+    """Spawn ``proc`` and time it, from the spawn, to its port accepting connections and to
+    ``GET ready_path`` answering 200 (ms). A failed launch kills the process."""
+    proc.start()
+    try:
+        accepted = await wait_accepting(HOST, port, timeout)
+        await wait_http_ok(HOST, port, ready_path, timeout, poll=0.001)
+        ready = time.perf_counter()
+    except BaseException:
+        proc.kill()
+        raise
+    return {"accept_ms": (accepted - proc.t_spawn) * 1000, "ready_ms": (ready - proc.t_spawn) * 1000}
+
+
 class GatewayProc:
     """``python -m llmgw -c config.lua`` as a subprocess (optionally under cProfile)."""
 
@@ -262,6 +277,10 @@ class GatewayProc:
         except BaseException:
             self.proc.kill()
             raise
+
+    async def launch(self, timeout: float = 60.0) -> dict[str, float]:
+        """Start it and time the launch: spawn to accepting connections, and to ``GET /health`` answering."""
+        return await timed_launch(self.proc, self.port, "/health", timeout)
 
     async def stop(self) -> float:
         """SIGTERM the gateway alone (it stops its engine), then make sure nothing is left."""
@@ -292,6 +311,51 @@ class GatewayProc:
             resp = await conn.request("GET", "/running", timeout=10)
         engines = resp.json().get("engines") or []
         return int(engines[0]["pid"]) if engines else None
+
+
+class RouterProc:
+    """llama-server's own router mode, the same binary: ``--models-preset`` with one INI section per model
+    (keys are the CLI flags without dashes) and ``--models-max 1``; requests name a model by its section."""
+
+    def __init__(self, workdir: Path, files: RealFiles, presets: dict[str, dict[str, Any]], name: str) -> None:
+        ini = workdir / f"{name}.ini"
+        sections = [f"[{model}]\nmodel = {files.model}\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+                    for model, keys in presets.items()]
+        ini.write_text("\n".join(sections))
+        self.port = free_port()
+        argv = [files.binary, "--models-preset", str(ini), "--models-max", "1", "--host", HOST, "--port",
+                str(self.port), "--no-webui"]
+        self.proc = Proc(argv, workdir / f"{name}.log", files.env)
+
+    async def start(self, timeout: float = 60.0) -> float:
+        self.proc.start()
+        try:
+            return await wait_http_ok(HOST, self.port, "/health", timeout)
+        except BaseException:
+            self.proc.kill()
+            raise
+
+    async def launch(self, timeout: float = 60.0) -> dict[str, float]:
+        """Start it and time the launch: spawn to accepting connections, and to ``GET /health`` answering."""
+        return await timed_launch(self.proc, self.port, "/health", timeout)
+
+    async def stop(self) -> float:
+        """SIGTERM the router's process group (its child engines with it)."""
+        return await self.proc.stop()
+
+    def connection(self) -> Connection:
+        return Connection(HOST, self.port)
+
+    async def child_port(self, model: str) -> int:
+        """The port of the engine the router runs for ``model`` (``/v1/models`` shows its arguments)."""
+        async with self.connection() as conn:
+            listing = (await conn.request("GET", "/v1/models", timeout=10)).json()
+        for entry in listing.get("data", []):
+            status = entry.get("status") or {}
+            args = [str(a) for a in status.get("args") or []]
+            if entry.get("id") == model and status.get("value") == "loaded" and "--port" in args:
+                return int(args[args.index("--port") + 1])
+        raise RuntimeError(f"router: no loaded engine for {model}: {listing}")
 
 
 # --------------------------------------------------------------------------- the machine

@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from benchmarks.client import Connection, Response, fetch
-from benchmarks.common import Ctx, chat
+from benchmarks.common import Ctx, Results, Target, chat
 from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, free_port
-from benchmarks.stats import ms, spread, summary
+from benchmarks.stats import fmt, mid, ms, spread, summary, table, target
 
+NAMES = ("overhead",)
+NEEDS_REAL: tuple[str, ...] = ()
 PATH = "/v1/chat/completions"
 COUNT_PATH = "/v1/chat/completions/input_tokens"
+TARGET_ADDED_MS = 1.0
+TARGET_CPU_MS = 1.5
 
 
 @dataclass
@@ -48,7 +53,7 @@ def _check(resp: Response, stream: bool) -> float:
     return resp.total
 
 
-async def run_overhead(ctx: Ctx, params: OverheadParams) -> dict[str, Any]:
+async def run(ctx: Ctx, name: str, params: OverheadParams) -> dict[str, Any]:
     spec = fake_engine(free_port(), 4096, "O")
     gw = GatewayProc(ctx.workdir, [ModelSpec("O", [spec])], name="gw-overhead", profile=ctx.profile_path("overhead"))
     small = chat("O", "Hello there, how are you?", max_tokens=8)
@@ -129,3 +134,66 @@ async def run_overhead(ctx: Ctx, params: OverheadParams) -> dict[str, Any]:
     result["gateway_requests_per_s_sequential"] = round(params.cpu_requests / wall, 1)
     result["all_ok"] = True  # _check raises on any failure
     return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def targets(results: Results) -> list[Target]:
+    ov = results["overhead"]
+    value = mid(ov["added_nonstream_ms"]["median"])
+    cpu = ov["gateway_cpu_ms_per_request"]
+    return [
+        target("3. overhead", f"added median, small non-streaming request <= {TARGET_ADDED_MS:g} ms", value,
+               value is not None and value <= TARGET_ADDED_MS, f"{fmt(ov['added_nonstream_ms']['median'], 2)} ms"),
+        target("3. overhead", f"gateway CPU per small request <= {TARGET_CPU_MS:g} ms", cpu, cpu <= TARGET_CPU_MS,
+               f"{cpu:.2f} ms"),
+    ]
+
+
+def section(results: Results) -> str:
+    ov = results["overhead"]
+    p = ov["probes"]
+    rows = []
+    for name, label in (("nonstream", "small request, not streamed"), ("stream_ttft", "streamed: time to first token"),
+                        ("health", "GET /health (no engine call via gateway)")):
+        d, g = p[f"{name}/direct"], p[f"{name}/gateway"]
+        a = ov[f"added_{name}_ms"]
+        rows.append([label, fmt(d["median"], 3), fmt(g["median"], 3), f"**{fmt(a['median'], 3)}**",
+                     fmt(d["p99"], 3), fmt(g["p99"], 3), fmt(a["p99"], 3)])
+    rows.append(["exact count: direct input_tokens call, keep-alive", fmt(p["count/direct"]["median"], 3), "", "",
+                 fmt(p["count/direct"]["p99"], 3), "", ""])
+    rows.append(["exact count: the same on a new connection (as the gateway did before pooling)",
+                 fmt(p["count_new_conn/direct"]["median"], 3), "", "", fmt(p["count_new_conn/direct"]["p99"], 3), "",
+                 ""])
+    return (f"## 3. Per-request overhead\n\nFake engine loaded, {ov['requests_per_repeat']} requests per probe and "
+            f"path per repeat, {ov['repeats']} repeats (figures: median [min, max] over the repeats)."
+            "\n\n"
+            + table(["probe", "direct median ms", "gateway median ms", "added median ms", "direct p99 ms",
+                     "gateway p99 ms", "added p99 ms"], rows)
+            + f"\nGateway CPU per small request: **{ov['gateway_cpu_ms_per_request']} ms** "
+            f"({ov['gateway_requests_per_s_sequential']} sequential requests/s through the gateway, one client).\n")
+
+
+def headlines(results: Results) -> dict[str, float | None]:
+    ov = results["overhead"]
+    out: dict[str, float | None] = {}
+    for name in ("nonstream", "stream_ttft", "health"):
+        out[f"overhead.added_{name}_median_ms"] = ov[f"added_{name}_ms"]["median"]["median"]
+        out[f"overhead.added_{name}_p99_ms"] = ov[f"added_{name}_ms"]["p99"]["median"]
+    out["overhead.gateway_cpu_ms_per_request"] = ov["gateway_cpu_ms_per_request"]
+    return out
+
+
+def plot(results: Results, path: Path) -> bool:
+    return False
+
+
+def blockers(results: Results, row: Target) -> str:
+    ov = results["overhead"]
+    engine = ("the fake engine answers it and the request one after the other (llama-server counts on its HTTP "
+              "threads, beside the generation).")
+    return (f" The gateway spends {ov['gateway_cpu_ms_per_request']:.2f} ms of CPU per such request; its floor "
+            f"(GET /health) adds {fmt(ov['added_health_ms']['median'], 3)} ms; the exact count it makes per request "
+            f"costs the engine {fmt(ov['count_direct_ms']['median'], 3)} ms straight to it on a kept-alive "
+            f"connection, as the gateway now sends it; {engine}")

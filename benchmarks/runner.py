@@ -13,27 +13,24 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks import report
 from benchmarks.common import Ctx
-from benchmarks.concurrency import ConcurrencyParams, run_concurrency
-from benchmarks.counting import CountParams, run_counting
+from benchmarks.concurrency import ConcurrencyParams
+from benchmarks.counting import CountParams
 from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real_engine_files
-from benchmarks.multi import AlternateParams, StartingParams, run_alternate, run_starting
-from benchmarks.overhead import OverheadParams, run_overhead
-from benchmarks.stream_fast import FastStreamParams, run_stream_fast
-from benchmarks.streaming import StreamParams, run_streaming
-from benchmarks.swapback import SwapbackParams, run_swapback
-from benchmarks.switch import SwitchParams, run_switch
+from benchmarks.multi import AlternateParams, StartingParams
+from benchmarks.overhead import OverheadParams
+from benchmarks.stream_fast import FastStreamParams
+from benchmarks.streaming import StreamParams
+from benchmarks.swapback import SwapbackParams
+from benchmarks.switch import SwitchParams
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("switch_fake", "switch_real", "streaming", "overhead", "counting", "concurrency", "alternate_fake",
-         "alternate_real", "starting_fake", "starting_real", "stream_fast", "swapback")
-REAL_ONLY = ("switch_real", "counting", "alternate_real", "starting_real", "swapback")
+NAMES = report.NAMES
 
 
 @dataclass
@@ -81,33 +78,15 @@ SMOKE = Plan(
 )
 
 
-def runners(plan: Plan) -> dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]:
-    return {
-        "switch_fake": lambda ctx: run_switch(ctx, "fake", plan.switch_fake),
-        "switch_real": lambda ctx: run_switch(ctx, "real", plan.switch_real),
-        "streaming": lambda ctx: run_streaming(ctx, plan.streaming),
-        "overhead": lambda ctx: run_overhead(ctx, plan.overhead),
-        "counting": lambda ctx: run_counting(ctx, plan.counting),
-        "concurrency": lambda ctx: run_concurrency(ctx, plan.concurrency),
-        "alternate_fake": lambda ctx: run_alternate(ctx, "fake", plan.alternate_fake),
-        "alternate_real": lambda ctx: run_alternate(ctx, "real", plan.alternate_real),
-        "starting_fake": lambda ctx: run_starting(ctx, "fake", plan.starting_fake),
-        "starting_real": lambda ctx: run_starting(ctx, "real", plan.starting_real),
-        "stream_fast": lambda ctx: run_stream_fast(ctx, plan.stream_fast),
-        "swapback": lambda ctx: run_swapback(ctx, plan.swapback),
-    }
-
-
 async def run_suite(ctx: Ctx, plan: Plan, names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Run the named benchmarks one after the other; an error in one is recorded, the rest still run."""
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    table = runners(plan)
     for name in names:
         ctx.log(f"== {name}")
         t0 = time.monotonic()
         try:
-            results[name] = await table[name](ctx)
+            results[name] = await report.module_of(name).run(ctx, name, getattr(plan, name))
             results[name]["duration_s"] = round(time.monotonic() - t0, 1)
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"
@@ -174,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     files, why = (None, "--no-real") if args.no_real else real_engine_files()
     if files is None:
-        for name in REAL_ONLY:
+        for name in report.NEEDS_REAL:
             if name in names:
                 names.remove(name)
                 skipped[name] = f"real engine unavailable: {why}"
