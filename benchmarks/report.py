@@ -11,14 +11,15 @@ import pstats
 from pathlib import Path
 from typing import Any
 
-from benchmarks import concurrency, counting, multi, overhead, stream_fast, streaming, swapback, switch
+from benchmarks import concurrency, counting, multi, overhead, router, stream_fast, streaming, swapback, switch
 from benchmarks.common import Benchmark, Results
 from benchmarks.stats import table
 
 HERE = Path(__file__).resolve().parent
 FINDINGS = HERE / "findings.md"
 # In report order; the runner runs them in this order too.
-MODULES: tuple[Benchmark, ...] = (switch, streaming, stream_fast, overhead, counting, concurrency, multi, swapback)
+MODULES: tuple[Benchmark, ...] = (switch, streaming, stream_fast, overhead, counting, concurrency, multi, swapback,
+                                  router)
 NAMES = tuple(name for module in MODULES for name in module.NAMES)
 NEEDS_REAL = tuple(name for module in MODULES for name in module.NEEDS_REAL)
 

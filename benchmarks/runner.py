@@ -24,6 +24,7 @@ from benchmarks.counting import CountParams
 from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real_engine_files
 from benchmarks.multi import AlternateParams, StartingParams
 from benchmarks.overhead import OverheadParams
+from benchmarks.router import RouterParams
 from benchmarks.stream_fast import FastStreamParams
 from benchmarks.streaming import StreamParams
 from benchmarks.swapback import SwapbackParams
@@ -48,6 +49,7 @@ class Plan:
     starting_real: StartingParams = field(default_factory=lambda: StartingParams(rounds=14, idle_pairs=7))
     stream_fast: FastStreamParams = field(default_factory=lambda: FastStreamParams(chunks=10000, repeats=15))
     swapback: SwapbackParams = field(default_factory=lambda: SwapbackParams(rounds=3))
+    router_real: RouterParams = field(default_factory=lambda: RouterParams(rounds=7, small_pairs=20, launches=2))
 
 
 FULL = Plan()
@@ -64,6 +66,7 @@ QUICK = Plan(
     starting_real=StartingParams(rounds=2, idle_pairs=4),
     stream_fast=FastStreamParams(chunks=10000, repeats=3, hangups=2),
     swapback=SwapbackParams(rounds=1),
+    router_real=RouterParams(rounds=1, small_pairs=6, launches=1),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
 SMOKE = Plan(

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import report  # noqa: E402
+from benchmarks import report, router  # noqa: E402
 from benchmarks.common import Ctx  # noqa: E402
 from benchmarks.harness import kill_all  # noqa: E402
 from benchmarks.runner import SMOKE, run_suite  # noqa: E402
@@ -171,3 +171,33 @@ def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
                                                           "8. while another starts (fake engine)"}
     assert "alternate_fake.difference_ms" in report.headlines(data)
     assert "counting" not in report.compare(data, data)
+
+
+def test_router_report_renders(tmp_path: Path) -> None:
+    """The router comparison needs llama-server; its analysis and report run here on made-up samples
+    of the shape its run records (shapes only: the numbers mean nothing)."""
+    direct = [{"kind": kind, "model": model, "status": 200, "stop_ms": 0.0 if kind == "cold" else 90.0,
+               "spawn_to_healthy_ms": 1200.0 + i, "request_ms": 150.0, "total_ms": 1400.0 + i}
+              for i, (kind, model) in enumerate((("cold", "A"), ("model_switch", "B"), ("model_switch", "A")))]
+
+    def path_round(offset: float) -> dict[str, Any]:
+        return {"launches": [{"accept_ms": 200.0 + offset, "ready_ms": 202.0 + offset}],
+                "switch": [dict(row, total_ms=row["total_ms"] + offset) for row in direct],
+                "small": {"path": [50.0 + offset, 51.0], "direct": [49.0, 50.0]}}
+
+    params = router.RouterParams(rounds=2, small_pairs=2, launches=0)
+    raw = {"direct": direct * 2, "gateway": [path_round(1), path_round(2)], "router": [path_round(3), path_round(4)]}
+    result = router._result(params, {"context": 256, "engine_args": [], "presets": {}}, raw)
+    for path in ("gateway", "router"):
+        assert set(result[path]["switch"]) == {"cold", "model_switch"}
+        assert result[path]["switch"]["model_switch"]["samples"] == 4
+        assert result[path]["small"]["pairs"] == 4 and result[path]["launch"]["accept_ms"]["n"] == 2
+    results = {"router_real": result}
+    rows = router.targets(results)
+    assert [row["benchmark"] for row in rows] == [router.LABEL] * 4
+    assert all(isinstance(row["met"], bool) for row in rows)
+    text = router.section(results)
+    assert "## 10. llmgw vs llama-server's router mode" in text and "(4) launch" in text
+    assert set(router.headlines(results)) >= {"router_real.gateway.launch_ms", "router_real.router.switch_ms"}
+    pytest.importorskip("matplotlib")
+    assert router.plot(results, tmp_path / "router.png") and (tmp_path / "router.png").stat().st_size > 0
