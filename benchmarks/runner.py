@@ -7,13 +7,14 @@ import asyncio
 import datetime
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(NAMES)}")
     parser.add_argument("--no-real", action="store_true", help="skip the real llama-server benchmarks")
     parser.add_argument("--profile", action="store_true", help="run every gateway under cProfile (see README)")
+    parser.add_argument("--overhead-fake-flags", metavar="FLAGS",
+                        help="extra fake-engine flags for the overhead benchmark, e.g. --overhead-fake-flags='--fake-tokens 8' "
+                             "(--fake-count-thread is added by itself when the fake engine's --help lists it)")
     parser.add_argument("--out", type=Path, help="directory for results JSON (default benchmarks/out)")
     parser.add_argument("--report-dir", type=Path,
                         help="where RESULTS.md and the PNGs go (default: benchmarks/ for a full run of everything, "
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report.write(data, args.report_dir or HERE, suffix))
         return 0
     plan = QUICK if args.quick else FULL
+    if args.overhead_fake_flags:
+        plan = replace(plan, overhead=replace(plan.overhead, fake_flags=tuple(shlex.split(args.overhead_fake_flags))))
     names = list(NAMES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in NAMES]
     if unknown:
