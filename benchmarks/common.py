@@ -33,7 +33,6 @@ class Ctx:
     real: RealFiles | None = None
     profile: bool = False  # run gateways under cProfile (profiles land in workdir)
     quiet: bool = False
-    notes: list[str] = field(default_factory=list)
     t0: float = field(default_factory=time.monotonic)
 
     def log(self, message: str) -> None:

@@ -65,7 +65,7 @@ class Source(asyncio.Protocol):
         self._can_write.set()
         self._busy = False
         self._streaming = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the answer being written (a reference keeps it alive)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
