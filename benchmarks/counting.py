@@ -48,8 +48,9 @@ async def run(ctx: Ctx, name: str, params: CountParams) -> dict[str, Any]:
     spec = real_engine(ctx.real, free_port(), CONTEXT)
     # strict_context: a budget no variant holds is refused right after the count (without it the
     # largest variant runs until its context is full, since README's "budgets bigger than any variant").
-    gw = GatewayProc(ctx.workdir, [ModelSpec("G", [spec])], name="gw-count", profile=ctx.profile_path("count"),
-                     strict_context=True)
+    gw = GatewayProc(
+        ctx.workdir, [ModelSpec("G", [spec])], name="gw-count", profile=ctx.profile_path("count"), strict_context=True
+    )
     await gw.start()
     rows: list[dict[str, Any]] = []
     try:
@@ -96,8 +97,9 @@ async def run(ctx: Ctx, name: str, params: CountParams) -> dict[str, Any]:
                         "body_bytes": len(body),
                         "direct_ms": spread(direct_ms, 2),
                         "gateway_ms": spread(gateway_ms, 2),
-                        "gateway_minus_direct_ms": spread([g - d for g, d in zip(gateway_ms, direct_ms, strict=True)],
-                                                          2),
+                        "gateway_minus_direct_ms": spread(
+                            [g - d for g, d in zip(gateway_ms, direct_ms, strict=True)], 2
+                        ),
                         "json_ms": spread(json_ms, 3),
                     }
                 )
@@ -106,9 +108,11 @@ async def run(ctx: Ctx, name: str, params: CountParams) -> dict[str, Any]:
     slope = None
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
-        slope = (last["direct_ms"]["median"] - first["direct_ms"]["median"]) / (
-            last["prompt_tokens"] - first["prompt_tokens"]
-        ) * 1000
+        slope = (
+            (last["direct_ms"]["median"] - first["direct_ms"]["median"])
+            / (last["prompt_tokens"] - first["prompt_tokens"])
+            * 1000
+        )
     return {
         "context_flag": CONTEXT,
         "context_learned": learned,
@@ -131,15 +135,34 @@ def section(results: Results) -> str:
     ct = results["counting"]
     rows = []
     for r in ct["sizes"]:
-        rows.append([r["prompt_tokens"], f"{r['body_bytes'] / 1024:.0f} KiB", fmt(r["direct_ms"], 2),
-                     fmt(r["gateway_ms"], 2), fmt(r["gateway_minus_direct_ms"], 2), fmt(r["json_ms"], 3)])
-    return (f"## 4. Token counting cost\n\nReal llama-server, one variant `-c {ct['context_flag']}` (the engine "
-            f"reports {ct['context_learned']}), {ct['repeats']} repeats. Gateway = a request rejected with 400 right "
-            f"after its count (no generation); its floor with a one-line prompt: {fmt(ct['gateway_floor_ms'], 2)} "
-            "ms.\n\n"
-            + table(["prompt tokens", "body", "direct input_tokens ms", "gateway count-and-reject ms",
-                     "gateway - direct ms", "gateway JSON loads+dumps ms"], rows)
-            + f"\nGrowth of the engine's count: {ct['direct_ms_per_1k_tokens']} ms per 1k tokens.\n")
+        rows.append(
+            [
+                r["prompt_tokens"],
+                f"{r['body_bytes'] / 1024:.0f} KiB",
+                fmt(r["direct_ms"], 2),
+                fmt(r["gateway_ms"], 2),
+                fmt(r["gateway_minus_direct_ms"], 2),
+                fmt(r["json_ms"], 3),
+            ]
+        )
+    return (
+        f"## 4. Token counting cost\n\nReal llama-server, one variant `-c {ct['context_flag']}` (the engine "
+        f"reports {ct['context_learned']}), {ct['repeats']} repeats. Gateway = a request rejected with 400 right "
+        f"after its count (no generation); its floor with a one-line prompt: {fmt(ct['gateway_floor_ms'], 2)} "
+        "ms.\n\n"
+        + table(
+            [
+                "prompt tokens",
+                "body",
+                "direct input_tokens ms",
+                "gateway count-and-reject ms",
+                "gateway - direct ms",
+                "gateway JSON loads+dumps ms",
+            ],
+            rows,
+        )
+        + f"\nGrowth of the engine's count: {ct['direct_ms_per_1k_tokens']} ms per 1k tokens.\n"
+    )
 
 
 def headlines(results: Results) -> dict[str, float | None]:

@@ -69,8 +69,14 @@ def fake_engine_flags(engine: str = FAKE_ENGINE, timeout: float = 30.0) -> froze
     ``--fake-exit-at-startup 0``: one that does not answer ``--help`` exits at once instead."""
     argv = [PYTHON, engine, "--help", "--fake-exit-at-startup", "0", "--host", HOST, "--port", "0"]
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
     return frozenset(re.findall(r"--fake-[a-z0-9-]+", out.stdout + out.stderr))
@@ -152,7 +158,11 @@ class Proc:
         with open(self.log_path, "ab") as log:
             self.t_spawn = time.perf_counter()
             self.popen = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
             )
         _LIVE.add(self)
@@ -333,12 +343,24 @@ class RouterProc:
 
     def __init__(self, workdir: Path, files: RealFiles, presets: dict[str, dict[str, Any]], name: str) -> None:
         ini = workdir / f"{name}.ini"
-        sections = [f"[{model}]\nmodel = {files.model}\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
-                    for model, keys in presets.items()]
+        sections = [
+            f"[{model}]\nmodel = {files.model}\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+            for model, keys in presets.items()
+        ]
         ini.write_text("\n".join(sections))
         self.port = free_port()
-        argv = [files.binary, "--models-preset", str(ini), "--models-max", "1", "--host", HOST, "--port",
-                str(self.port), "--no-webui"]
+        argv = [
+            files.binary,
+            "--models-preset",
+            str(ini),
+            "--models-max",
+            "1",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--no-webui",
+        ]
         self.proc = Proc(argv, workdir / f"{name}.log", files.env)
 
     async def start(self, timeout: float = 60.0) -> float:

@@ -136,8 +136,13 @@ async def run(ctx: Ctx, name: str, params: OverheadParams) -> dict[str, Any]:
     finally:
         await gw.stop()
     cpu = (c1.user + c1.system - c0.user - c0.system) / params.cpu_requests
-    result: dict[str, Any] = {"requests_per_repeat": params.requests, "repeats": params.repeats, "probes": {},
-                              "fake_flags": flags, "count_thread": COUNT_THREAD in flags}
+    result: dict[str, Any] = {
+        "requests_per_repeat": params.requests,
+        "repeats": params.repeats,
+        "probes": {},
+        "fake_flags": flags,
+        "count_thread": COUNT_THREAD in flags,
+    }
     for key in repeats[0]:
         result["probes"][key] = {
             stat: spread([rep[key][stat] for rep in repeats], 4) for stat in ("median", "p99", "min", "max")
@@ -163,10 +168,20 @@ def targets(results: Results) -> list[Target]:
     value = mid(ov["added_nonstream_ms"]["median"])
     cpu = ov["gateway_cpu_ms_per_request"]
     return [
-        target("3. overhead", f"added median, small non-streaming request <= {TARGET_ADDED_MS:g} ms", value,
-               value is not None and value <= TARGET_ADDED_MS, f"{fmt(ov['added_nonstream_ms']['median'], 2)} ms"),
-        target("3. overhead", f"gateway CPU per small request <= {TARGET_CPU_MS:g} ms", cpu, cpu <= TARGET_CPU_MS,
-               f"{cpu:.2f} ms"),
+        target(
+            "3. overhead",
+            f"added median, small non-streaming request <= {TARGET_ADDED_MS:g} ms",
+            value,
+            value is not None and value <= TARGET_ADDED_MS,
+            f"{fmt(ov['added_nonstream_ms']['median'], 2)} ms",
+        ),
+        target(
+            "3. overhead",
+            f"gateway CPU per small request <= {TARGET_CPU_MS:g} ms",
+            cpu,
+            cpu <= TARGET_CPU_MS,
+            f"{cpu:.2f} ms",
+        ),
     ]
 
 
@@ -174,11 +189,15 @@ def _engine_note(ov: dict[str, Any]) -> str:
     if "count_thread" not in ov:
         return ""
     if ov["count_thread"]:
-        how = "`--fake-count-thread`: it answers the count on a thread of its own, beside the generation, as " \
-              "llama-server does"
+        how = (
+            "`--fake-count-thread`: it answers the count on a thread of its own, beside the generation, as "
+            "llama-server does"
+        )
     else:
-        how = "no counting thread (its `--help` does not list `--fake-count-thread`): it answers the count and the " \
-              "request one after the other, so that wait is in the added figure"
+        how = (
+            "no counting thread (its `--help` does not list `--fake-count-thread`): it answers the count and the "
+            "request one after the other, so that wait is in the added figure"
+        )
     flags = " ".join(ov["fake_flags"]) or "none"
     return f" Fake engine: {how} (extra flags: `{flags}`)."
 
@@ -187,24 +206,65 @@ def section(results: Results) -> str:
     ov = results["overhead"]
     p = ov["probes"]
     rows = []
-    for name, label in (("nonstream", "small request, not streamed"), ("stream_ttft", "streamed: time to first token"),
-                        ("health", "GET /health (no engine call via gateway)")):
+    for name, label in (
+        ("nonstream", "small request, not streamed"),
+        ("stream_ttft", "streamed: time to first token"),
+        ("health", "GET /health (no engine call via gateway)"),
+    ):
         d, g = p[f"{name}/direct"], p[f"{name}/gateway"]
         a = ov[f"added_{name}_ms"]
-        rows.append([label, fmt(d["median"], 3), fmt(g["median"], 3), f"**{fmt(a['median'], 3)}**",
-                     fmt(d["p99"], 3), fmt(g["p99"], 3), fmt(a["p99"], 3)])
-    rows.append(["exact count: direct input_tokens call, keep-alive", fmt(p["count/direct"]["median"], 3), "", "",
-                 fmt(p["count/direct"]["p99"], 3), "", ""])
-    rows.append(["exact count: the same on a new connection (as the gateway did before pooling)",
-                 fmt(p["count_new_conn/direct"]["median"], 3), "", "", fmt(p["count_new_conn/direct"]["p99"], 3), "",
-                 ""])
-    return (f"## 3. Per-request overhead\n\nFake engine loaded, {ov['requests_per_repeat']} requests per probe and "
-            f"path per repeat, {ov['repeats']} repeats (figures: median [min, max] over the repeats).{_engine_note(ov)}"
-            " The same small request on the real engine, against llama-server's router: section 10.\n\n"
-            + table(["probe", "direct median ms", "gateway median ms", "added median ms", "direct p99 ms",
-                     "gateway p99 ms", "added p99 ms"], rows)
-            + f"\nGateway CPU per small request: **{ov['gateway_cpu_ms_per_request']} ms** "
-            f"({ov['gateway_requests_per_s_sequential']} sequential requests/s through the gateway, one client).\n")
+        rows.append(
+            [
+                label,
+                fmt(d["median"], 3),
+                fmt(g["median"], 3),
+                f"**{fmt(a['median'], 3)}**",
+                fmt(d["p99"], 3),
+                fmt(g["p99"], 3),
+                fmt(a["p99"], 3),
+            ]
+        )
+    rows.append(
+        [
+            "exact count: direct input_tokens call, keep-alive",
+            fmt(p["count/direct"]["median"], 3),
+            "",
+            "",
+            fmt(p["count/direct"]["p99"], 3),
+            "",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "exact count: the same on a new connection (as the gateway did before pooling)",
+            fmt(p["count_new_conn/direct"]["median"], 3),
+            "",
+            "",
+            fmt(p["count_new_conn/direct"]["p99"], 3),
+            "",
+            "",
+        ]
+    )
+    return (
+        f"## 3. Per-request overhead\n\nFake engine loaded, {ov['requests_per_repeat']} requests per probe and "
+        f"path per repeat, {ov['repeats']} repeats (figures: median [min, max] over the repeats).{_engine_note(ov)}"
+        " The same small request on the real engine, against llama-server's router: section 10.\n\n"
+        + table(
+            [
+                "probe",
+                "direct median ms",
+                "gateway median ms",
+                "added median ms",
+                "direct p99 ms",
+                "gateway p99 ms",
+                "added p99 ms",
+            ],
+            rows,
+        )
+        + f"\nGateway CPU per small request: **{ov['gateway_cpu_ms_per_request']} ms** "
+        f"({ov['gateway_requests_per_s_sequential']} sequential requests/s through the gateway, one client).\n"
+    )
 
 
 def headlines(results: Results) -> dict[str, float | None]:
@@ -226,9 +286,13 @@ def blockers(results: Results, row: Target) -> str:
     if ov.get("count_thread"):
         engine = "the fake engine counts on a thread of its own, beside the generation."
     else:
-        engine = ("the fake engine answers it and the request one after the other (llama-server counts on its HTTP "
-                  "threads, beside the generation).")
-    return (f" The gateway spends {ov['gateway_cpu_ms_per_request']:.2f} ms of CPU per such request; its floor "
-            f"(GET /health) adds {fmt(ov['added_health_ms']['median'], 3)} ms; the exact count it makes per request "
-            f"costs the engine {fmt(ov['count_direct_ms']['median'], 3)} ms straight to it on a kept-alive "
-            f"connection, as the gateway now sends it; {engine}")
+        engine = (
+            "the fake engine answers it and the request one after the other (llama-server counts on its HTTP "
+            "threads, beside the generation)."
+        )
+    return (
+        f" The gateway spends {ov['gateway_cpu_ms_per_request']:.2f} ms of CPU per such request; its floor "
+        f"(GET /health) adds {fmt(ov['added_health_ms']['median'], 3)} ms; the exact count it makes per request "
+        f"costs the engine {fmt(ov['count_direct_ms']['median'], 3)} ms straight to it on a kept-alive "
+        f"connection, as the gateway now sends it; {engine}"
+    )

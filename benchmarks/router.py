@@ -80,15 +80,22 @@ class _Paths:
         models, alternation, _, setup = switch.setup(ctx, "real")
         self.models = models[:2]  # A and B
         self.steps = alternation  # A (cold), B, A
-        self.setup = {"context": setup["contexts"][0], "engine_args": setup["engine_args"]["A"],
-                      "presets": _presets(self.models)}
+        self.setup = {
+            "context": setup["contexts"][0],
+            "engine_args": setup["engine_args"]["A"],
+            "presets": _presets(self.models),
+        }
         self.body = chat("A", "Say hello.", max_tokens=1, temperature=0)
         self.count = 0
 
     def gateway(self, tag: str) -> GatewayProc:
         self.count += 1
-        return GatewayProc(self.ctx.workdir, self.models, name=f"gw-router-cmp-{tag}-{self.count}",
-                           profile=self.ctx.profile_path(f"router-cmp-{tag}-{self.count}"))
+        return GatewayProc(
+            self.ctx.workdir,
+            self.models,
+            name=f"gw-router-cmp-{tag}-{self.count}",
+            profile=self.ctx.profile_path(f"router-cmp-{tag}-{self.count}"),
+        )
 
     def router(self, tag: str) -> RouterProc:
         self.count += 1
@@ -153,7 +160,7 @@ async def run(ctx: Ctx, name: str, params: RouterParams) -> dict[str, Any]:
     ctx.log(f"router: warm-up {time.monotonic() - t0:.1f} s")
     for r in range(params.rounds):
         order = ["direct", *PATHS]
-        order = order[r % 3:] + order[: r % 3]
+        order = order[r % 3 :] + order[: r % 3]
         ctx.log(f"router: round {r + 1}/{params.rounds} ({', '.join(order)})")
         for path in order:
             if path == "direct":
@@ -228,8 +235,7 @@ def targets(results: Results) -> list[Target]:
         if key == "launch":
             text = f"{label}: llmgw median <= {LAUNCH_TARGET_MS:g} ms"
             ok = value is not None and value <= LAUNCH_TARGET_MS
-            shown = (f"llmgw {fmt(gw)} ms (/health {fmt(res['gateway']['launch']['ready_ms'])} ms); router "
-                     f"{fmt(rt)} ms")
+            shown = f"llmgw {fmt(gw)} ms (/health {fmt(res['gateway']['launch']['ready_ms'])} ms); router {fmt(rt)} ms"
         else:
             text = f"{label}: llmgw median below the router's"
             ok = value is not None and theirs is not None and value < theirs and _ok(res["gateway"], key)
@@ -244,27 +250,63 @@ def _summary_rows(res: dict[str, Any], met: dict[str, bool | None]) -> list[list
     verdict = {True: "met", False: "**not met**", None: "-"}
 
     def latency(kind: str) -> list[str]:
-        return [fmt(d.get(kind, {}).get("total_ms")), fmt(gw["switch"].get(kind, {}).get("latency_ms")),
-                fmt(rt["switch"].get(kind, {}).get("latency_ms"))]
+        return [
+            fmt(d.get(kind, {}).get("total_ms")),
+            fmt(gw["switch"].get(kind, {}).get("latency_ms")),
+            fmt(rt["switch"].get(kind, {}).get("latency_ms")),
+        ]
 
     return [
         ["(1) switch A↔B: latency ms", *latency("model_switch"), "", ""],
-        ["(1) switch A↔B: **overhead** over direct spawn→healthy + first request, ms", "",
-         f"**{fmt(figure(gw, 'switch'))}**", f"**{fmt(figure(rt, 'switch'))}**", "llmgw < router",
-         verdict[met["switch"]]],
+        [
+            "(1) switch A↔B: **overhead** over direct spawn→healthy + first request, ms",
+            "",
+            f"**{fmt(figure(gw, 'switch'))}**",
+            f"**{fmt(figure(rt, 'switch'))}**",
+            "llmgw < router",
+            verdict[met["switch"]],
+        ],
         ["(2) cold first request: latency ms", *latency("cold"), "", ""],
-        ["(2) cold first request: **overhead**, ms", "", f"**{fmt(figure(gw, 'cold'))}**",
-         f"**{fmt(figure(rt, 'cold'))}**", "llmgw < router", verdict[met["cold"]]],
-        ["(3) small request (1 token) to a loaded model: latency ms (direct: next to llmgw / next to the router)",
-         f"{fmt(gw['small']['direct_ms'], 2)} / {fmt(rt['small']['direct_ms'], 2)}", fmt(gw["small"]["path_ms"], 2),
-         fmt(rt["small"]["path_ms"], 2), "", ""],
-        ["(3) small request: **added latency** over the same engine process, ms", "",
-         f"**{fmt(figure(gw, 'small'), 2)}**", f"**{fmt(figure(rt, 'small'), 2)}**", "llmgw < router",
-         verdict[met["small"]]],
-        ["(4) launch: spawn → **accepting connections**, ms", "", f"**{fmt(figure(gw, 'launch'))}**",
-         f"**{fmt(figure(rt, 'launch'))}**", f"llmgw <= {LAUNCH_TARGET_MS:g} ms", verdict[met["launch"]]],
-        ["(4) launch: spawn → `GET /health` answering, ms", "", fmt(gw["launch"]["ready_ms"]),
-         fmt(rt["launch"]["ready_ms"]), "", ""],
+        [
+            "(2) cold first request: **overhead**, ms",
+            "",
+            f"**{fmt(figure(gw, 'cold'))}**",
+            f"**{fmt(figure(rt, 'cold'))}**",
+            "llmgw < router",
+            verdict[met["cold"]],
+        ],
+        [
+            "(3) small request (1 token) to a loaded model: latency ms (direct: next to llmgw / next to the router)",
+            f"{fmt(gw['small']['direct_ms'], 2)} / {fmt(rt['small']['direct_ms'], 2)}",
+            fmt(gw["small"]["path_ms"], 2),
+            fmt(rt["small"]["path_ms"], 2),
+            "",
+            "",
+        ],
+        [
+            "(3) small request: **added latency** over the same engine process, ms",
+            "",
+            f"**{fmt(figure(gw, 'small'), 2)}**",
+            f"**{fmt(figure(rt, 'small'), 2)}**",
+            "llmgw < router",
+            verdict[met["small"]],
+        ],
+        [
+            "(4) launch: spawn → **accepting connections**, ms",
+            "",
+            f"**{fmt(figure(gw, 'launch'))}**",
+            f"**{fmt(figure(rt, 'launch'))}**",
+            f"llmgw <= {LAUNCH_TARGET_MS:g} ms",
+            verdict[met["launch"]],
+        ],
+        [
+            "(4) launch: spawn → `GET /health` answering, ms",
+            "",
+            fmt(gw["launch"]["ready_ms"]),
+            fmt(rt["launch"]["ready_ms"]),
+            "",
+            "",
+        ],
     ]
 
 
@@ -272,20 +314,31 @@ def section(results: Results) -> str:
     res = results["router_real"]
     met = {key: row["met"] for (key, _), row in zip(FIGURES, targets(results), strict=True)}
     launches = res["gateway"]["launch"]["accept_ms"]["n"]
-    out = [f"## 10. llmgw vs llama-server's router mode (real engine)\n\n"
-           f"The same binary and gguf on every path (context {res['setup']['context']}, one slot, `-t 1`), one "
-           f"engine at a time; {res['rounds']} round(s) of: by hand, through a freshly launched gateway, through a "
-           "freshly launched router (`--models-preset`, `--models-max 1`), order rotated. Each path: A (cold), B, A; "
-           f"then {res['small_pairs']} small requests (1 token) to A, each paired with the same request straight to "
-           f"the engine process serving it. Launch: {launches} samples per path (spawn to the port accepting "
-           "connections; spawn to `GET /health` answering 200). Overhead = latency - median direct spawn→healthy - "
-           "median direct first request (as in section 1).\n",
-           table(["figure", PATH_LABEL["direct"], PATH_LABEL["gateway"], PATH_LABEL["router"], "target", ""],
-                 _summary_rows(res, met)),
-           "\nThe switches in detail (router rows: the router's own stop and start of its engine process):\n",
-           switch.switch_tables({"engine": "real", "setup": {"contexts": [res["setup"]["context"]]},
-                                 "rounds": res["rounds"], "direct": res["direct"],
-                                 "gateway": res["gateway"]["switch"], "router": res["router"]["switch"]})]
+    out = [
+        f"## 10. llmgw vs llama-server's router mode (real engine)\n\n"
+        f"The same binary and gguf on every path (context {res['setup']['context']}, one slot, `-t 1`), one "
+        f"engine at a time; {res['rounds']} round(s) of: by hand, through a freshly launched gateway, through a "
+        "freshly launched router (`--models-preset`, `--models-max 1`), order rotated. Each path: A (cold), B, A; "
+        f"then {res['small_pairs']} small requests (1 token) to A, each paired with the same request straight to "
+        f"the engine process serving it. Launch: {launches} samples per path (spawn to the port accepting "
+        "connections; spawn to `GET /health` answering 200). Overhead = latency - median direct spawn→healthy - "
+        "median direct first request (as in section 1).\n",
+        table(
+            ["figure", PATH_LABEL["direct"], PATH_LABEL["gateway"], PATH_LABEL["router"], "target", ""],
+            _summary_rows(res, met),
+        ),
+        "\nThe switches in detail (router rows: the router's own stop and start of its engine process):\n",
+        switch.switch_tables(
+            {
+                "engine": "real",
+                "setup": {"contexts": [res["setup"]["context"]]},
+                "rounds": res["rounds"],
+                "direct": res["direct"],
+                "gateway": res["gateway"]["switch"],
+                "router": res["router"]["switch"],
+            }
+        ),
+    ]
     return "\n".join(out)
 
 
@@ -330,20 +383,28 @@ def blockers(results: Results, row: Target) -> str:
     res = results["router_real"]
     gw = res["gateway"]
     if "launch" in row["target"]:
-        return (" Where a launch's time goes: `python -m benchmarks.breakdown launch` (imports, config load, app, "
-                "listen; see the findings).")
+        return (
+            " Where a launch's time goes: `python -m benchmarks.breakdown launch` (imports, config load, app, "
+            "listen; see the findings)."
+        )
     if "small request" in row["target"]:
-        return (f" Straight to the engine the request takes {fmt(gw['small']['direct_ms'], 2)} ms; the gateway's added "
-                "part includes its exact count (a second request to the engine) and its own HTTP hop; the router "
-                "only proxies.")
+        return (
+            f" Straight to the engine the request takes {fmt(gw['small']['direct_ms'], 2)} ms; the gateway's added "
+            "part includes its exact count (a second request to the engine) and its own HTTP hop; the router "
+            "only proxies."
+        )
     kind = "cold" if "cold" in row["target"] else "model_switch"
     g = gw["switch"].get(kind, {})
     logged = g.get("gateway_log_ms")
     line = f" Against the same switch by hand: llmgw {fmt(g.get('vs_direct_ms'))} ms."
     if logged:
-        line += (f" The gateway's own log: stop {fmt(logged['stop_ms'])} ms, spawn to ready "
-                 f"{fmt(logged['spawn_to_ready_ms'])} ms, its own work besides {fmt(logged['own_ms'])} ms.")
+        line += (
+            f" The gateway's own log: stop {fmt(logged['stop_ms'])} ms, spawn to ready "
+            f"{fmt(logged['spawn_to_ready_ms'])} ms, its own work besides {fmt(logged['own_ms'])} ms."
+        )
     if g.get("orchestration_ms"):
-        line += (" Orchestration vs by hand (the engine's load time by its own clock taken out): "
-                 f"{g['orchestration_ms']['added']:+.1f} ms.")
+        line += (
+            " Orchestration vs by hand (the engine's load time by its own clock taken out): "
+            f"{g['orchestration_ms']['added']:+.1f} ms."
+        )
     return line + " Where a switch's time goes: `python -m benchmarks.breakdown switch`."

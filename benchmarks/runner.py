@@ -44,8 +44,7 @@ class Plan:
     counting: CountParams = field(default_factory=lambda: CountParams(repeats=9))
     concurrency: ConcurrencyParams = field(default_factory=lambda: ConcurrencyParams(repeats=5))
     alternate_fake: AlternateParams = field(default_factory=lambda: AlternateParams(requests=300, repeats=5))
-    alternate_real: AlternateParams = field(default_factory=lambda: AlternateParams(requests=40, repeats=5,
-                                                                                    warmup=6))
+    alternate_real: AlternateParams = field(default_factory=lambda: AlternateParams(requests=40, repeats=5, warmup=6))
     starting_fake: StartingParams = field(default_factory=lambda: StartingParams(rounds=6, idle_pairs=300))
     starting_real: StartingParams = field(default_factory=lambda: StartingParams(rounds=14, idle_pairs=7))
     stream_fast: FastStreamParams = field(default_factory=lambda: FastStreamParams(chunks=10000, repeats=15))
@@ -102,10 +101,16 @@ async def run_suite(ctx: Ctx, plan: Plan, names: list[str]) -> tuple[dict[str, A
 
 def _git() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return f"{head}{' (with uncommitted changes)' if dirty else ''}"
@@ -117,19 +122,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(NAMES)}")
     parser.add_argument("--no-real", action="store_true", help="skip the real llama-server benchmarks")
     parser.add_argument("--profile", action="store_true", help="run every gateway under cProfile (see README)")
-    parser.add_argument("--overhead-fake-flags", metavar="FLAGS",
-                        help="extra fake-engine flags for the overhead benchmark, e.g. --overhead-fake-flags='--fake-tokens 8' "
-                             "(--fake-count-thread is added by itself when the fake engine's --help lists it)")
+    parser.add_argument(
+        "--overhead-fake-flags",
+        metavar="FLAGS",
+        help="extra fake-engine flags for the overhead benchmark, e.g. --overhead-fake-flags='--fake-tokens 8' "
+        "(--fake-count-thread is added by itself when the fake engine's --help lists it)",
+    )
     parser.add_argument("--out", type=Path, help="directory for results JSON (default benchmarks/out)")
-    parser.add_argument("--report-dir", type=Path,
-                        help="where RESULTS.md and the PNGs go (default: benchmarks/ for a full run of everything, "
-                             "else the --out directory)")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        help="where RESULTS.md and the PNGs go (default: benchmarks/ for a full run of everything, "
+        "else the --out directory)",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory (configs, logs)")
-    parser.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
-                        help="print the headline figures of two results files side by side, run nothing")
-    parser.add_argument("--render", type=Path, metavar="RESULTS.json",
-                        help="only rewrite RESULTS.md and the plots from a results file (into --report-dir, "
-                             "default benchmarks/)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("OLD.json", "NEW.json"),
+        help="print the headline figures of two results files side by side, run nothing",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS.json",
+        help="only rewrite RESULTS.md and the plots from a results file (into --report-dir, default benchmarks/)",
+    )
     return parser.parse_args(argv)
 
 

@@ -77,5 +77,10 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 def target(benchmark: str, text: str, value: float | None, ok: bool | None, shown: str) -> dict[str, Any]:
     """One row of the targets table: met is None when there is no value to judge."""
-    return {"benchmark": benchmark, "target": text, "value": value, "shown": shown,
-            "met": bool(ok) if value is not None else None}
+    return {
+        "benchmark": benchmark,
+        "target": text,
+        "value": value,
+        "shown": shown,
+        "met": bool(ok) if value is not None else None,
+    }

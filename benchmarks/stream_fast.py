@@ -57,8 +57,11 @@ async def _hangup(gw: GatewayProc, body: dict[str, Any], events: Path) -> float:
     before = len(_closes(events))
     reader, writer = await asyncio.open_connection(HOST, gw.port)
     payload = json.dumps(dict(body, fast_delay=0.01)).encode()
-    writer.write(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    writer.write(
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     await asyncio.wait_for(reader.readuntil(b"data:"), 30)
     await asyncio.wait_for(reader.readuntil(b"data:"), 30)
     t0 = time.time()
@@ -75,10 +78,29 @@ async def _hangup(gw: GatewayProc, body: dict[str, Any], events: Path) -> float:
 async def run(ctx: Ctx, name: str, params: FastStreamParams) -> dict[str, Any]:
     port = free_port()
     events = ctx.workdir / "fast-source-events.jsonl"
-    spec = EngineSpec(PYTHON, [SOURCE, "--host", HOST, "--port", str(port), "--chunks", str(params.chunks), "-c",
-                               "16384", "-m", "/models/fast-source.gguf", "--events", str(events)], 16384, port)
-    gw = GatewayProc(ctx.workdir, [ModelSpec("F", [spec])], name="gw-stream-fast",
-                     profile=ctx.profile_path("stream-fast"))
+    spec = EngineSpec(
+        PYTHON,
+        [
+            SOURCE,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--chunks",
+            str(params.chunks),
+            "-c",
+            "16384",
+            "-m",
+            "/models/fast-source.gguf",
+            "--events",
+            str(events),
+        ],
+        16384,
+        port,
+    )
+    gw = GatewayProc(
+        ctx.workdir, [ModelSpec("F", [spec])], name="gw-stream-fast", profile=ctx.profile_path("stream-fast")
+    )
     body = chat("F", "Tell me a long story.", stream=True, max_tokens=params.chunks)
     runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
     hangups: list[float] = []
@@ -92,17 +114,19 @@ async def run(ctx: Ctx, name: str, params: FastStreamParams) -> dict[str, Any]:
                 await conn.request("POST", PATH, body, timeout=60, keep_body=False)
             for r in range(params.repeats):
                 ctx.log(f"stream_fast: repeat {r + 1}/{params.repeats}")
-                for path in (["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]):
+                for path in ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]:
                     c0 = _cpu(gw_proc)
                     resp = await conns[path].request("POST", PATH, body, timeout=120, keep_body=False)
                     cpu = _cpu(gw_proc) - c0
-                    runs[path].append({
-                        "ok": resp.status == 200 and resp.done and resp.events >= params.chunks,
-                        "chunks": resp.events,
-                        "total_ms": resp.total * 1000,
-                        "chunks_per_s": resp.events / resp.total if resp.total > 0 else 0.0,
-                        "gateway_cpu_us_per_chunk": cpu / max(resp.events, 1) * 1e6,
-                    })
+                    runs[path].append(
+                        {
+                            "ok": resp.status == 200 and resp.done and resp.events >= params.chunks,
+                            "chunks": resp.events,
+                            "total_ms": resp.total * 1000,
+                            "chunks_per_s": resp.events / resp.total if resp.total > 0 else 0.0,
+                            "gateway_cpu_us_per_chunk": cpu / max(resp.events, 1) * 1e6,
+                        }
+                    )
         for _ in range(params.hangups):
             hangups.append(await _hangup(gw, body, events))
     finally:
@@ -130,27 +154,43 @@ def targets(results: Results) -> list[Target]:
     ratio = result["ratio_chunks_per_s"]["median"]
     cpu = result["gateway"]["gateway_cpu_us_per_chunk"]["median"]
     return [
-        target(LABEL, f"{result['chunks']}-chunk stream: chunks/s gateway / direct >= 0.9", ratio,
-               ratio is not None and ratio >= 0.9 and result["all_ok"], fmt(result["ratio_chunks_per_s"], 3)),
-        target(LABEL, "gateway CPU per chunk <= 8 µs", cpu, cpu is not None and cpu <= 8,
-               f"{fmt(result['gateway']['gateway_cpu_us_per_chunk'])} µs"),
+        target(
+            LABEL,
+            f"{result['chunks']}-chunk stream: chunks/s gateway / direct >= 0.9",
+            ratio,
+            ratio is not None and ratio >= 0.9 and result["all_ok"],
+            fmt(result["ratio_chunks_per_s"], 3),
+        ),
+        target(
+            LABEL,
+            "gateway CPU per chunk <= 8 µs",
+            cpu,
+            cpu is not None and cpu <= 8,
+            f"{fmt(result['gateway']['gateway_cpu_us_per_chunk'])} µs",
+        ),
     ]
 
 
 def section(results: Results) -> str:
     result = results["stream_fast"]
     rows = []
-    labels = (("chunks", "SSE events", 0), ("total_ms", "stream time ms", 1), ("chunks_per_s", "chunks/s", 0),
-              ("gateway_cpu_us_per_chunk", "gateway CPU µs/chunk", 1))
+    labels = (
+        ("chunks", "SSE events", 0),
+        ("total_ms", "stream time ms", 1),
+        ("chunks_per_s", "chunks/s", 0),
+        ("gateway_cpu_us_per_chunk", "gateway CPU µs/chunk", 1),
+    )
     for key, label, digits in labels:
         rows.append([label, fmt(result["direct"][key], digits), fmt(result["gateway"][key], digits)])
     rows.append(["**ratio chunks/s (gateway/direct)**", "", fmt(result["ratio_chunks_per_s"], 3)])
     rows.append(["client hang-up to engine connection closed ms", "", fmt(result["hangup_to_engine_ms"], 1)])
-    return (f"## 2b. Streaming, source faster than the gateway\n\nOne stream of {result['chunks']} chunks from "
-            f"`benchmarks/fast_source.py` (pre-built events, one write per event, faster than the gateway), "
-            f"{result['repeats']} repeats, direct and gateway alternating on the same source process. The hang-up "
-            "row: a client leaves a (slowed) stream; time until the source sees its connection closed.\n\n"
-            + table(["", "direct", "gateway"], rows))
+    return (
+        f"## 2b. Streaming, source faster than the gateway\n\nOne stream of {result['chunks']} chunks from "
+        f"`benchmarks/fast_source.py` (pre-built events, one write per event, faster than the gateway), "
+        f"{result['repeats']} repeats, direct and gateway alternating on the same source process. The hang-up "
+        "row: a client leaves a (slowed) stream; time until the source sees its connection closed.\n\n"
+        + table(["", "direct", "gateway"], rows)
+    )
 
 
 def headlines(results: Results) -> dict[str, float | None]:

@@ -105,23 +105,34 @@ async def run(ctx: Ctx, name: str, params: SwapbackParams) -> dict[str, Any]:
 
     def models() -> list[ModelSpec]:
         if files is None or params.engine == "fake":
-            return [ModelSpec("A", [fake_engine(free_port(), CONTEXT, "A")]),
-                    ModelSpec("B", [fake_engine(free_port(), 512, "B")])]
+            return [
+                ModelSpec("A", [fake_engine(free_port(), CONTEXT, "A")]),
+                ModelSpec("B", [fake_engine(free_port(), 512, "B")]),
+            ]
         a = real_engine(files, free_port(), CONTEXT, "-t", "1", "--swa-full")
         b = real_engine(files, free_port(), 512, "-t", "1")
         return [ModelSpec("A", [a]), ModelSpec("B", [b])]
 
     gateways = {
         "no_cache": GatewayProc(ctx.workdir, models(), name="gw-swapback-plain"),
-        "slot_cache": GatewayProc(ctx.workdir, models(), name="gw-swapback-cache",
-                                  slot_cache={"dir": str(ctx.workdir / "slots"), "max_mb": 1024}),
+        "slot_cache": GatewayProc(
+            ctx.workdir,
+            models(),
+            name="gw-swapback-cache",
+            slot_cache={"dir": str(ctx.workdir / "slots"), "max_mb": 1024},
+        ),
     }
     router = None
     if files is not None and params.router and params.engine == "real":
-        router = RouterProc(ctx.workdir, files, {"A": {"ctx-size": CONTEXT, "parallel": 1, "threads": 1,
-                                                       "swa-full": "true"},
-                                                 "B": {"ctx-size": 512, "parallel": 1, "threads": 1}},
-                            name="swapback-router")
+        router = RouterProc(
+            ctx.workdir,
+            files,
+            {
+                "A": {"ctx-size": CONTEXT, "parallel": 1, "threads": 1, "swa-full": "true"},
+                "B": {"ctx-size": 512, "parallel": 1, "threads": 1},
+            },
+            name="swapback-router",
+        )
     rows: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS if path != "router" or router}
     try:
         for gw in gateways.values():
@@ -129,7 +140,7 @@ async def run(ctx: Ctx, name: str, params: SwapbackParams) -> dict[str, Any]:
         if router is not None:
             await router.start()
         for r in range(params.rounds):
-            order = list(rows)[r % len(rows):] + list(rows)[: r % len(rows)]
+            order = list(rows)[r % len(rows) :] + list(rows)[: r % len(rows)]
             for path in order:
                 ctx.log(f"swapback: round {r + 1}/{params.rounds}, {LABELS[path]}")
                 tag = f"Round {r} {path}"
@@ -152,17 +163,27 @@ async def run(ctx: Ctx, name: str, params: SwapbackParams) -> dict[str, Any]:
         "engine": params.engine,
         "rounds": params.rounds,
         "context": CONTEXT,
-        "paths": {path: {k: spread([row[k] for row in data if row[k] is not None], 1) for k in keys}
-                  for path, data in rows.items()},
+        "paths": {
+            path: {k: spread([row[k] for row in data if row[k] is not None], 1) for k in keys}
+            for path, data in rows.items()
+        },
         "raw": rows,
     }
-    speedup = [p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
-               for p, c in zip(rows["no_cache"], rows["slot_cache"], strict=True) if c["swapback_ttft_ms"] > 0]
+    speedup = [
+        p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
+        for p, c in zip(rows["no_cache"], rows["slot_cache"], strict=True)
+        if c["swapback_ttft_ms"] > 0
+    ]
     result["speedup_vs_no_cache"] = spread(speedup, 2)
     if "router" in rows:
         result["speedup_vs_router"] = spread(
-            [p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
-             for p, c in zip(rows["router"], rows["slot_cache"], strict=True) if c["swapback_ttft_ms"] > 0], 2)
+            [
+                p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
+                for p, c in zip(rows["router"], rows["slot_cache"], strict=True)
+                if c["swapback_ttft_ms"] > 0
+            ],
+            2,
+        )
     return result
 
 
@@ -175,24 +196,51 @@ def targets(results: Results) -> list[Target]:
     cache = result["paths"]["slot_cache"]["swapback_ttft_ms"]
     plain = result["paths"]["no_cache"]["swapback_ttft_ms"]
     shown = f"{fmt(result['speedup_vs_no_cache'], 1)}x ({fmt(cache, 0)} ms vs {fmt(plain, 0)} ms)"
-    return [target(LABEL, "swap-back time to first token, slot cache vs none: >= 5x faster", value,
-                   value is not None and value >= 5, shown)]
+    return [
+        target(
+            LABEL,
+            "swap-back time to first token, slot cache vs none: >= 5x faster",
+            value,
+            value is not None and value >= 5,
+            shown,
+        )
+    ]
 
 
 def section(results: Results) -> str:
     result = results["swapback"]
     rows = []
     for path, data in result["paths"].items():
-        rows.append([LABELS[path], fmt(data["prompt_tokens"], 0), fmt(data["cold_ttft_ms"], 0),
-                     fmt(data["switch_ms"], 0), f"**{fmt(data['swapback_ttft_ms'], 0)}**",
-                     fmt(data["swapback_cache_n"], 0), fmt(data["swapback_prompt_n"], 0)])
-    out = (f"## 9. Swap-back with the slot cache (real engine)\n\ngemma-3 270M, model A with context "
-           f"{result['context']} and `--swa-full`, `-t 1`; {result['rounds']} round(s), each: A's conversation (cold), "
-           "a request to B (the switch, A's slot saved on the cached path), then A's conversation plus one turn (time "
-           "to first token below). cache_n / prompt_n: the engine's own timings of that last request (tokens reused / "
-           "processed).\n\n"
-           + table(["path", "prompt tokens", "first request TTFT ms (cold)", "switch to B ms",
-                    "swap-back TTFT ms", "cache_n", "prompt_n"], rows))
+        rows.append(
+            [
+                LABELS[path],
+                fmt(data["prompt_tokens"], 0),
+                fmt(data["cold_ttft_ms"], 0),
+                fmt(data["switch_ms"], 0),
+                f"**{fmt(data['swapback_ttft_ms'], 0)}**",
+                fmt(data["swapback_cache_n"], 0),
+                fmt(data["swapback_prompt_n"], 0),
+            ]
+        )
+    out = (
+        f"## 9. Swap-back with the slot cache (real engine)\n\ngemma-3 270M, model A with context "
+        f"{result['context']} and `--swa-full`, `-t 1`; {result['rounds']} round(s), each: A's conversation (cold), "
+        "a request to B (the switch, A's slot saved on the cached path), then A's conversation plus one turn (time "
+        "to first token below). cache_n / prompt_n: the engine's own timings of that last request (tokens reused / "
+        "processed).\n\n"
+        + table(
+            [
+                "path",
+                "prompt tokens",
+                "first request TTFT ms (cold)",
+                "switch to B ms",
+                "swap-back TTFT ms",
+                "cache_n",
+                "prompt_n",
+            ],
+            rows,
+        )
+    )
     out += f"\nSwap-back TTFT without the slot cache / with it: **{fmt(result['speedup_vs_no_cache'], 1)}x**"
     if "speedup_vs_router" in result:
         out += f"; router / gateway with the slot cache: **{fmt(result['speedup_vs_router'], 1)}x**"

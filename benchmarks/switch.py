@@ -33,8 +33,11 @@ NEEDS_REAL = ("switch_real",)
 
 PATH = "/v1/chat/completions"
 KINDS = ("cold", "model_switch", "variant_switch")
-KIND_LABEL = {"model_switch": "switch between 2 models", "variant_switch": "switch to the larger variant",
-              "cold": "cold first request"}
+KIND_LABEL = {
+    "model_switch": "switch between 2 models",
+    "variant_switch": "switch to the larger variant",
+    "cold": "cold first request",
+}
 
 
 @dataclass
@@ -172,8 +175,12 @@ def gateway_log_breakdown(log: Path) -> list[dict[str, float]]:
                 total = float(access.group(2))
                 stop = (stop1 - stop0) * 1000 if stop0 is not None and stop1 is not None else 0.0
                 spawn = start or 0.0
-                row = {"stop_ms": stop, "spawn_to_ready_ms": spawn, "rest_ms": total - stop - spawn,
-                       "request_time_ms": total}
+                row = {
+                    "stop_ms": stop,
+                    "spawn_to_ready_ms": spawn,
+                    "rest_ms": total - stop - spawn,
+                    "request_time_ms": total,
+                }
                 if engine_ready is not None and start is not None:
                     row["engine_ready_ms"] = engine_ready
                 out.append(row)
@@ -233,8 +240,10 @@ def direct_summary(direct: list[dict[str, Any]]) -> dict[str, Any]:
             out[kind] = {
                 "samples": len(d),
                 "all_ok": all(r["status"] == 200 for r in d),
-                **{key: spread([r[key] for r in d], 1) for key in ("stop_ms", "spawn_to_healthy_ms", "request_ms",
-                                                                   "total_ms")},
+                **{
+                    key: spread([r[key] for r in d], 1)
+                    for key in ("stop_ms", "spawn_to_healthy_ms", "request_ms", "total_ms")
+                },
             }
     return out
 
@@ -298,60 +307,136 @@ def targets(results: Results) -> list[Target]:
                 shown = f"{fmt(g['added_ms'])} ms"
                 if g.get("orchestration_ms"):
                     shown += f" (orchestration vs by hand: {g['orchestration_ms']['added']:+.1f} ms)"
-                rows.append(target(f"1. switch ({sw['engine']} engine)",
-                                   f"added cost, {KIND_LABEL[kind]}: median <= 50 ms", value,
-                                   value is not None and value <= 50 and g["all_ok"], shown))
+                rows.append(
+                    target(
+                        f"1. switch ({sw['engine']} engine)",
+                        f"added cost, {KIND_LABEL[kind]}: median <= 50 ms",
+                        value,
+                        value is not None and value <= 50 and g["all_ok"],
+                        shown,
+                    )
+                )
     return rows
 
 
 def section(results: Results) -> str:
-    out = ["## 1. Switch time\n",
-           "Added = latency - direct spawn→healthy - direct first request (medians; the old engine's stop is in it). "
-           "Added excl. stop also takes off the direct stop time. Vs direct = latency - the direct end-to-end switch. "
-           "The same targets follow the issue's formula, so the engine's own start-to-start variance lands in them, "
-           "in both directions; for the real engine the orchestration figure (engine load time taken from the "
-           "engine's own log on both sides) shows the gateway's part without that noise. llama-server's router "
-           "mode on the same switches: section 10.\n"]
+    out = [
+        "## 1. Switch time\n",
+        "Added = latency - direct spawn→healthy - direct first request (medians; the old engine's stop is in it). "
+        "Added excl. stop also takes off the direct stop time. Vs direct = latency - the direct end-to-end switch. "
+        "The same targets follow the issue's formula, so the engine's own start-to-start variance lands in them, "
+        "in both directions; for the real engine the orchestration figure (engine load time taken from the "
+        "engine's own log on both sides) shows the gateway's part without that noise. llama-server's router "
+        "mode on the same switches: section 10.\n",
+    ]
     out += [f"### {sw['engine']} engine\n\n" + switch_tables(sw) for sw in results.values()]
     return "\n".join(out)
 
 
 def switch_tables(sw: dict[str, Any]) -> str:
     """One engine's switch tables: latency and added cost per path, the gateway log's view, orchestration."""
-    out = [f"Contexts {sw['setup']['contexts']}, {sw['rounds']} round(s); latency = the client's request time. "
-           "Direct = the benchmark doing the same by hand (stop old, spawn, poll /health every 5 ms, request).\n"]
+    out = [
+        f"Contexts {sw['setup']['contexts']}, {sw['rounds']} round(s); latency = the client's request time. "
+        "Direct = the benchmark doing the same by hand (stop old, spawn, poll /health every 5 ms, request).\n"
+    ]
     rows = []
     for kind in KINDS:
         d = sw["direct"].get(kind)
         if not d:
             continue
-        rows.append([KIND_LABEL[kind], "direct", d["samples"], fmt(d["total_ms"]), fmt(d["stop_ms"]),
-                     fmt(d["spawn_to_healthy_ms"]), fmt(d["request_ms"]), "", "", ""])
+        rows.append(
+            [
+                KIND_LABEL[kind],
+                "direct",
+                d["samples"],
+                fmt(d["total_ms"]),
+                fmt(d["stop_ms"]),
+                fmt(d["spawn_to_healthy_ms"]),
+                fmt(d["request_ms"]),
+                "",
+                "",
+                "",
+            ]
+        )
         for path in ("gateway", "router"):  # results of earlier runs have the router here
             g = sw.get(path, {}).get(kind)
             if g:
                 ok = "" if g["all_ok"] else " **(failures)**"
-                rows.append([KIND_LABEL[kind], path + ok, g["samples"], fmt(g["latency_ms"]), "", "", "",
-                             fmt(g["added_ms"]), fmt(g["added_excl_stop_ms"]), fmt(g["vs_direct_ms"])])
-    out.append(table(["scenario", "path", "n", "latency ms", "engine stop ms", "spawn→healthy ms",
-                      "first request ms", "added ms", "added excl. stop ms", "vs direct ms"], rows))
-    logged = [[KIND_LABEL[kind], fmt(g["stop_ms"]), fmt(g["spawn_to_ready_ms"]), fmt(g["rest_ms"]), fmt(g["own_ms"])]
-              for kind in KINDS if (g := sw["gateway"].get(kind, {}).get("gateway_log_ms"))]
+                rows.append(
+                    [
+                        KIND_LABEL[kind],
+                        path + ok,
+                        g["samples"],
+                        fmt(g["latency_ms"]),
+                        "",
+                        "",
+                        "",
+                        fmt(g["added_ms"]),
+                        fmt(g["added_excl_stop_ms"]),
+                        fmt(g["vs_direct_ms"]),
+                    ]
+                )
+    out.append(
+        table(
+            [
+                "scenario",
+                "path",
+                "n",
+                "latency ms",
+                "engine stop ms",
+                "spawn→healthy ms",
+                "first request ms",
+                "added ms",
+                "added excl. stop ms",
+                "vs direct ms",
+            ],
+            rows,
+        )
+    )
+    logged = [
+        [KIND_LABEL[kind], fmt(g["stop_ms"]), fmt(g["spawn_to_ready_ms"]), fmt(g["rest_ms"]), fmt(g["own_ms"])]
+        for kind in KINDS
+        if (g := sw["gateway"].get(kind, {}).get("gateway_log_ms"))
+    ]
     if logged:
-        out.append("\nThe same gateway switches as the gateway's own log times them (ms resolution): the old "
-                   "engine's stop, spawn to ready (its readiness polling and `/props` read included), the rest of "
-                   "the request (counting, forwarding, the engine's answer) and that rest minus the direct first "
-                   "request (the gateway's own work outside the engine's start and stop).\n")
+        out.append(
+            "\nThe same gateway switches as the gateway's own log times them (ms resolution): the old "
+            "engine's stop, spawn to ready (its readiness polling and `/props` read included), the rest of "
+            "the request (counting, forwarding, the engine's answer) and that rest minus the direct first "
+            "request (the gateway's own work outside the engine's start and stop).\n"
+        )
         out.append(table(["scenario", "stop ms", "spawn→ready ms", "rest ms", "rest - direct request ms"], logged))
-    orch = [[KIND_LABEL[kind], fmt(o["engine_ready_direct"]), fmt(o["engine_ready_gateway"]), fmt(o["direct"]),
-             fmt(o["gateway"]), f"**{o['added']:.1f}**"]
-            for kind in KINDS if (o := sw["gateway"].get(kind, {}).get("orchestration_ms"))]
+    orch = [
+        [
+            KIND_LABEL[kind],
+            fmt(o["engine_ready_direct"]),
+            fmt(o["engine_ready_gateway"]),
+            fmt(o["direct"]),
+            fmt(o["gateway"]),
+            f"**{o['added']:.1f}**",
+        ]
+        for kind in KINDS
+        if (o := sw["gateway"].get(kind, {}).get("orchestration_ms"))
+    ]
     if orch:
-        out.append("\nOrchestration time: latency minus the old engine's stop, minus the new engine's load time by its "
-                   "own log clock (`listening on` line), minus the first request's direct time. What is left is "
-                   "spawning, readiness detection, counting and proxying; the engine's load-time noise drops out.\n")
-        out.append(table(["scenario", "engine load (own clock), direct runs ms", "same, gateway runs ms",
-                          "orchestration by hand ms", "orchestration by the gateway ms", "gateway - by hand ms"], orch))
+        out.append(
+            "\nOrchestration time: latency minus the old engine's stop, minus the new engine's load time by its "
+            "own log clock (`listening on` line), minus the first request's direct time. What is left is "
+            "spawning, readiness detection, counting and proxying; the engine's load-time noise drops out.\n"
+        )
+        out.append(
+            table(
+                [
+                    "scenario",
+                    "engine load (own clock), direct runs ms",
+                    "same, gateway runs ms",
+                    "orchestration by hand ms",
+                    "orchestration by the gateway ms",
+                    "gateway - by hand ms",
+                ],
+                orch,
+            )
+        )
     return "\n".join(out)
 
 
@@ -371,8 +456,14 @@ def plot(results: Results, path: Path) -> bool:
 
     switches = list(results.values())
     fig, axes = plt.subplots(1, len(switches), figsize=(6 * len(switches), 3.8), squeeze=False)
-    colors = {"engine stop": "#999999", "spawn→healthy": "#4c72b0", "first request": "#55a868",
-              "by-hand rest": "#dd8452", "latency (up to the direct one)": "#c9c9c9", "more than direct": "#c44e52"}
+    colors = {
+        "engine stop": "#999999",
+        "spawn→healthy": "#4c72b0",
+        "first request": "#55a868",
+        "by-hand rest": "#dd8452",
+        "latency (up to the direct one)": "#c9c9c9",
+        "more than direct": "#c44e52",
+    }
     seen: set[str] = set()
     for ax, sw in zip(axes[0], switches, strict=True):
         rows = _plot_rows(sw)
@@ -399,16 +490,32 @@ def _plot_rows(sw: dict[str, Any]) -> list[tuple[str, list[tuple[str, float]]]]:
         d = sw["direct"].get(kind)
         if not d:
             continue
-        stop, spawn, req, total = (mid(d[k]) or 0.0 for k in ("stop_ms", "spawn_to_healthy_ms", "request_ms",
-                                                               "total_ms"))
-        rows.append((f"direct: {KIND_LABEL[kind]}", [("engine stop", stop), ("spawn→healthy", spawn),
-                                                     ("first request", req),
-                                                     ("by-hand rest", max(total - stop - spawn - req, 0))]))
+        stop, spawn, req, total = (
+            mid(d[k]) or 0.0 for k in ("stop_ms", "spawn_to_healthy_ms", "request_ms", "total_ms")
+        )
+        rows.append(
+            (
+                f"direct: {KIND_LABEL[kind]}",
+                [
+                    ("engine stop", stop),
+                    ("spawn→healthy", spawn),
+                    ("first request", req),
+                    ("by-hand rest", max(total - stop - spawn - req, 0)),
+                ],
+            )
+        )
         for path in ("gateway", "router"):
             latency = mid(sw.get(path, {}).get(kind, {}).get("latency_ms"))
             if latency is not None:
-                rows.append((f"{path}: {KIND_LABEL[kind]}", [("latency (up to the direct one)", min(latency, total)),
-                                                             ("more than direct", max(latency - total, 0))]))
+                rows.append(
+                    (
+                        f"{path}: {KIND_LABEL[kind]}",
+                        [
+                            ("latency (up to the direct one)", min(latency, total)),
+                            ("more than direct", max(latency - total, 0)),
+                        ],
+                    )
+                )
     return rows
 
 
@@ -416,18 +523,24 @@ def blockers(results: Results, row: Target) -> str:
     sw = results["switch_real" if "real" in row["benchmark"] else "switch_fake"]
     kind = next(k for k, label in KIND_LABEL.items() if label in row["target"])
     d, g = sw["direct"][kind], sw["gateway"][kind]
-    line = (f" Of that, the old engine's own stop (SIGTERM to exit, measured directly) is {fmt(d['stop_ms'])} ms; "
-            f"without it the gateway adds {fmt(g['added_excl_stop_ms'])} ms; against the same switch done by hand it "
-            f"adds {fmt(g['vs_direct_ms'])} ms.")
+    line = (
+        f" Of that, the old engine's own stop (SIGTERM to exit, measured directly) is {fmt(d['stop_ms'])} ms; "
+        f"without it the gateway adds {fmt(g['added_excl_stop_ms'])} ms; against the same switch done by hand it "
+        f"adds {fmt(g['vs_direct_ms'])} ms."
+    )
     orch = g.get("orchestration_ms")
     if orch:
-        line += (f" Taking the engine's own load time (its log clock) out of both sides, the gateway's "
-                 f"orchestration costs {orch['added']:.1f} ms more than doing it by hand.")
+        line += (
+            f" Taking the engine's own load time (its log clock) out of both sides, the gateway's "
+            f"orchestration costs {orch['added']:.1f} ms more than doing it by hand."
+        )
     logged = g.get("gateway_log_ms")
     if logged:
-        line += (f" The gateway's own log of these switches: stop {fmt(logged['stop_ms'])} ms, spawn to ready "
-                 f"{fmt(logged['spawn_to_ready_ms'])} ms (direct: {fmt(d['spawn_to_healthy_ms'])} ms), its own "
-                 f"work besides {fmt(logged['own_ms'])} ms.")
+        line += (
+            f" The gateway's own log of these switches: stop {fmt(logged['stop_ms'])} ms, spawn to ready "
+            f"{fmt(logged['spawn_to_ready_ms'])} ms (direct: {fmt(d['spawn_to_healthy_ms'])} ms), its own "
+            f"work besides {fmt(logged['own_ms'])} ms."
+        )
     if kind == "variant_switch":
         line += " A variant switch also counts the prompt twice (on the small engine, then on the large one)."
     return line
