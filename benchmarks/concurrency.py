@@ -13,13 +13,16 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.client import Response, fetch
-from benchmarks.common import Ctx, chat
+from benchmarks.common import Ctx, Results, Target, chat
 from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, free_port
-from benchmarks.stats import median, spread
+from benchmarks.stats import fmt, median, mid, spread, table, target
 
+NAMES = ("concurrency",)
+NEEDS_REAL: tuple[str, ...] = ()
 PATH = "/v1/chat/completions"
 MB = 1 << 20
 
@@ -40,8 +43,11 @@ async def _wave(port: int, n: int, body: dict[str, Any], tokens: int) -> dict[st
     )
     wall = time.perf_counter() - t0
     ok = [r for r in results if isinstance(r, Response) and r.status == 200 and r.done and r.events >= tokens]
-    errors = [repr(r) if not isinstance(r, Response) else f"status {r.status}, {r.events} events" for r in results
-              if not (isinstance(r, Response) and r in ok)]
+    errors = [
+        repr(r) if not isinstance(r, Response) else f"status {r.status}, {r.events} events"
+        for r in results
+        if not (isinstance(r, Response) and r in ok)
+    ]
     ttfts = [r.ttft * 1000 for r in ok if r.ttft is not None]
     return {
         "clients": n,
@@ -55,14 +61,21 @@ async def _wave(port: int, n: int, body: dict[str, Any], tokens: int) -> dict[st
     }
 
 
-async def run_concurrency(ctx: Ctx, params: ConcurrencyParams) -> dict[str, Any]:
+async def run(ctx: Ctx, name: str, params: ConcurrencyParams) -> dict[str, Any]:
     top = max(params.clients)
     spec = fake_engine(
-        free_port(), 1024, "P", "--fake-tokens", str(params.tokens), "--fake-token-delay", str(params.token_delay),
+        free_port(),
+        1024,
+        "P",
+        "--fake-tokens",
+        str(params.tokens),
+        "--fake-token-delay",
+        str(params.token_delay),
         parallel=top,
     )
-    gw = GatewayProc(ctx.workdir, [ModelSpec("P", [spec])], name="gw-concurrency",
-                     profile=ctx.profile_path("concurrency"))
+    gw = GatewayProc(
+        ctx.workdir, [ModelSpec("P", [spec])], name="gw-concurrency", profile=ctx.profile_path("concurrency")
+    )
     body = chat("P", "Stream something.", stream=True, max_tokens=params.tokens)
     levels: dict[int, dict[str, list[dict[str, Any]]]] = {n: {"direct": [], "gateway": []} for n in params.clients}
     memory: dict[str, Any] = {}
@@ -89,7 +102,7 @@ async def run_concurrency(ctx: Ctx, params: ConcurrencyParams) -> dict[str, Any]
         for n in params.clients:
             for r in range(params.repeats):
                 ctx.log(f"concurrency: {n} clients, repeat {r + 1}/{params.repeats}")
-                for path in (["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]):
+                for path in ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]:
                     port = gw.port if path == "gateway" else spec.port
                     sampling = path == "gateway" and n == top
                     levels[n][path].append(await _wave(port, n, body, params.tokens))
@@ -131,3 +144,123 @@ async def run_concurrency(ctx: Ctx, params: ConcurrencyParams) -> dict[str, Any]
         "memory": memory,
         "all_ok": all(row["all_ok"] for row in table),
     }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def targets(results: Results) -> list[Target]:
+    cc = results["concurrency"]
+    rows = []
+    for level in cc["levels"]:
+        if level["clients"] == 16:
+            value = mid(level["wall_ratio"])
+            rows.append(
+                target(
+                    "5. concurrency",
+                    "16 clients: gateway wall <= 1.2 x direct",
+                    value,
+                    value is not None and value <= 1.2 and level["all_ok"],
+                    fmt(level["wall_ratio"], 3),
+                )
+            )
+    failed = [level["clients"] for level in cc["levels"] if not level["all_ok"]]
+    rows.append(
+        target(
+            "5. concurrency",
+            "every client of every level succeeds",
+            0 if not failed else len(failed),
+            not failed,
+            "all succeeded" if not failed else f"failures at {failed} clients",
+        )
+    )
+    return rows
+
+
+def section(results: Results) -> str:
+    cc = results["concurrency"]
+    rows = []
+    for r in cc["levels"]:
+        ok = "yes" if r["all_ok"] else f"**no** {r['errors']}"
+        rows.append(
+            [
+                r["clients"],
+                ok,
+                fmt(r["direct_wall_ms"]),
+                fmt(r["gateway_wall_ms"]),
+                fmt(r["wall_ratio"], 3),
+                fmt(r["direct_chunks_per_s"], 0),
+                fmt(r["gateway_chunks_per_s"], 0),
+                fmt(r["direct_ttft_ms"], 2),
+                fmt(r["gateway_ttft_ms"], 2),
+            ]
+        )
+    m = cc["memory"]
+    memory = [
+        ["idle, no engine", m.get("idle_no_engine_mb")],
+        ["idle, engine loaded", m.get("idle_engine_loaded_mb")],
+        [f"under {m.get('load_clients')} streaming clients: median", m.get("median_under_load_mb")],
+        [f"under {m.get('load_clients')} streaming clients: peak", m.get("peak_under_load_mb")],
+        ["after the load", m.get("after_load_mb")],
+    ]
+    return (
+        f"## 5. Concurrency\n\nFake engine, {cc['tokens']} tokens at {cc['token_delay_s'] * 1000:.0f} ms each, "
+        f"{cc['engine_slots']} slots; each client on its own connection, all started at once; {cc['repeats']} "
+        "repeats.\n\n"
+        + table(
+            [
+                "clients",
+                "all ok",
+                "direct wall ms",
+                "gateway wall ms",
+                "ratio",
+                "direct chunks/s",
+                "gateway chunks/s",
+                "direct TTFT ms (median client)",
+                "gateway TTFT ms",
+            ],
+            rows,
+        )
+        + "\n## 6. Memory\n\nGateway process RSS (psutil), MB.\n\n"
+        + table(["", "RSS MB"], memory)
+    )
+
+
+def headlines(results: Results) -> dict[str, float | None]:
+    cc = results["concurrency"]
+    out: dict[str, float | None] = {
+        f"concurrency.{r['clients']}.wall_ratio": r["wall_ratio"]["median"] for r in cc["levels"]
+    }
+    out.update({f"memory.{k}": v for k, v in cc["memory"].items() if isinstance(v, float)})
+    return out
+
+
+def plot(results: Results, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    levels = results["concurrency"]["levels"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3))
+    n = [r["clients"] for r in levels]
+    for key, label in (("direct_wall_ms", "direct"), ("gateway_wall_ms", "gateway")):
+        med = [r[key]["median"] for r in levels]
+        err = [
+            [m - r[key]["min"] for m, r in zip(med, levels, strict=True)],
+            [r[key]["max"] - m for m, r in zip(med, levels, strict=True)],
+        ]
+        ax1.errorbar(n, med, yerr=err, marker="o", capsize=3, label=label)
+    ax1.set_xlabel("concurrent streaming clients")
+    ax1.set_ylabel("wall time ms")
+    ax1.legend(fontsize=7)
+    ax2.plot(n, [r["wall_ratio"]["median"] for r in levels], marker="o", color="#c44e52")
+    ax2.axhline(1.2, ls="--", color="gray", lw=1)
+    ax2.text(n[0], 1.21, "target at 16 clients", fontsize=7, color="gray")
+    ax2.set_xlabel("concurrent streaming clients")
+    ax2.set_ylabel("gateway / direct wall time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def blockers(results: Results, row: Target) -> str:
+    return ""

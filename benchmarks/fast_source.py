@@ -65,7 +65,7 @@ class Source(asyncio.Protocol):
         self._can_write.set()
         self._busy = False
         self._streaming = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the answer being written (a reference keeps it alive)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -125,8 +125,9 @@ class Source(asyncio.Protocol):
                 self._json(200, {"status": "ok"})
             elif path == "/props":
                 settings = {"n_ctx": self.options.ctx_size}
-                self._json(200, {"default_generation_settings": settings, "total_slots": 1,
-                                 "model_path": self.options.model})
+                self._json(
+                    200, {"default_generation_settings": settings, "total_slots": 1, "model_path": self.options.model}
+                )
             else:
                 self._json(404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}})
         finally:
@@ -135,17 +136,25 @@ class Source(asyncio.Protocol):
                 self._next()
 
     def _completion(self) -> dict[str, object]:
-        return {"choices": [{"finish_reason": "length", "index": 0,
-                             "message": {"role": "assistant", "content": "tok0 tok1"}}],
-                "created": int(time.time()), "model": self.options.model, "object": "chat.completion",
-                "usage": {"completion_tokens": 2, "prompt_tokens": 8, "total_tokens": 10}, "id": "chatcmpl-fast"}
+        return {
+            "choices": [
+                {"finish_reason": "length", "index": 0, "message": {"role": "assistant", "content": "tok0 tok1"}}
+            ],
+            "created": int(time.time()),
+            "model": self.options.model,
+            "object": "chat.completion",
+            "usage": {"completion_tokens": 2, "prompt_tokens": 8, "total_tokens": 10},
+            "id": "chatcmpl-fast",
+        }
 
     def _json(self, status: int, payload: object) -> None:
         data = json.dumps(payload, separators=(",", ":")).encode()
         reason = {200: "OK", 404: "Not Found"}[status]
-        head = (f"HTTP/1.1 {status} {reason}\r\nKeep-Alive: timeout=5, max=100000\r\n"
-                f"Content-Type: application/json; charset=utf-8\r\nServer: llama.cpp\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nKeep-Alive: timeout=5, max=100000\r\n"
+            f"Content-Type: application/json; charset=utf-8\r\nServer: llama.cpp\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode()
         if self.transport is not None:
             self.transport.write(head + data)
 
@@ -153,8 +162,10 @@ class Source(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        transport.write(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100000\r\nContent-Type: text/event-stream\r\n"
-                        b"Server: llama.cpp\r\nTransfer-Encoding: chunked\r\n\r\n")
+        transport.write(
+            b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5, max=100000\r\nContent-Type: text/event-stream\r\n"
+            b"Server: llama.cpp\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         self._streaming = True
         try:
             for frame in sse_frames(self.options.chunks, self.options.model):

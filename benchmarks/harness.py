@@ -25,8 +25,9 @@ from typing import Any
 
 import psutil
 
-from benchmarks.client import Connection, wait_http_ok
-from fake_engine.configs import FAKE_ENGINE, free_port, lua
+from benchmarks.client import Connection, wait_accepting, wait_http_ok
+from fake_engine.configs import FAKE_ENGINE, lua
+from fake_engine.configs import free_port as free_port  # re-exported: the benchmarks take ports from here
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -59,6 +60,26 @@ def fake_engine(port: int, context: int, name: str, *extra: str, parallel: int =
     if parallel > 1:
         args += ["-np", str(parallel)]
     return EngineSpec(PYTHON, args + list(extra), context, port)
+
+
+def fake_engine_flags(engine: str = FAKE_ENGINE, timeout: float = 30.0) -> frozenset[str]:
+    """The ``--fake-...`` flags the fake engine's ``--help`` lists; empty for a fake without ``--help``.
+
+    Such a fake ignores flags it does not know and would start serving, so the call also passes
+    ``--fake-exit-at-startup 0``: one that does not answer ``--help`` exits at once instead."""
+    argv = [PYTHON, engine, "--help", "--fake-exit-at-startup", "0", "--host", HOST, "--port", "0"]
+    try:
+        out = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(re.findall(r"--fake-[a-z0-9-]+", out.stdout + out.stderr))
 
 
 @dataclass(frozen=True)
@@ -137,7 +158,11 @@ class Proc:
         with open(self.log_path, "ab") as log:
             self.t_spawn = time.perf_counter()
             self.popen = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,
             )
         _LIVE.add(self)
@@ -234,6 +259,27 @@ class DirectEngine:
         return Connection(HOST, self.spec.port)
 
 
+def bytecode_cache(workdir: Path) -> dict[str, str]:
+    """Environment for a gateway that reads and writes compiled bytecode, as an installed llmgw does, kept in the
+    run's work directory: here and under tox PYTHONDONTWRITEBYTECODE=1 would make every start compile every
+    module again (about 75 ms of a ~200 ms launch, see findings), which no user's launch does."""
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
+
+
+async def timed_launch(proc: Proc, port: int, ready_path: str, timeout: float) -> dict[str, float]:
+    """Spawn ``proc`` and time it, from the spawn, to its port accepting connections and to
+    ``GET ready_path`` answering 200 (ms). A failed launch kills the process."""
+    proc.start()
+    try:
+        accepted = await wait_accepting(HOST, port, timeout)
+        await wait_http_ok(HOST, port, ready_path, timeout, poll=0.001)
+        ready = time.perf_counter()
+    except BaseException:
+        proc.kill()
+        raise
+    return {"accept_ms": (accepted - proc.t_spawn) * 1000, "ready_ms": (ready - proc.t_spawn) * 1000}
+
+
 class GatewayProc:
     """``python -m llmgw -c config.lua`` as a subprocess (optionally under cProfile)."""
 
@@ -253,7 +299,7 @@ class GatewayProc:
         if profile is not None:
             argv += ["-m", "cProfile", "-o", str(profile)]
         argv += ["-m", "llmgw", "-c", str(self.config), "--log-level", log_level]
-        self.proc = Proc(argv, workdir / f"{name}.log", {"PYTHONPATH": str(ROOT)})
+        self.proc = Proc(argv, workdir / f"{name}.log", {"PYTHONPATH": str(ROOT), **bytecode_cache(workdir)})
 
     async def start(self, timeout: float = 60.0) -> float:
         self.proc.start()
@@ -262,6 +308,10 @@ class GatewayProc:
         except BaseException:
             self.proc.kill()
             raise
+
+    async def launch(self, timeout: float = 60.0) -> dict[str, float]:
+        """Start it and time the launch: spawn to accepting connections, and to ``GET /health`` answering."""
+        return await timed_launch(self.proc, self.port, "/health", timeout)
 
     async def stop(self) -> float:
         """SIGTERM the gateway alone (it stops its engine), then make sure nothing is left."""
@@ -292,6 +342,63 @@ class GatewayProc:
             resp = await conn.request("GET", "/running", timeout=10)
         engines = resp.json().get("engines") or []
         return int(engines[0]["pid"]) if engines else None
+
+
+class RouterProc:
+    """llama-server's own router mode, the same binary: ``--models-preset`` with one INI section per model
+    (keys are the CLI flags without dashes) and ``--models-max 1``; requests name a model by its section."""
+
+    def __init__(self, workdir: Path, files: RealFiles, presets: dict[str, dict[str, Any]], name: str) -> None:
+        ini = workdir / f"{name}.ini"
+        sections = [
+            f"[{model}]\nmodel = {files.model}\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+            for model, keys in presets.items()
+        ]
+        ini.write_text("\n".join(sections))
+        self.port = free_port()
+        argv = [
+            files.binary,
+            "--models-preset",
+            str(ini),
+            "--models-max",
+            "1",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--no-webui",
+        ]
+        self.proc = Proc(argv, workdir / f"{name}.log", files.env)
+
+    async def start(self, timeout: float = 60.0) -> float:
+        self.proc.start()
+        try:
+            return await wait_http_ok(HOST, self.port, "/health", timeout)
+        except BaseException:
+            self.proc.kill()
+            raise
+
+    async def launch(self, timeout: float = 60.0) -> dict[str, float]:
+        """Start it and time the launch: spawn to accepting connections, and to ``GET /health`` answering."""
+        return await timed_launch(self.proc, self.port, "/health", timeout)
+
+    async def stop(self) -> float:
+        """SIGTERM the router's process group (its child engines with it)."""
+        return await self.proc.stop()
+
+    def connection(self) -> Connection:
+        return Connection(HOST, self.port)
+
+    async def child_port(self, model: str) -> int:
+        """The port of the engine the router runs for ``model`` (``/v1/models`` shows its arguments)."""
+        async with self.connection() as conn:
+            listing = (await conn.request("GET", "/v1/models", timeout=10)).json()
+        for entry in listing.get("data", []):
+            status = entry.get("status") or {}
+            args = [str(a) for a in status.get("args") or []]
+            if entry.get("id") == model and status.get("value") == "loaded" and "--port" in args:
+                return int(args[args.index("--port") + 1])
+        raise RuntimeError(f"router: no loaded engine for {model}: {listing}")
 
 
 # --------------------------------------------------------------------------- the machine

@@ -36,10 +36,12 @@ from typing import Any
 import psutil
 
 from benchmarks.client import Connection, Response
-from benchmarks.common import Ctx, chat
+from benchmarks.common import Ctx, Results, Target, chat
 from benchmarks.harness import HOST, EngineSpec, GatewayProc, ModelSpec, fake_engine, free_port, real_engine
-from benchmarks.stats import median, ms, spread, summary
+from benchmarks.stats import fmt, median, mid, ms, spread, summary, table, target
 
+NAMES = ("alternate_fake", "alternate_real", "starting_fake", "starting_real")
+NEEDS_REAL = ("alternate_real", "starting_real")
 PATH = "/v1/chat/completions"
 
 
@@ -59,6 +61,13 @@ class StartingParams:
 
 
 # --------------------------------------------------------------------------- shared
+
+
+async def run(ctx: Ctx, name: str, params: AlternateParams | StartingParams) -> dict[str, Any]:
+    engine = name.rsplit("_", 1)[1]
+    if isinstance(params, AlternateParams):
+        return await run_alternate(ctx, engine, params)
+    return await run_starting(ctx, engine, params)
 
 
 def _engines(ctx: Ctx, engine: str, b_extra: tuple[str, ...] = ()) -> tuple[EngineSpec, EngineSpec, dict[str, Any]]:
@@ -129,8 +138,13 @@ async def run_alternate(ctx: Ctx, engine: str, params: AlternateParams) -> dict[
     events: dict[str, Path] = extra.pop("events", {})
     specs = {"A": a, "B": b}
     bodies = {name: chat(name, "Say hello.", **extra) for name in specs}
-    gw = GatewayProc(ctx.workdir, [ModelSpec("A", [a]), ModelSpec("B", [b])], name=f"gw-alternate-{engine}",
-                     profile=ctx.profile_path(f"alternate-{engine}"), max_engines=2)
+    gw = GatewayProc(
+        ctx.workdir,
+        [ModelSpec("A", [a]), ModelSpec("B", [b])],
+        name=f"gw-alternate-{engine}",
+        profile=ctx.profile_path(f"alternate-{engine}"),
+        max_engines=2,
+    )
     checks: list[dict[str, Any]] = []
     blocks: list[dict[str, Any]] = []
     await gw.start()
@@ -151,8 +165,13 @@ async def run_alternate(ctx: Ctx, engine: str, params: AlternateParams) -> dict[
                 states = {name: engines.get(name, {}).get("state") for name in specs}
                 if not expected:
                     expected.update({k: v for k, v in pids.items() if v is not None})
-                ok = (pids == expected and len(expected) == 2 and set(states.values()) == {"ready"}
-                      and len(running["engines"]) == 2 and running["queued"] == 0)
+                ok = (
+                    pids == expected
+                    and len(expected) == 2
+                    and set(states.values()) == {"ready"}
+                    and len(running["engines"]) == 2
+                    and running["queued"] == 0
+                )
                 checks.append({"when": when, "pids": pids, "states": states, "ok": ok})
                 if not ok:
                     raise RuntimeError(f"engine restarted or not ready {when}: /running says {running}")
@@ -184,10 +203,19 @@ async def run_alternate(ctx: Ctx, engine: str, params: AlternateParams) -> dict[
                         per_model[name]["gateway"].append(ms(g))
                         per_model[name]["direct"].append(ms(d))
                     await check(f"after repeat {r + 1}, {mode}")
-                    blocks.append({"repeat": r, "mode": mode,
-                                   "gateway": summary(samples["gateway"], 4), "direct": summary(samples["direct"], 4),
-                                   "per_model": {n: {p: summary(v, 4) for p, v in pm.items()}
-                                                 for n, pm in per_model.items() if pm["gateway"]}})
+                    blocks.append(
+                        {
+                            "repeat": r,
+                            "mode": mode,
+                            "gateway": summary(samples["gateway"], 4),
+                            "direct": summary(samples["direct"], 4),
+                            "per_model": {
+                                n: {p: summary(v, 4) for p, v in pm.items()}
+                                for n, pm in per_model.items()
+                                if pm["gateway"]
+                            },
+                        }
+                    )
         finally:
             for conn in (control, via, *direct.values()):
                 await conn.close()
@@ -198,11 +226,16 @@ async def run_alternate(ctx: Ctx, engine: str, params: AlternateParams) -> dict[
     fake_starts = {name: sum(e["event"] == "start" for e in ev) for name, ev in engine_events.items()}
     fake_exits_before_end = {name: sum(e["event"] == "exit" for e in ev) for name, ev in engine_events.items()}
     # The gateway's stop at the end makes each engine write "exit" once; that is the only one allowed.
-    restarts_ok = starts == {"A": 1, "B": 1} and all(n == 1 for n in fake_starts.values()) and all(
-        n <= 1 for n in fake_exits_before_end.values())
+    restarts_ok = (
+        starts == {"A": 1, "B": 1}
+        and all(n == 1 for n in fake_starts.values())
+        and all(n <= 1 for n in fake_exits_before_end.values())
+    )
     if not restarts_ok:
-        raise RuntimeError(f"an engine started more than once: gateway log {starts}, fake events {fake_starts}, "
-                           f"exits {fake_exits_before_end}")
+        raise RuntimeError(
+            f"an engine started more than once: gateway log {starts}, fake events {fake_starts}, "
+            f"exits {fake_exits_before_end}"
+        )
     result: dict[str, Any] = {
         "engine": engine,
         "requests_per_block": params.requests,
@@ -220,8 +253,10 @@ async def run_alternate(ctx: Ctx, engine: str, params: AlternateParams) -> dict[
         result[mode] = {
             "gateway_ms": spread([blk["gateway"]["median"] for blk in mine], 4),
             "direct_ms": spread([blk["direct"]["median"] for blk in mine], 4),
-            "added_ms": {stat: spread([blk["gateway"][stat] - blk["direct"][stat] for blk in mine], 4)
-                         for stat in ("median", "p99")},
+            "added_ms": {
+                stat: spread([blk["gateway"][stat] - blk["direct"][stat] for blk in mine], 4)
+                for stat in ("median", "p99")
+            },
         }
     single = [blk["gateway"]["median"] - blk["direct"]["median"] for blk in blocks if blk["mode"] == "single"]
     alternating = [blk["gateway"]["median"] - blk["direct"]["median"] for blk in blocks if blk["mode"] == "alternating"]
@@ -239,8 +274,13 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
     a, b, extra = _engines(ctx, engine, b_extra)
     events: dict[str, Path] = extra.pop("events", {})
     body = chat("A", "Say hello.", **extra)
-    gw = GatewayProc(ctx.workdir, [ModelSpec("A", [a]), ModelSpec("B", [b])], name=f"gw-starting-{engine}",
-                     profile=ctx.profile_path(f"starting-{engine}"), max_engines=2)
+    gw = GatewayProc(
+        ctx.workdir,
+        [ModelSpec("A", [a]), ModelSpec("B", [b])],
+        name=f"gw-starting-{engine}",
+        profile=ctx.profile_path(f"starting-{engine}"),
+        max_engines=2,
+    )
     rounds: list[dict[str, Any]] = []
     await gw.start()
     try:
@@ -255,6 +295,7 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
             def gateway_cpu() -> float:
                 t = gw_proc.cpu_times()
                 return float(t.user + t.system)
+
             flip = [0]
 
             async def pair() -> tuple[float, float]:
@@ -262,14 +303,19 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
                 order = ("gateway", "direct") if flip[0] % 2 else ("direct", "gateway")
                 out: dict[str, float] = {}
                 for path in order:
-                    out[path] = ms(_ok(await (via if path == "gateway" else direct).request("POST", PATH, body,
-                                                                                            timeout=120)))
+                    out[path] = ms(
+                        _ok(await (via if path == "gateway" else direct).request("POST", PATH, body, timeout=120))
+                    )
                 return out["gateway"], out["direct"]
 
             def idle_state(running: dict[str, Any]) -> bool:
                 engines = running["engines"]
-                return (len(engines) == 1 and engines[0]["model"] == "A" and engines[0]["state"] == "ready"
-                        and engines[0]["pid"] == a_pid)
+                return (
+                    len(engines) == 1
+                    and engines[0]["model"] == "A"
+                    and engines[0]["state"] == "ready"
+                    and engines[0]["pid"] == a_pid
+                )
 
             def b_starting(running: dict[str, Any]) -> bool:
                 engines = _engines_by_model(running)
@@ -327,8 +373,12 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
                 if engines.get("B", {}).get("state") != "ready" or engines.get("A", {}).get("pid") != a_pid:
                     raise RuntimeError(f"round {r + 1}: after B's start, /running says {engines}")
                 await gw.unload("B")
-                return {"samples": kept, "dropped": dropped, "load_s": round(start_s, 3),
-                        "gateway_cpu_ms_per_pair": round(cpu * 1000, 3)}
+                return {
+                    "samples": kept,
+                    "dropped": dropped,
+                    "load_s": round(start_s, 3),
+                    "gateway_cpu_ms_per_pair": round(cpu * 1000, 3),
+                }
 
             for _ in range(max(3, params.idle_pairs // 10)):  # warm-up
                 await pair()
@@ -358,19 +408,30 @@ async def run_starting(ctx: Ctx, engine: str, params: StartingParams) -> dict[st
     return result
 
 
-def _starting_result(engine: str, params: StartingParams, extra: dict[str, Any], rounds: list[dict[str, Any]],
-                     starts: dict[str, int], fake_starts: dict[str, int]) -> dict[str, Any]:
+def _starting_result(
+    engine: str,
+    params: StartingParams,
+    extra: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    starts: dict[str, int],
+    fake_starts: dict[str, int],
+) -> dict[str, Any]:
     def med(samples: list[float]) -> float:
         return median(samples) if samples else float("nan")
 
     per_round = []
     for row in rounds:
         idle, starting = row["idle"]["samples"], row["starting"]["samples"]
-        out = {"round": row["round"], "load_s": row["starting"]["load_s"], "n_idle": len(idle["gateway"]),
-               "n_starting": len(starting["gateway"]), "dropped_idle": row["idle"]["dropped"],
-               "dropped_starting": row["starting"]["dropped"],
-               "idle_gateway_cpu_ms_per_pair": row["idle"]["gateway_cpu_ms_per_pair"],
-               "starting_gateway_cpu_ms_per_pair": row["starting"]["gateway_cpu_ms_per_pair"]}
+        out = {
+            "round": row["round"],
+            "load_s": row["starting"]["load_s"],
+            "n_idle": len(idle["gateway"]),
+            "n_starting": len(starting["gateway"]),
+            "dropped_idle": row["idle"]["dropped"],
+            "dropped_starting": row["starting"]["dropped"],
+            "idle_gateway_cpu_ms_per_pair": row["idle"]["gateway_cpu_ms_per_pair"],
+            "starting_gateway_cpu_ms_per_pair": row["starting"]["gateway_cpu_ms_per_pair"],
+        }
         for phase, s in (("idle", idle), ("starting", starting)):
             out[f"{phase}_gateway_ms"] = round(med(s["gateway"]), 4)
             out[f"{phase}_direct_ms"] = round(med(s["direct"]), 4)
@@ -386,8 +447,10 @@ def _starting_result(engine: str, params: StartingParams, extra: dict[str, Any],
     def pooled(phase: str, path: str) -> list[float]:
         return [x for row in rounds for x in row[phase]["samples"][path]]
 
-    pool = {phase: {path: summary(pooled(phase, path), 4) for path in ("gateway", "direct")}
-            for phase in ("idle", "starting")}
+    pool = {
+        phase: {path: summary(pooled(phase, path), 4) for path in ("gateway", "direct")}
+        for phase in ("idle", "starting")
+    }
     return {
         "engine": engine,
         "rounds": params.rounds,
@@ -395,9 +458,12 @@ def _starting_result(engine: str, params: StartingParams, extra: dict[str, Any],
         "max_tokens": extra["max_tokens"],
         "engine_starts": {"gateway_log": starts, **({"fake_events": fake_starts} if fake_starts else {})},
         "b_start_s": spread([r["load_s"] for r in per_round], 3),
-        "samples": {"idle": sum(r["n_idle"] for r in per_round), "starting": sum(r["n_starting"] for r in per_round),
-                    "dropped_idle": sum(r["dropped_idle"] for r in per_round),
-                    "dropped_starting": sum(r["dropped_starting"] for r in per_round)},
+        "samples": {
+            "idle": sum(r["n_idle"] for r in per_round),
+            "starting": sum(r["n_starting"] for r in per_round),
+            "dropped_idle": sum(r["dropped_idle"] for r in per_round),
+            "dropped_starting": sum(r["dropped_starting"] for r in per_round),
+        },
         "all_ok": len(usable) == len(per_round),
         # Per round, then summarised over rounds: the target's figure and the two halves it is made of.
         "gateway_more_ms": spread([r["gateway_more_ms"] for r in usable], 3),
@@ -407,8 +473,270 @@ def _starting_result(engine: str, params: StartingParams, extra: dict[str, Any],
         "starting_added_ms": spread([r["starting_added_ms"] for r in usable], 3),
         # The gateway's CPU time (psutil, user + system) over a phase, per pair sent: its request work plus
         # whatever else it does meanwhile (while B starts: spawning, readiness probes, relaying B's output).
-        "gateway_cpu_ms_per_pair": {phase: spread([r[f"{phase}_gateway_cpu_ms_per_pair"] for r in per_round], 3)
-                                    for phase in ("idle", "starting")},
+        "gateway_cpu_ms_per_pair": {
+            phase: spread([r[f"{phase}_gateway_cpu_ms_per_pair"] for r in per_round], 3)
+            for phase in ("idle", "starting")
+        },
         "pooled": pool,
         "per_round": per_round,
     }
+
+
+# --------------------------------------------------------------------------- report
+
+STARTING_METHOD = (
+    "A gateway with `max_engines = 2`; A loaded. Each round has an idle phase (A alone) and a phase while B starts "
+    '(`POST /load {"model": "B"}` sent in the background), order flipped between rounds. Both phases sample alike: '
+    "`GET /running`, then a pair (the small request to A through the gateway and straight to A's process, order "
+    "flipped), then `GET /running` again. **While B is starting** means: a pair counts only if the reads before and "
+    "after it both show B in state `starting` (B enters that state once, when the gateway decides to start it, and "
+    "leaves it once, when it is ready), so B was starting during the whole pair; the pair during which the start "
+    "ended is dropped. Idle pairs count only if both reads show A alone and `ready` with its first pid. After each "
+    'start, B is unloaded (`POST /unload {"model": "B"}` returns once it is gone). Differences are taken per round '
+    "(starting - idle), then summarised over rounds.\n"
+)
+
+
+ALTERNATE_METHOD = (
+    "A gateway with `max_engines = 2` and models A and B, both loaded before anything is measured. (a) single: small "
+    "non-streamed requests to A only; (b) alternating: the same requests to A, B, A, B...; the two blocks alternate "
+    "(order flipped between repeats). Each gateway request is paired with the same request straight to the engine "
+    "process that serves it. Added = gateway median - direct median per block; figures over repeats.\n"
+)
+
+
+def targets(results: Results) -> list[Target]:
+    rows = []
+    for engine in ("fake", "real"):
+        al = results.get(f"alternate_{engine}")
+        if al:
+            value = mid(al["difference_ms"])
+            same = al["within_spread"] or (value is not None and value <= 0)
+            rows.append(
+                target(
+                    f"7. alternation ({engine} engine)",
+                    "added latency, alternating 2 loaded models = "
+                    "single model (difference within the spread), no engine start",
+                    value,
+                    value is not None and same and al["all_ok"] and al["engine_starts_during_measurement"] == 0,
+                    _alternate_shown(al),
+                )
+            )
+    for engine in ("fake", "real"):
+        sg = results.get(f"starting_{engine}")
+        if sg:
+            value = mid(sg["gateway_more_ms"])
+            rows.append(
+                target(
+                    f"8. while another starts ({engine} engine)",
+                    "request to a loaded model while another "
+                    "model starts: median <= 5 ms more than with nothing starting",
+                    value,
+                    value is not None and value <= 5 and sg["all_ok"],
+                    f"{fmt(sg['gateway_more_ms'], 2)} ms (gateway's own part: {fmt(sg['added_more_ms'], 2)} ms)",
+                )
+            )
+    return rows
+
+
+def _alternate_shown(al: dict[str, Any]) -> str:
+    diff = mid(al["difference_ms"]) or 0.0
+    verdict = (
+        "within the spread"
+        if al["within_spread"]
+        else ("lower, outside the spread" if diff <= 0 else "higher, outside the spread")
+    )
+    return (
+        f"(a) {fmt(al['single']['added_ms']['median'], 2)}, (b) {fmt(al['alternating']['added_ms']['median'], 2)}"
+        f" ms; (b) - (a) {fmt(al['difference_ms'], 2)} ms, {verdict}; "
+        f"engine starts during: {al['engine_starts_during_measurement']}"
+    )
+
+
+def section(results: Results) -> str:
+    md = []
+    alternates = [results[k] for k in ("alternate_fake", "alternate_real") if k in results]
+    if alternates:
+        md += ["## 7. Alternating between two loaded models\n", ALTERNATE_METHOD, *map(_alternate_md, alternates)]
+    startings = [results[k] for k in ("starting_fake", "starting_real") if k in results]
+    if startings:
+        md += ["## 8. A loaded model while another starts\n", STARTING_METHOD, *map(_starting_md, startings)]
+    return "\n".join(md)
+
+
+def _alternate_md(al: dict[str, Any]) -> str:
+    rows = []
+    for mode, label in (("single", "(a) single model (A only)"), ("alternating", "(b) alternating A, B, A, B...")):
+        m = al[mode]
+        rows.append(
+            [
+                label,
+                fmt(m["direct_ms"], 3),
+                fmt(m["gateway_ms"], 3),
+                f"**{fmt(m['added_ms']['median'], 3)}**",
+                fmt(m["added_ms"]["p99"], 3),
+            ]
+        )
+    verdict = "within" if al["within_spread"] else "outside"
+    starts = al["engine_starts"]
+    fake = f", fake engines' event files {starts['fake_events']}" if starts.get("fake_events") else ""
+    return (
+        f"### {al['engine']} engine\n\n{al['requests_per_block']} gateway requests (and as many direct) per block, "
+        f"{al['repeats']} repeats, `max_tokens` {al['max_tokens']}.\n\n"
+        + table(["requests", "direct median ms", "gateway median ms", "added median ms", "added p99 ms"], rows)
+        + f"\n(b) - (a), per repeat: **{fmt(al['difference_ms'], 3)} ms**, {verdict} the spread of the two "
+        f"(the min-max ranges of (a) and (b) {'overlap' if al['within_spread'] else 'do not overlap'}). "
+        f"Engine starts: gateway log {starts['gateway_log']}{fake} (the loads before measuring, nothing else); "
+        f"/running read {al['checks']} times (after loading, after the warm-up, after every block): the same pids "
+        f"{al['pids']}, both `ready`, nothing queued.\n"
+    )
+
+
+def _starting_md(sg: dict[str, Any]) -> str:
+    pool = sg["pooled"]
+    rows = []
+    for phase, label in (("idle", "nothing starting"), ("starting", "while B starts")):
+        gw, direct = pool[phase]["gateway"], pool[phase]["direct"]
+        rows.append([label, gw["n"], fmt(direct, 3), fmt(gw, 3), f"{gw['p99']:.3f}", fmt(sg[f"{phase}_added_ms"], 3)])
+    how = (
+        f"fake engine, B with `--fake-load-delay {sg['load_delay_s']:g}`"
+        if sg["engine"] == "fake"
+        else "real llama-server, B's real load"
+    )
+    samples = sg["samples"]
+    return (
+        f"### {sg['engine']} engine\n\n{how}; {sg['rounds']} rounds; B's start as the benchmark saw it (load "
+        f"sent to load answered): {fmt(sg['b_start_s'], 3)} s. Pairs kept: {samples['idle']} idle, "
+        f"{samples['starting']} while B started (dropped: {samples['dropped_idle']} idle, "
+        f"{samples['dropped_starting']} during which B's start ended).\n\n"
+        + table(
+            [
+                "A's small request",
+                "pairs",
+                "direct ms (all pairs)",
+                "gateway ms (all pairs)",
+                "gateway p99 ms",
+                "added ms (per round)",
+            ],
+            rows,
+        )
+        + f"\nPer round, starting - idle: gateway **{fmt(sg['gateway_more_ms'], 3)} ms** (the target's figure); "
+        f"direct {fmt(sg['direct_more_ms'], 3)} ms (the engine itself, sharing the machine with B's start); "
+        f"gateway's own part (added while starting - added idle) {fmt(sg['added_more_ms'], 3)} ms.\n"
+        + _starting_cpu(sg)
+    )
+
+
+def _starting_cpu(sg: dict[str, Any]) -> str:
+    cpu = sg.get("gateway_cpu_ms_per_pair")
+    if not cpu:
+        return ""
+    text = (
+        f"\nGateway CPU time over a phase per pair sent (psutil; its request work plus whatever else it does "
+        f"meanwhile): idle {fmt(cpu['idle'], 3)} ms, while B starts {fmt(cpu['starting'], 3)} ms"
+    )
+    if sg.get("readiness_probes_per_start") is not None:
+        text += f"; the gateway probed B's `/health` {sg['readiness_probes_per_start']:g} times per start"
+    return text + ".\n"
+
+
+def headlines(results: Results) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for engine in ("fake", "real"):
+        al = results.get(f"alternate_{engine}")
+        if al:
+            for mode in ("single", "alternating"):
+                out[f"alternate_{engine}.{mode}.added_ms"] = al[mode]["added_ms"]["median"]["median"]
+            out[f"alternate_{engine}.difference_ms"] = al["difference_ms"]["median"]
+        sg = results.get(f"starting_{engine}")
+        if sg:
+            for key in ("gateway_more_ms", "direct_more_ms", "added_more_ms"):
+                out[f"starting_{engine}.{key}"] = sg[key]["median"]
+    return out
+
+
+def plot(results: Results, path: Path) -> bool:
+    """7: added latency single vs alternating; 8: what B's start adds, gateway and direct."""
+    import matplotlib.pyplot as plt
+
+    alternates = [results[k] for k in ("alternate_fake", "alternate_real") if k in results]
+    startings = [results[k] for k in ("starting_fake", "starting_real") if k in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    if alternates:
+        _bars(
+            ax1,
+            [
+                (
+                    f"{al['engine']} engine",
+                    [
+                        ("(a) single model", al["single"]["added_ms"]["median"]),
+                        ("(b) alternating A, B", al["alternating"]["added_ms"]["median"]),
+                    ],
+                )
+                for al in alternates
+            ],
+        )
+    ax1.set_ylabel("gateway - direct, ms (median per block)", fontsize=7)
+    ax1.set_title("7. added latency, two loaded models", fontsize=9)
+    if startings:
+        _bars(
+            ax2,
+            [
+                (
+                    f"{sg['engine']} engine",
+                    [
+                        ("gateway (target)", sg["gateway_more_ms"]),
+                        ("direct (the engine)", sg["direct_more_ms"]),
+                        ("gateway's own part", sg["added_more_ms"]),
+                    ],
+                )
+                for sg in startings
+            ],
+        )
+        ax2.axhline(5, ls="--", color="gray", lw=1)
+    ax2.set_ylabel("while B starts - idle, ms (per round)", fontsize=7)
+    ax2.set_title("8. request to A while B starts", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def _bars(ax: Any, groups: list[tuple[str, list[tuple[str, dict[str, Any]]]]]) -> None:
+    """Grouped bars of spreads (median, min-max error bars), one group per engine."""
+    width = 0.8 / max(len(series) for _, series in groups)
+    for g, (_, series) in enumerate(groups):
+        for i, (label, sp) in enumerate(series):
+            med = sp["median"]
+            ax.bar(
+                g + i * width,
+                med,
+                width,
+                yerr=[[med - sp["min"]], [sp["max"] - med]],
+                capsize=3,
+                color=f"C{i}",
+                label=label if g == 0 else None,
+            )
+    ax.set_xticks(
+        [g + width * (len(s) - 1) / 2 for g, (_, s) in enumerate(groups)], [name for name, _ in groups], fontsize=8
+    )
+    ax.axhline(0, color="black", lw=0.5)
+    ax.legend(fontsize=7)
+
+
+def blockers(results: Results, row: Target) -> str:
+    engine = "real" if "real" in row["benchmark"] else "fake"
+    if row["benchmark"].startswith("7."):
+        al = results[f"alternate_{engine}"]
+        return (
+            f" Gateway medians: single {fmt(al['single']['gateway_ms'], 3)} ms, alternating "
+            f"{fmt(al['alternating']['gateway_ms'], 3)} ms; direct: {fmt(al['single']['direct_ms'], 3)} and "
+            f"{fmt(al['alternating']['direct_ms'], 3)} ms. Engine starts in the gateway log: "
+            f"{al['engine_starts']['gateway_log']}."
+        )
+    sg = results[f"starting_{engine}"]
+    return (
+        f" Of that, the engine itself (direct requests to the same process, same moments) is "
+        f"{fmt(sg['direct_more_ms'], 2)} ms slower while the other engine starts; the gateway's own part "
+        f"(added while starting - added idle) is {fmt(sg['added_more_ms'], 2)} ms."
+    )

@@ -12,23 +12,35 @@ Each iteration sends, in a rotating order, one of each probe below on keep-alive
 
 Added = gateway - direct, for the median and for the p99 of each repeat. A final block of
 gateway-only requests measures the gateway's CPU time per request.
+
+The fake engine runs with ``OverheadParams.fake_flags``, plus ``--fake-count-thread`` when its
+``--help`` lists that flag: it then answers the count on a thread of its own, beside the
+generation, as llama-server does on its HTTP threads (the issue's target is set for such an
+engine). Without it the fake answers the count and the request one after the other, and that
+wait lands in the gateway's added latency. The result says which flags ran.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from benchmarks.client import Connection, Response, fetch
-from benchmarks.common import Ctx, chat
-from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, free_port
-from benchmarks.stats import ms, spread, summary
+from benchmarks.common import Ctx, Results, Target, chat
+from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, fake_engine_flags, free_port
+from benchmarks.stats import fmt, mid, ms, spread, summary, table, target
 
+NAMES = ("overhead",)
+NEEDS_REAL: tuple[str, ...] = ()
 PATH = "/v1/chat/completions"
 COUNT_PATH = "/v1/chat/completions/input_tokens"
+COUNT_THREAD = "--fake-count-thread"
+TARGET_ADDED_MS = 0.8  # issue 17, with a fake engine that counts on its own thread
+TARGET_CPU_MS = 1.5
 
 
 @dataclass
@@ -36,6 +48,16 @@ class OverheadParams:
     requests: int = 300  # per probe and path, per repeat
     repeats: int = 3
     cpu_requests: int = 300
+    fake_flags: tuple[str, ...] = ()  # extra fake-engine flags
+    count_thread: bool = True  # add --fake-count-thread if the fake engine's --help lists it
+
+
+def engine_flags(params: OverheadParams) -> list[str]:
+    """The fake engine's extra flags for this run: the plan's, and the counting thread where the fake has one."""
+    flags = list(params.fake_flags)
+    if params.count_thread and COUNT_THREAD not in flags and COUNT_THREAD in fake_engine_flags():
+        flags.append(COUNT_THREAD)
+    return flags
 
 
 def _check(resp: Response, stream: bool) -> float:
@@ -48,8 +70,9 @@ def _check(resp: Response, stream: bool) -> float:
     return resp.total
 
 
-async def run_overhead(ctx: Ctx, params: OverheadParams) -> dict[str, Any]:
-    spec = fake_engine(free_port(), 4096, "O")
+async def run(ctx: Ctx, name: str, params: OverheadParams) -> dict[str, Any]:
+    flags = engine_flags(params)
+    spec = fake_engine(free_port(), 4096, "O", *flags)
     gw = GatewayProc(ctx.workdir, [ModelSpec("O", [spec])], name="gw-overhead", profile=ctx.profile_path("overhead"))
     small = chat("O", "Hello there, how are you?", max_tokens=8)
     streamed = dict(small, stream=True)
@@ -113,7 +136,13 @@ async def run_overhead(ctx: Ctx, params: OverheadParams) -> dict[str, Any]:
     finally:
         await gw.stop()
     cpu = (c1.user + c1.system - c0.user - c0.system) / params.cpu_requests
-    result: dict[str, Any] = {"requests_per_repeat": params.requests, "repeats": params.repeats, "probes": {}}
+    result: dict[str, Any] = {
+        "requests_per_repeat": params.requests,
+        "repeats": params.repeats,
+        "probes": {},
+        "fake_flags": flags,
+        "count_thread": COUNT_THREAD in flags,
+    }
     for key in repeats[0]:
         result["probes"][key] = {
             stat: spread([rep[key][stat] for rep in repeats], 4) for stat in ("median", "p99", "min", "max")
@@ -129,3 +158,141 @@ async def run_overhead(ctx: Ctx, params: OverheadParams) -> dict[str, Any]:
     result["gateway_requests_per_s_sequential"] = round(params.cpu_requests / wall, 1)
     result["all_ok"] = True  # _check raises on any failure
     return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def targets(results: Results) -> list[Target]:
+    ov = results["overhead"]
+    value = mid(ov["added_nonstream_ms"]["median"])
+    cpu = ov["gateway_cpu_ms_per_request"]
+    return [
+        target(
+            "3. overhead",
+            f"added median, small non-streaming request <= {TARGET_ADDED_MS:g} ms",
+            value,
+            value is not None and value <= TARGET_ADDED_MS,
+            f"{fmt(ov['added_nonstream_ms']['median'], 2)} ms",
+        ),
+        target(
+            "3. overhead",
+            f"gateway CPU per small request <= {TARGET_CPU_MS:g} ms",
+            cpu,
+            cpu <= TARGET_CPU_MS,
+            f"{cpu:.2f} ms",
+        ),
+    ]
+
+
+def _engine_note(ov: dict[str, Any]) -> str:
+    if "count_thread" not in ov:
+        return ""
+    if ov["count_thread"]:
+        how = (
+            "`--fake-count-thread`: it answers the count on a thread of its own, beside the generation, as "
+            "llama-server does"
+        )
+    else:
+        how = (
+            "no counting thread (its `--help` does not list `--fake-count-thread`): it answers the count and the "
+            "request one after the other, so that wait is in the added figure"
+        )
+    flags = " ".join(ov["fake_flags"]) or "none"
+    return f" Fake engine: {how} (extra flags: `{flags}`)."
+
+
+def section(results: Results) -> str:
+    ov = results["overhead"]
+    p = ov["probes"]
+    rows = []
+    for name, label in (
+        ("nonstream", "small request, not streamed"),
+        ("stream_ttft", "streamed: time to first token"),
+        ("health", "GET /health (no engine call via gateway)"),
+    ):
+        d, g = p[f"{name}/direct"], p[f"{name}/gateway"]
+        a = ov[f"added_{name}_ms"]
+        rows.append(
+            [
+                label,
+                fmt(d["median"], 3),
+                fmt(g["median"], 3),
+                f"**{fmt(a['median'], 3)}**",
+                fmt(d["p99"], 3),
+                fmt(g["p99"], 3),
+                fmt(a["p99"], 3),
+            ]
+        )
+    rows.append(
+        [
+            "exact count: direct input_tokens call, keep-alive",
+            fmt(p["count/direct"]["median"], 3),
+            "",
+            "",
+            fmt(p["count/direct"]["p99"], 3),
+            "",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "exact count: the same on a new connection (as the gateway did before pooling)",
+            fmt(p["count_new_conn/direct"]["median"], 3),
+            "",
+            "",
+            fmt(p["count_new_conn/direct"]["p99"], 3),
+            "",
+            "",
+        ]
+    )
+    return (
+        f"## 3. Per-request overhead\n\nFake engine loaded, {ov['requests_per_repeat']} requests per probe and "
+        f"path per repeat, {ov['repeats']} repeats (figures: median [min, max] over the repeats).{_engine_note(ov)}"
+        " The same small request on the real engine, against llama-server's router: section 10.\n\n"
+        + table(
+            [
+                "probe",
+                "direct median ms",
+                "gateway median ms",
+                "added median ms",
+                "direct p99 ms",
+                "gateway p99 ms",
+                "added p99 ms",
+            ],
+            rows,
+        )
+        + f"\nGateway CPU per small request: **{ov['gateway_cpu_ms_per_request']} ms** "
+        f"({ov['gateway_requests_per_s_sequential']} sequential requests/s through the gateway, one client).\n"
+    )
+
+
+def headlines(results: Results) -> dict[str, float | None]:
+    ov = results["overhead"]
+    out: dict[str, float | None] = {}
+    for name in ("nonstream", "stream_ttft", "health"):
+        out[f"overhead.added_{name}_median_ms"] = ov[f"added_{name}_ms"]["median"]["median"]
+        out[f"overhead.added_{name}_p99_ms"] = ov[f"added_{name}_ms"]["p99"]["median"]
+    out["overhead.gateway_cpu_ms_per_request"] = ov["gateway_cpu_ms_per_request"]
+    return out
+
+
+def plot(results: Results, path: Path) -> bool:
+    return False
+
+
+def blockers(results: Results, row: Target) -> str:
+    ov = results["overhead"]
+    if ov.get("count_thread"):
+        engine = "the fake engine counts on a thread of its own, beside the generation."
+    else:
+        engine = (
+            "the fake engine answers it and the request one after the other (llama-server counts on its HTTP "
+            "threads, beside the generation)."
+        )
+    return (
+        f" The gateway spends {ov['gateway_cpu_ms_per_request']:.2f} ms of CPU per such request; its floor "
+        f"(GET /health) adds {fmt(ov['added_health_ms']['median'], 3)} ms; the exact count it makes per request "
+        f"costs the engine {fmt(ov['count_direct_ms']['median'], 3)} ms straight to it on a kept-alive "
+        f"connection, as the gateway now sends it; {engine}"
+    )

@@ -7,33 +7,32 @@ import asyncio
 import datetime
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks import report
 from benchmarks.common import Ctx
-from benchmarks.concurrency import ConcurrencyParams, run_concurrency
-from benchmarks.counting import CountParams, run_counting
+from benchmarks.concurrency import ConcurrencyParams
+from benchmarks.counting import CountParams
 from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real_engine_files
-from benchmarks.multi import AlternateParams, StartingParams, run_alternate, run_starting
-from benchmarks.overhead import OverheadParams, run_overhead
-from benchmarks.stream_fast import FastStreamParams, run_stream_fast
-from benchmarks.streaming import StreamParams, run_streaming
-from benchmarks.swapback import SwapbackParams, run_swapback
-from benchmarks.switch import SwitchParams, run_switch
+from benchmarks.multi import AlternateParams, StartingParams
+from benchmarks.overhead import OverheadParams
+from benchmarks.router import RouterParams
+from benchmarks.stream_fast import FastStreamParams
+from benchmarks.streaming import StreamParams
+from benchmarks.swapback import SwapbackParams
+from benchmarks.switch import SwitchParams
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("switch_fake", "switch_real", "streaming", "overhead", "counting", "concurrency", "alternate_fake",
-         "alternate_real", "starting_fake", "starting_real", "stream_fast", "swapback")
-REAL_ONLY = ("switch_real", "counting", "alternate_real", "starting_real", "swapback")
+NAMES = report.NAMES
 
 
 @dataclass
@@ -45,12 +44,12 @@ class Plan:
     counting: CountParams = field(default_factory=lambda: CountParams(repeats=9))
     concurrency: ConcurrencyParams = field(default_factory=lambda: ConcurrencyParams(repeats=5))
     alternate_fake: AlternateParams = field(default_factory=lambda: AlternateParams(requests=300, repeats=5))
-    alternate_real: AlternateParams = field(default_factory=lambda: AlternateParams(requests=40, repeats=5,
-                                                                                    warmup=6))
+    alternate_real: AlternateParams = field(default_factory=lambda: AlternateParams(requests=40, repeats=5, warmup=6))
     starting_fake: StartingParams = field(default_factory=lambda: StartingParams(rounds=6, idle_pairs=300))
     starting_real: StartingParams = field(default_factory=lambda: StartingParams(rounds=14, idle_pairs=7))
     stream_fast: FastStreamParams = field(default_factory=lambda: FastStreamParams(chunks=10000, repeats=15))
     swapback: SwapbackParams = field(default_factory=lambda: SwapbackParams(rounds=3))
+    router_real: RouterParams = field(default_factory=lambda: RouterParams(rounds=7, small_pairs=20, launches=2))
 
 
 FULL = Plan()
@@ -67,6 +66,7 @@ QUICK = Plan(
     starting_real=StartingParams(rounds=2, idle_pairs=4),
     stream_fast=FastStreamParams(chunks=10000, repeats=3, hangups=2),
     swapback=SwapbackParams(rounds=1),
+    router_real=RouterParams(rounds=1, small_pairs=6, launches=1),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
 SMOKE = Plan(
@@ -81,33 +81,15 @@ SMOKE = Plan(
 )
 
 
-def runners(plan: Plan) -> dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]]:
-    return {
-        "switch_fake": lambda ctx: run_switch(ctx, "fake", plan.switch_fake),
-        "switch_real": lambda ctx: run_switch(ctx, "real", plan.switch_real),
-        "streaming": lambda ctx: run_streaming(ctx, plan.streaming),
-        "overhead": lambda ctx: run_overhead(ctx, plan.overhead),
-        "counting": lambda ctx: run_counting(ctx, plan.counting),
-        "concurrency": lambda ctx: run_concurrency(ctx, plan.concurrency),
-        "alternate_fake": lambda ctx: run_alternate(ctx, "fake", plan.alternate_fake),
-        "alternate_real": lambda ctx: run_alternate(ctx, "real", plan.alternate_real),
-        "starting_fake": lambda ctx: run_starting(ctx, "fake", plan.starting_fake),
-        "starting_real": lambda ctx: run_starting(ctx, "real", plan.starting_real),
-        "stream_fast": lambda ctx: run_stream_fast(ctx, plan.stream_fast),
-        "swapback": lambda ctx: run_swapback(ctx, plan.swapback),
-    }
-
-
 async def run_suite(ctx: Ctx, plan: Plan, names: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Run the named benchmarks one after the other; an error in one is recorded, the rest still run."""
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    table = runners(plan)
     for name in names:
         ctx.log(f"== {name}")
         t0 = time.monotonic()
         try:
-            results[name] = await table[name](ctx)
+            results[name] = await report.module_of(name).run(ctx, name, getattr(plan, name))
             results[name]["duration_s"] = round(time.monotonic() - t0, 1)
         except Exception as exc:
             errors[name] = f"{type(exc).__name__}: {exc}"
@@ -119,10 +101,16 @@ async def run_suite(ctx: Ctx, plan: Plan, names: list[str]) -> tuple[dict[str, A
 
 def _git() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return f"{head}{' (with uncommitted changes)' if dirty else ''}"
@@ -134,16 +122,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(NAMES)}")
     parser.add_argument("--no-real", action="store_true", help="skip the real llama-server benchmarks")
     parser.add_argument("--profile", action="store_true", help="run every gateway under cProfile (see README)")
+    parser.add_argument(
+        "--overhead-fake-flags",
+        metavar="FLAGS",
+        help="extra fake-engine flags for the overhead benchmark, e.g. --overhead-fake-flags='--fake-tokens 8' "
+        "(--fake-count-thread is added by itself when the fake engine's --help lists it)",
+    )
     parser.add_argument("--out", type=Path, help="directory for results JSON (default benchmarks/out)")
-    parser.add_argument("--report-dir", type=Path,
-                        help="where RESULTS.md and the PNGs go (default: benchmarks/ for a full run of everything, "
-                             "else the --out directory)")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        help="where RESULTS.md and the PNGs go (default: benchmarks/ for a full run of everything, "
+        "else the --out directory)",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the work directory (configs, logs)")
-    parser.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
-                        help="print the headline figures of two results files side by side, run nothing")
-    parser.add_argument("--render", type=Path, metavar="RESULTS.json",
-                        help="only rewrite RESULTS.md and the plots from a results file (into --report-dir, "
-                             "default benchmarks/)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("OLD.json", "NEW.json"),
+        help="print the headline figures of two results files side by side, run nothing",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS.json",
+        help="only rewrite RESULTS.md and the plots from a results file (into --report-dir, default benchmarks/)",
+    )
     return parser.parse_args(argv)
 
 
@@ -160,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report.write(data, args.report_dir or HERE, suffix))
         return 0
     plan = QUICK if args.quick else FULL
+    if args.overhead_fake_flags:
+        plan = replace(plan, overhead=replace(plan.overhead, fake_flags=tuple(shlex.split(args.overhead_fake_flags))))
     names = list(NAMES) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in NAMES]
     if unknown:
@@ -174,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     files, why = (None, "--no-real") if args.no_real else real_engine_files()
     if files is None:
-        for name in REAL_ONLY:
+        for name in report.NEEDS_REAL:
             if name in names:
                 names.remove(name)
                 skipped[name] = f"real engine unavailable: {why}"

@@ -48,3 +48,39 @@ def median(values: Sequence[float]) -> float:
 
 def ms(seconds: float) -> float:
     return seconds * 1000.0
+
+
+# --------------------------------------------------------------------------- report helpers
+
+
+def fmt(s: dict[str, Any] | None, digits: int = 1) -> str:
+    """A spread as 'median [min, max]' (the report's one way of showing a figure), '-' if empty."""
+    if not s or s.get("median") is None:
+        return "-"
+    med, lo, hi = s["median"], s["min"], s["max"]
+    if lo == hi:
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def mid(s: dict[str, Any] | None) -> float | None:
+    """The median of a spread, None when there is none (targets and plots take this one number)."""
+    return None if not s else s.get("median")
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def target(benchmark: str, text: str, value: float | None, ok: bool | None, shown: str) -> dict[str, Any]:
+    """One row of the targets table: met is None when there is no value to judge."""
+    return {
+        "benchmark": benchmark,
+        "target": text,
+        "value": value,
+        "shown": shown,
+        "met": bool(ok) if value is not None else None,
+    }

@@ -23,13 +23,14 @@ from typing import Any
 import psutil
 
 from benchmarks.client import Connection
-from benchmarks.common import Ctx, chat
+from benchmarks.common import Ctx, Results, Target, chat
 from benchmarks.harness import HOST, PYTHON, EngineSpec, GatewayProc, ModelSpec, free_port
-from benchmarks.stats import spread
+from benchmarks.stats import fmt, spread, table, target
 
+NAMES = ("stream_fast",)
+NEEDS_REAL: tuple[str, ...] = ()
 PATH = "/v1/chat/completions"
 SOURCE = str(Path(__file__).resolve().parent / "fast_source.py")
-TITLE = "2b. Streaming, source faster than the gateway"
 LABEL = "2b. streaming (fast source)"  # in the targets table
 
 
@@ -56,8 +57,11 @@ async def _hangup(gw: GatewayProc, body: dict[str, Any], events: Path) -> float:
     before = len(_closes(events))
     reader, writer = await asyncio.open_connection(HOST, gw.port)
     payload = json.dumps(dict(body, fast_delay=0.01)).encode()
-    writer.write(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    writer.write(
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
     await asyncio.wait_for(reader.readuntil(b"data:"), 30)
     await asyncio.wait_for(reader.readuntil(b"data:"), 30)
     t0 = time.time()
@@ -71,13 +75,32 @@ async def _hangup(gw: GatewayProc, body: dict[str, Any], events: Path) -> float:
     raise RuntimeError("the source never saw the client's hang-up")
 
 
-async def run_stream_fast(ctx: Ctx, params: FastStreamParams) -> dict[str, Any]:
+async def run(ctx: Ctx, name: str, params: FastStreamParams) -> dict[str, Any]:
     port = free_port()
     events = ctx.workdir / "fast-source-events.jsonl"
-    spec = EngineSpec(PYTHON, [SOURCE, "--host", HOST, "--port", str(port), "--chunks", str(params.chunks), "-c",
-                               "16384", "-m", "/models/fast-source.gguf", "--events", str(events)], 16384, port)
-    gw = GatewayProc(ctx.workdir, [ModelSpec("F", [spec])], name="gw-stream-fast",
-                     profile=ctx.profile_path("stream-fast"))
+    spec = EngineSpec(
+        PYTHON,
+        [
+            SOURCE,
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--chunks",
+            str(params.chunks),
+            "-c",
+            "16384",
+            "-m",
+            "/models/fast-source.gguf",
+            "--events",
+            str(events),
+        ],
+        16384,
+        port,
+    )
+    gw = GatewayProc(
+        ctx.workdir, [ModelSpec("F", [spec])], name="gw-stream-fast", profile=ctx.profile_path("stream-fast")
+    )
     body = chat("F", "Tell me a long story.", stream=True, max_tokens=params.chunks)
     runs: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}
     hangups: list[float] = []
@@ -91,17 +114,19 @@ async def run_stream_fast(ctx: Ctx, params: FastStreamParams) -> dict[str, Any]:
                 await conn.request("POST", PATH, body, timeout=60, keep_body=False)
             for r in range(params.repeats):
                 ctx.log(f"stream_fast: repeat {r + 1}/{params.repeats}")
-                for path in (["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]):
+                for path in ["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]:
                     c0 = _cpu(gw_proc)
                     resp = await conns[path].request("POST", PATH, body, timeout=120, keep_body=False)
                     cpu = _cpu(gw_proc) - c0
-                    runs[path].append({
-                        "ok": resp.status == 200 and resp.done and resp.events >= params.chunks,
-                        "chunks": resp.events,
-                        "total_ms": resp.total * 1000,
-                        "chunks_per_s": resp.events / resp.total if resp.total > 0 else 0.0,
-                        "gateway_cpu_us_per_chunk": cpu / max(resp.events, 1) * 1e6,
-                    })
+                    runs[path].append(
+                        {
+                            "ok": resp.status == 200 and resp.done and resp.events >= params.chunks,
+                            "chunks": resp.events,
+                            "total_ms": resp.total * 1000,
+                            "chunks_per_s": resp.events / resp.total if resp.total > 0 else 0.0,
+                            "gateway_cpu_us_per_chunk": cpu / max(resp.events, 1) * 1e6,
+                        }
+                    )
         for _ in range(params.hangups):
             hangups.append(await _hangup(gw, body, events))
     finally:
@@ -121,39 +146,65 @@ async def run_stream_fast(ctx: Ctx, params: FastStreamParams) -> dict[str, Any]:
     }
 
 
-def targets(result: dict[str, Any]) -> list[tuple[str, float | None, bool, str]]:
-    """(target, value, met, shown) rows for RESULTS.md."""
-    from benchmarks.report import fmt
+# --------------------------------------------------------------------------- report
 
+
+def targets(results: Results) -> list[Target]:
+    result = results["stream_fast"]
     ratio = result["ratio_chunks_per_s"]["median"]
     cpu = result["gateway"]["gateway_cpu_us_per_chunk"]["median"]
     return [
-        (f"{result['chunks']}-chunk stream: chunks/s gateway / direct >= 0.9", ratio,
-         ratio is not None and ratio >= 0.9 and result["all_ok"], fmt(result["ratio_chunks_per_s"], 3)),
-        ("gateway CPU per chunk <= 8 µs", cpu, cpu is not None and cpu <= 8,
-         f"{fmt(result['gateway']['gateway_cpu_us_per_chunk'])} µs"),
+        target(
+            LABEL,
+            f"{result['chunks']}-chunk stream: chunks/s gateway / direct >= 0.9",
+            ratio,
+            ratio is not None and ratio >= 0.9 and result["all_ok"],
+            fmt(result["ratio_chunks_per_s"], 3),
+        ),
+        target(
+            LABEL,
+            "gateway CPU per chunk <= 8 µs",
+            cpu,
+            cpu is not None and cpu <= 8,
+            f"{fmt(result['gateway']['gateway_cpu_us_per_chunk'])} µs",
+        ),
     ]
 
 
-def markdown(result: dict[str, Any]) -> str:
-    from benchmarks.report import _table, fmt
-
+def section(results: Results) -> str:
+    result = results["stream_fast"]
     rows = []
-    labels = (("chunks", "SSE events", 0), ("total_ms", "stream time ms", 1), ("chunks_per_s", "chunks/s", 0),
-              ("gateway_cpu_us_per_chunk", "gateway CPU µs/chunk", 1))
+    labels = (
+        ("chunks", "SSE events", 0),
+        ("total_ms", "stream time ms", 1),
+        ("chunks_per_s", "chunks/s", 0),
+        ("gateway_cpu_us_per_chunk", "gateway CPU µs/chunk", 1),
+    )
     for key, label, digits in labels:
         rows.append([label, fmt(result["direct"][key], digits), fmt(result["gateway"][key], digits)])
     rows.append(["**ratio chunks/s (gateway/direct)**", "", fmt(result["ratio_chunks_per_s"], 3)])
     rows.append(["client hang-up to engine connection closed ms", "", fmt(result["hangup_to_engine_ms"], 1)])
-    return (f"One stream of {result['chunks']} chunks from `benchmarks/fast_source.py` (pre-built events, one write "
-            f"per event, faster than the gateway), {result['repeats']} repeats, direct and gateway alternating on "
-            "the same source process. The hang-up row: a client leaves a (slowed) stream; time until the source "
-            "sees its connection closed.\n\n" + _table(["", "direct", "gateway"], rows))
+    return (
+        f"## 2b. Streaming, source faster than the gateway\n\nOne stream of {result['chunks']} chunks from "
+        f"`benchmarks/fast_source.py` (pre-built events, one write per event, faster than the gateway), "
+        f"{result['repeats']} repeats, direct and gateway alternating on the same source process. The hang-up "
+        "row: a client leaves a (slowed) stream; time until the source sees its connection closed.\n\n"
+        + table(["", "direct", "gateway"], rows)
+    )
 
 
-def headlines(result: dict[str, Any]) -> dict[str, float]:
+def headlines(results: Results) -> dict[str, float | None]:
+    result = results["stream_fast"]
     return {
         "stream_fast.ratio": result["ratio_chunks_per_s"]["median"],
         "stream_fast.gateway_cpu_us_per_chunk": result["gateway"]["gateway_cpu_us_per_chunk"]["median"],
         "stream_fast.hangup_to_engine_ms": result["hangup_to_engine_ms"]["median"],
     }
+
+
+def plot(results: Results, path: Path) -> bool:
+    return False
+
+
+def blockers(results: Results, row: Target) -> str:
+    return ""

@@ -10,15 +10,18 @@ are the gateway's (and the engine's) user+system CPU time spent on one stream, p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 
 from benchmarks.client import Connection, Response
-from benchmarks.common import Ctx, chat
+from benchmarks.common import Ctx, Results, Target, chat
 from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, free_port
-from benchmarks.stats import percentile, spread
+from benchmarks.stats import fmt, mid, percentile, spread, table, target
 
+NAMES = ("streaming",)
+NEEDS_REAL: tuple[str, ...] = ()
 PATH = "/v1/chat/completions"
 
 
@@ -51,7 +54,7 @@ def _one(resp: Response, tokens: int, cpu_gw: float, cpu_engine: float) -> dict[
     }
 
 
-async def run_streaming(ctx: Ctx, params: StreamParams) -> dict[str, Any]:
+async def run(ctx: Ctx, name: str, params: StreamParams) -> dict[str, Any]:
     tokens = params.tokens
     context = 1 << max(12, (tokens + 1100).bit_length())  # room for prompt + completion + reserve
     spec = fake_engine(free_port(), context, "S", "--fake-tokens", str(tokens))
@@ -80,8 +83,16 @@ async def run_streaming(ctx: Ctx, params: StreamParams) -> dict[str, Any]:
     pairs = list(zip(runs["direct"], runs["gateway"], strict=True))
     ratio = [g["chunks_per_s"] / d["chunks_per_s"] for d, g in pairs if d["chunks_per_s"]]
     added = [(g["total_ms"] - d["total_ms"]) * 1000 / max(g["chunks"], 1) for d, g in pairs]
-    keys = ("chunks", "total_ms", "ttft_ms", "chunks_per_s", "gap_p99_us", "gap_max_ms", "gateway_cpu_us_per_chunk",
-            "engine_cpu_us_per_chunk")
+    keys = (
+        "chunks",
+        "total_ms",
+        "ttft_ms",
+        "chunks_per_s",
+        "gap_p99_us",
+        "gap_max_ms",
+        "gateway_cpu_us_per_chunk",
+        "engine_cpu_us_per_chunk",
+    )
     return {
         "tokens": tokens,
         "engine_context": context,
@@ -93,3 +104,67 @@ async def run_streaming(ctx: Ctx, params: StreamParams) -> dict[str, Any]:
         "added_us_per_chunk": spread(added, 1),
         "raw": runs,
     }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def targets(results: Results) -> list[Target]:
+    st = results["streaming"]
+    value = mid(st["ratio_chunks_per_s"])
+    return [
+        target(
+            "2. streaming",
+            "chunks/s gateway / direct >= 0.8",
+            value,
+            value is not None and value >= 0.8 and st["all_ok"],
+            fmt(st["ratio_chunks_per_s"], 3),
+        )
+    ]
+
+
+def section(results: Results) -> str:
+    st = results["streaming"]
+    rows = []
+    labels = [
+        ("chunks", "SSE events", 0),
+        ("total_ms", "stream time ms", 1),
+        ("chunks_per_s", "chunks/s", 0),
+        ("ttft_ms", "time to first token ms", 2),
+        ("gap_p99_us", "inter-chunk gap p99 µs", 0),
+        ("gap_max_ms", "longest gap ms", 2),
+        ("engine_cpu_us_per_chunk", "engine CPU µs/chunk", 1),
+        ("gateway_cpu_us_per_chunk", "gateway CPU µs/chunk", 1),
+    ]
+    for key, label, digits in labels:
+        rows.append([label, fmt(st["direct"][key], digits), fmt(st["gateway"][key], digits)])
+    rows.append(["**ratio chunks/s (gateway/direct)**", "", fmt(st["ratio_chunks_per_s"], 3)])
+    rows.append(["**added per chunk µs**", "", fmt(st["added_us_per_chunk"], 1)])
+    return (
+        f"## 2. Streaming throughput\n\nOne stream of {st['tokens']} tokens (fake engine, no token delay, context "
+        f"{st['engine_context']}), {st['repeats']} repeats, direct and gateway alternating on the same engine "
+        "process.\n\n" + table(["", "direct", "gateway"], rows)
+    )
+
+
+def headlines(results: Results) -> dict[str, float | None]:
+    st = results["streaming"]
+    return {
+        "streaming.ratio": st["ratio_chunks_per_s"]["median"],
+        "streaming.gateway_chunks_per_s": st["gateway"]["chunks_per_s"]["median"],
+        "streaming.added_us_per_chunk": st["added_us_per_chunk"]["median"],
+        "streaming.gateway_cpu_us_per_chunk": st["gateway"]["gateway_cpu_us_per_chunk"]["median"],
+    }
+
+
+def plot(results: Results, path: Path) -> bool:
+    return False
+
+
+def blockers(results: Results, row: Target) -> str:
+    st = results["streaming"]
+    return (
+        f" The gateway spends {fmt(st['gateway']['gateway_cpu_us_per_chunk'])} µs of CPU per chunk, the engine "
+        f"{fmt(st['gateway']['engine_cpu_us_per_chunk'])} µs; on 2 cores shared by engine, gateway and client "
+        "that CPU is throughput."
+    )

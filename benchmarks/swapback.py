@@ -16,16 +16,19 @@ own (a tag in its first words), so nothing carries over from an earlier round.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from benchmarks.client import Connection, Response, wait_http_ok
-from benchmarks.common import Ctx, words
-from benchmarks.harness import HOST, GatewayProc, ModelSpec, Proc, fake_engine, free_port, real_engine
-from benchmarks.stats import ms, spread
+from benchmarks.client import Connection, Response
+from benchmarks.common import Ctx, Results, Target, words
+from benchmarks.harness import GatewayProc, ModelSpec, RouterProc, fake_engine, free_port, real_engine
+from benchmarks.stats import fmt, ms, spread, table, target
 
+NAMES = ("swapback",)
+NEEDS_REAL = ("swapback",)  # the smoke test runs a fake-engine version through run() directly
 PATH = "/v1/chat/completions"
-TITLE = "9. Swap-back with the slot cache (real engine)"
 LABEL = "9. swap-back (real engine)"  # in the targets table
 PATHS = ("no_cache", "slot_cache", "router")
 LABELS = {"no_cache": "gateway, no slot cache", "slot_cache": "gateway, slot cache", "router": "llama-server router"}
@@ -55,8 +58,6 @@ def _body(model: str, messages: list[dict[str, str]], max_tokens: int) -> dict[s
 
 
 def _answer(resp: Response) -> str:
-    import json
-
     text = []
     for block in resp.body.split(b"\n\n"):
         if block.startswith(b"data: {"):
@@ -66,8 +67,6 @@ def _answer(resp: Response) -> str:
 
 
 def _timings(resp: Response) -> dict[str, Any]:
-    import json
-
     for block in reversed(resp.body.split(b"\n\n")):
         if block.startswith(b"data: {") and b'"timings"' in block:
             return dict(json.loads(block[6:]).get("timings") or {})
@@ -99,45 +98,41 @@ async def _round(conn: Connection, tag: str, turns: int, names: dict[str, str]) 
     }
 
 
-class _Router:
-    """llama-server's router mode with A and B as presets (the same gguf under two names)."""
-
-    def __init__(self, ctx: Ctx) -> None:
-        assert ctx.real is not None
-        ini = ctx.workdir / "swapback-models.ini"
-        ini.write_text(
-            f"[A]\nmodel = {ctx.real.model}\nctx-size = {CONTEXT}\nparallel = 1\nthreads = 1\nswa-full = true\n\n"
-            f"[B]\nmodel = {ctx.real.model}\nctx-size = 512\nparallel = 1\nthreads = 1\n"
-        )
-        self.port = free_port()
-        argv = [ctx.real.binary, "--models-preset", str(ini), "--models-max", "1", "--host", HOST, "--port",
-                str(self.port), "--no-webui"]
-        self.proc = Proc(argv, ctx.workdir / "swapback-router.log", ctx.real.env)
-
-    async def start(self) -> None:
-        self.proc.start()
-        await wait_http_ok(HOST, self.port, "/health", 60)
-
-
-async def run_swapback(ctx: Ctx, params: SwapbackParams) -> dict[str, Any]:
+async def run(ctx: Ctx, name: str, params: SwapbackParams) -> dict[str, Any]:
     files = ctx.real
     if files is None and params.engine == "real":
         raise RuntimeError("needs the real engine")
 
     def models() -> list[ModelSpec]:
         if files is None or params.engine == "fake":
-            return [ModelSpec("A", [fake_engine(free_port(), CONTEXT, "A")]),
-                    ModelSpec("B", [fake_engine(free_port(), 512, "B")])]
+            return [
+                ModelSpec("A", [fake_engine(free_port(), CONTEXT, "A")]),
+                ModelSpec("B", [fake_engine(free_port(), 512, "B")]),
+            ]
         a = real_engine(files, free_port(), CONTEXT, "-t", "1", "--swa-full")
         b = real_engine(files, free_port(), 512, "-t", "1")
         return [ModelSpec("A", [a]), ModelSpec("B", [b])]
 
     gateways = {
         "no_cache": GatewayProc(ctx.workdir, models(), name="gw-swapback-plain"),
-        "slot_cache": GatewayProc(ctx.workdir, models(), name="gw-swapback-cache",
-                                  slot_cache={"dir": str(ctx.workdir / "slots"), "max_mb": 1024}),
+        "slot_cache": GatewayProc(
+            ctx.workdir,
+            models(),
+            name="gw-swapback-cache",
+            slot_cache={"dir": str(ctx.workdir / "slots"), "max_mb": 1024},
+        ),
     }
-    router = _Router(ctx) if params.router and params.engine == "real" else None
+    router = None
+    if files is not None and params.router and params.engine == "real":
+        router = RouterProc(
+            ctx.workdir,
+            files,
+            {
+                "A": {"ctx-size": CONTEXT, "parallel": 1, "threads": 1, "swa-full": "true"},
+                "B": {"ctx-size": 512, "parallel": 1, "threads": 1},
+            },
+            name="swapback-router",
+        )
     rows: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS if path != "router" or router}
     try:
         for gw in gateways.values():
@@ -145,13 +140,13 @@ async def run_swapback(ctx: Ctx, params: SwapbackParams) -> dict[str, Any]:
         if router is not None:
             await router.start()
         for r in range(params.rounds):
-            order = list(rows)[r % len(rows):] + list(rows)[: r % len(rows)]
+            order = list(rows)[r % len(rows) :] + list(rows)[: r % len(rows)]
             for path in order:
                 ctx.log(f"swapback: round {r + 1}/{params.rounds}, {LABELS[path]}")
                 tag = f"Round {r} {path}"
                 if path == "router":
                     assert router is not None
-                    async with Connection(HOST, router.port) as conn:
+                    async with router.connection() as conn:
                         rows[path].append(await _round(conn, tag, params.turns, {"A": "A", "B": "B"}))
                 else:
                     gw = gateways[path]
@@ -162,59 +157,107 @@ async def run_swapback(ctx: Ctx, params: SwapbackParams) -> dict[str, Any]:
         for gw in gateways.values():
             await gw.stop()
         if router is not None:
-            await router.proc.stop()
+            await router.stop()
     keys = ("cold_ttft_ms", "switch_ms", "swapback_ttft_ms", "prompt_tokens", "swapback_cache_n", "swapback_prompt_n")
     result: dict[str, Any] = {
         "engine": params.engine,
         "rounds": params.rounds,
         "context": CONTEXT,
-        "paths": {path: {k: spread([row[k] for row in data if row[k] is not None], 1) for k in keys}
-                  for path, data in rows.items()},
+        "paths": {
+            path: {k: spread([row[k] for row in data if row[k] is not None], 1) for k in keys}
+            for path, data in rows.items()
+        },
         "raw": rows,
     }
-    speedup = [p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
-               for p, c in zip(rows["no_cache"], rows["slot_cache"], strict=True) if c["swapback_ttft_ms"] > 0]
+    speedup = [
+        p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
+        for p, c in zip(rows["no_cache"], rows["slot_cache"], strict=True)
+        if c["swapback_ttft_ms"] > 0
+    ]
     result["speedup_vs_no_cache"] = spread(speedup, 2)
     if "router" in rows:
         result["speedup_vs_router"] = spread(
-            [p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
-             for p, c in zip(rows["router"], rows["slot_cache"], strict=True) if c["swapback_ttft_ms"] > 0], 2)
+            [
+                p["swapback_ttft_ms"] / c["swapback_ttft_ms"]
+                for p, c in zip(rows["router"], rows["slot_cache"], strict=True)
+                if c["swapback_ttft_ms"] > 0
+            ],
+            2,
+        )
     return result
 
 
-def targets(result: dict[str, Any]) -> list[tuple[str, float | None, bool, str]]:
-    from benchmarks.report import fmt
+# --------------------------------------------------------------------------- report
 
+
+def targets(results: Results) -> list[Target]:
+    result = results["swapback"]
     value = result["speedup_vs_no_cache"]["median"]
     cache = result["paths"]["slot_cache"]["swapback_ttft_ms"]
     plain = result["paths"]["no_cache"]["swapback_ttft_ms"]
     shown = f"{fmt(result['speedup_vs_no_cache'], 1)}x ({fmt(cache, 0)} ms vs {fmt(plain, 0)} ms)"
-    return [("swap-back time to first token, slot cache vs none: >= 5x faster", value,
-             value is not None and value >= 5, shown)]
+    return [
+        target(
+            LABEL,
+            "swap-back time to first token, slot cache vs none: >= 5x faster",
+            value,
+            value is not None and value >= 5,
+            shown,
+        )
+    ]
 
 
-def markdown(result: dict[str, Any]) -> str:
-    from benchmarks.report import _table, fmt
-
+def section(results: Results) -> str:
+    result = results["swapback"]
     rows = []
     for path, data in result["paths"].items():
-        rows.append([LABELS[path], fmt(data["prompt_tokens"], 0), fmt(data["cold_ttft_ms"], 0),
-                     fmt(data["switch_ms"], 0), f"**{fmt(data['swapback_ttft_ms'], 0)}**",
-                     fmt(data["swapback_cache_n"], 0), fmt(data["swapback_prompt_n"], 0)])
-    out = (f"gemma-3 270M, model A with context {result['context']} and `--swa-full`, `-t 1`; {result['rounds']} "
-           "round(s), each: A's conversation (cold), a request to B (the switch, A's slot saved on the cached "
-           "path), then A's conversation plus one turn (time to first token below). cache_n / prompt_n: the "
-           "engine's own timings of that last request (tokens reused / processed).\n\n"
-           + _table(["path", "prompt tokens", "first request TTFT ms (cold)", "switch to B ms",
-                     "swap-back TTFT ms", "cache_n", "prompt_n"], rows))
+        rows.append(
+            [
+                LABELS[path],
+                fmt(data["prompt_tokens"], 0),
+                fmt(data["cold_ttft_ms"], 0),
+                fmt(data["switch_ms"], 0),
+                f"**{fmt(data['swapback_ttft_ms'], 0)}**",
+                fmt(data["swapback_cache_n"], 0),
+                fmt(data["swapback_prompt_n"], 0),
+            ]
+        )
+    out = (
+        f"## 9. Swap-back with the slot cache (real engine)\n\ngemma-3 270M, model A with context "
+        f"{result['context']} and `--swa-full`, `-t 1`; {result['rounds']} round(s), each: A's conversation (cold), "
+        "a request to B (the switch, A's slot saved on the cached path), then A's conversation plus one turn (time "
+        "to first token below). cache_n / prompt_n: the engine's own timings of that last request (tokens reused / "
+        "processed).\n\n"
+        + table(
+            [
+                "path",
+                "prompt tokens",
+                "first request TTFT ms (cold)",
+                "switch to B ms",
+                "swap-back TTFT ms",
+                "cache_n",
+                "prompt_n",
+            ],
+            rows,
+        )
+    )
     out += f"\nSwap-back TTFT without the slot cache / with it: **{fmt(result['speedup_vs_no_cache'], 1)}x**"
     if "speedup_vs_router" in result:
         out += f"; router / gateway with the slot cache: **{fmt(result['speedup_vs_router'], 1)}x**"
     return out + ".\n"
 
 
-def headlines(result: dict[str, Any]) -> dict[str, float]:
+def headlines(results: Results) -> dict[str, float | None]:
+    result = results["swapback"]
     out = {"swapback.speedup_vs_no_cache": result["speedup_vs_no_cache"]["median"]}
     for path, data in result["paths"].items():
         out[f"swapback.{path}.swapback_ttft_ms"] = data["swapback_ttft_ms"]["median"]
     return out
+
+
+def plot(results: Results, path: Path) -> bool:
+    return False
+
+
+def blockers(results: Results, row: Target) -> str:
+    return ""

@@ -1,18 +1,17 @@
 """1. Switch time: alternate two models, and two variants of one model; cold first requests.
 
-Every round runs the same sequences three ways, one after the other:
+Every round runs the same sequences two ways, one after the other:
 
 * direct: the benchmark itself stops the old engine (SIGTERM, wait for exit), spawns the new one
   with the same binary and args the gateway uses, polls ``/health`` every 5 ms, sends the request;
   each part is timed (stop, spawn-to-healthy, first request);
-* gateway: the same requests to ``python -m llmgw`` (which does all that itself);
-* router (real engine only): llama-server's own router mode (``--models-preset`` INI with the
-  same two models, ``--models-max 1``), models named by their INI section.
+* gateway: the same requests to ``python -m llmgw`` (which does all that itself).
 
 Gateway added cost of a switch = switch latency - median direct spawn-to-healthy - median direct
 first request (the issue's definition; the old engine's stop time is therefore counted as
 gateway cost, and reported on its own too). ``vs_direct`` is latency - median direct end-to-end
-switch (stop + spawn + request), the like-for-like comparison.
+switch (stop + spawn + request), the like-for-like comparison. llama-server's router mode on the
+same switches: ``router.py`` (section 10), which reuses the steps and the analysis here.
 """
 
 from __future__ import annotations
@@ -24,29 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.client import Connection, wait_http_ok
-from benchmarks.common import Ctx, chat, words
-from benchmarks.harness import (
-    HOST,
-    DirectEngine,
-    EngineSpec,
-    GatewayProc,
-    ModelSpec,
-    Proc,
-    fake_engine,
-    free_port,
-    real_engine,
-)
-from benchmarks.stats import median, ms, spread, summary
+from benchmarks.client import Connection
+from benchmarks.common import Ctx, Results, Target, chat, words
+from benchmarks.harness import DirectEngine, EngineSpec, GatewayProc, ModelSpec, fake_engine, free_port, real_engine
+from benchmarks.stats import fmt, median, mid, ms, spread, summary, table, target
+
+NAMES = ("switch_fake", "switch_real")
+NEEDS_REAL = ("switch_real",)
 
 PATH = "/v1/chat/completions"
 KINDS = ("cold", "model_switch", "variant_switch")
+KIND_LABEL = {
+    "model_switch": "switch between 2 models",
+    "variant_switch": "switch to the larger variant",
+    "cold": "cold first request",
+}
 
 
 @dataclass
 class SwitchParams:
     rounds: int = 3  # each round: 1 cold + 2 model switches, 1 cold + 1 variant switch, per path
-    router: bool = True  # real engine only
 
 
 @dataclass
@@ -57,7 +53,7 @@ class Step:
     body: dict[str, Any]
 
 
-def _setup(ctx: Ctx, engine: str) -> tuple[list[ModelSpec], list[Step], list[Step], dict[str, Any]]:
+def setup(ctx: Ctx, engine: str) -> tuple[list[ModelSpec], list[Step], list[Step], dict[str, Any]]:
     """Models A and B (one variant each) and V (small and large variant); the two step sequences."""
     pa, pb, pv = free_port(), free_port(), free_port()
     if engine == "fake":
@@ -94,7 +90,7 @@ def _setup(ctx: Ctx, engine: str) -> tuple[list[ModelSpec], list[Step], list[Ste
     return models, alternation, variants, setup
 
 
-async def _direct(ctx: Ctx, steps: list[Step], tag: str) -> list[dict[str, Any]]:
+async def run_direct(ctx: Ctx, steps: list[Step], tag: str) -> list[dict[str, Any]]:
     """Do by hand what the gateway does: stop the old engine, spawn, poll /health, send."""
     out: list[dict[str, Any]] = []
     current: DirectEngine | None = None
@@ -128,36 +124,13 @@ async def _direct(ctx: Ctx, steps: list[Step], tag: str) -> list[dict[str, Any]]
     return out
 
 
-async def _via(conn: Connection, steps: list[Step], names: dict[str, str] | None = None) -> list[dict[str, Any]]:
+async def run_via(conn: Connection, steps: list[Step]) -> list[dict[str, Any]]:
+    """The same steps as requests on ``conn`` (a gateway, or the router): it does the stopping and starting."""
     out = []
     for st in steps:
-        body = dict(st.body, model=(names or {}).get(st.model, st.model))
-        resp = await conn.request("POST", PATH, body, timeout=300)
+        resp = await conn.request("POST", PATH, st.body, timeout=300)
         out.append({"kind": st.kind, "model": st.model, "status": resp.status, "total_ms": ms(resp.total)})
     return out
-
-
-async def _router(ctx: Ctx, steps: list[Step], round_no: int) -> list[dict[str, Any]]:
-    """llama-server router mode: one INI section per model (the same gguf under two names)."""
-    assert ctx.real is not None
-    ini = ctx.workdir / "router-models.ini"
-    sections = []
-    for name in ("A", "B"):
-        spec = next(s.spec for s in steps if s.model == name)
-        context = spec.args[spec.args.index("-c") + 1]
-        sections.append(f"[{name}]\nmodel = {ctx.real.model}\nctx-size = {context}\nparallel = 1\nthreads = 1\n")
-    ini.write_text("\n".join(sections))
-    port = free_port()
-    argv = [ctx.real.binary, "--models-preset", str(ini), "--models-max", "1", "--host", HOST, "--port", str(port),
-            "--no-webui"]
-    router = Proc(argv, ctx.workdir / f"router-{round_no}.log", ctx.real.env)
-    router.start()
-    try:
-        await wait_http_ok(HOST, port, "/health", 60)
-        async with Connection(HOST, port) as conn:
-            return await _via(conn, steps)
-    finally:
-        await router.stop()
 
 
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+\s+(\S+): (.*)$")
@@ -202,8 +175,12 @@ def gateway_log_breakdown(log: Path) -> list[dict[str, float]]:
                 total = float(access.group(2))
                 stop = (stop1 - stop0) * 1000 if stop0 is not None and stop1 is not None else 0.0
                 spawn = start or 0.0
-                row = {"stop_ms": stop, "spawn_to_ready_ms": spawn, "rest_ms": total - stop - spawn,
-                       "request_time_ms": total}
+                row = {
+                    "stop_ms": stop,
+                    "spawn_to_ready_ms": spawn,
+                    "rest_ms": total - stop - spawn,
+                    "request_time_ms": total,
+                }
                 if engine_ready is not None and start is not None:
                     row["engine_ready_ms"] = engine_ready
                 out.append(row)
@@ -211,7 +188,7 @@ def gateway_log_breakdown(log: Path) -> list[dict[str, float]]:
     return out
 
 
-def _analyse(direct: list[dict[str, Any]], via: list[dict[str, Any]]) -> dict[str, Any]:
+def analyse(direct: list[dict[str, Any]], via: list[dict[str, Any]]) -> dict[str, Any]:
     """Per kind: latency, and the added cost against the direct medians of the same kind."""
     result: dict[str, Any] = {}
     for kind in KINDS:
@@ -255,7 +232,7 @@ def _analyse(direct: list[dict[str, Any]], via: list[dict[str, Any]]) -> dict[st
     return result
 
 
-def _direct_summary(direct: list[dict[str, Any]]) -> dict[str, Any]:
+def direct_summary(direct: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in KINDS:
         d = [r for r in direct if r["kind"] == kind]
@@ -263,8 +240,10 @@ def _direct_summary(direct: list[dict[str, Any]]) -> dict[str, Any]:
             out[kind] = {
                 "samples": len(d),
                 "all_ok": all(r["status"] == 200 for r in d),
-                **{key: spread([r[key] for r in d], 1) for key in ("stop_ms", "spawn_to_healthy_ms", "request_ms",
-                                                                   "total_ms")},
+                **{
+                    key: spread([r[key] for r in d], 1)
+                    for key in ("stop_ms", "spawn_to_healthy_ms", "request_ms", "total_ms")
+                },
             }
     return out
 
@@ -278,45 +257,290 @@ async def _check_variant(gw: GatewayProc, context: int) -> None:
         raise RuntimeError(f"expected the large variant (context {context}) to run, /running says {engine}")
 
 
-async def run_switch(ctx: Ctx, engine: str, params: SwitchParams) -> dict[str, Any]:
-    models, alternation, variants, setup = _setup(ctx, engine)
-    vl_context = setup["contexts"][1]
+async def run(ctx: Ctx, name: str, params: SwitchParams) -> dict[str, Any]:
+    engine = "real" if name == "switch_real" else "fake"
+    models, alternation, variants, setup_info = setup(ctx, engine)
+    vl_context = setup_info["contexts"][1]
     direct: list[dict[str, Any]] = []
     gateway: list[dict[str, Any]] = []
-    router: list[dict[str, Any]] = []
-    use_router = engine == "real" and params.router
     gw = GatewayProc(ctx.workdir, models, name=f"gw-switch-{engine}", profile=ctx.profile_path(f"switch-{engine}"))
     await gw.start()
     try:
         for r in range(params.rounds):
             ctx.log(f"switch/{engine}: round {r + 1}/{params.rounds}")
             # Direct first: the gateway holds no engine between its sequences (unload), so ports are free.
-            direct += await _direct(ctx, alternation, f"{engine}-alt-{r}")
-            direct += await _direct(ctx, variants, f"{engine}-var-{r}")
+            direct += await run_direct(ctx, alternation, f"{engine}-alt-{r}")
+            direct += await run_direct(ctx, variants, f"{engine}-var-{r}")
             async with gw.connection() as conn:
                 await gw.unload()
-                gateway += await _via(conn, alternation)
+                gateway += await run_via(conn, alternation)
                 await gw.unload()
-                gateway += await _via(conn, variants)
+                gateway += await run_via(conn, variants)
                 await _check_variant(gw, vl_context)
                 await gw.unload()
-            if use_router:
-                router += await _router(ctx, alternation, r)
     finally:
         await gw.stop()
     breakdown = gateway_log_breakdown(gw.proc.log_path)
     if len(breakdown) == len(gateway):
         for row, logged in zip(gateway, breakdown, strict=True):
             row["log"] = logged
-    result: dict[str, Any] = {
+    return {
         "engine": engine,
-        "setup": setup,
+        "setup": setup_info,
         "rounds": params.rounds,
-        "direct": _direct_summary(direct),
-        "gateway": _analyse(direct, gateway),
+        "direct": direct_summary(direct),
+        "gateway": analyse(direct, gateway),
         "raw": {"direct": direct, "gateway": gateway},
     }
-    if use_router:
-        result["router"] = _analyse(direct, router)
-        result["raw"]["router"] = router
-    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def targets(results: Results) -> list[Target]:
+    rows = []
+    for sw in results.values():
+        for kind in KINDS:
+            g = sw["gateway"].get(kind)
+            if g:
+                value = mid(g["added_ms"])
+                shown = f"{fmt(g['added_ms'])} ms"
+                if g.get("orchestration_ms"):
+                    shown += f" (orchestration vs by hand: {g['orchestration_ms']['added']:+.1f} ms)"
+                rows.append(
+                    target(
+                        f"1. switch ({sw['engine']} engine)",
+                        f"added cost, {KIND_LABEL[kind]}: median <= 50 ms",
+                        value,
+                        value is not None and value <= 50 and g["all_ok"],
+                        shown,
+                    )
+                )
+    return rows
+
+
+def section(results: Results) -> str:
+    out = [
+        "## 1. Switch time\n",
+        "Added = latency - direct spawn→healthy - direct first request (medians; the old engine's stop is in it). "
+        "Added excl. stop also takes off the direct stop time. Vs direct = latency - the direct end-to-end switch. "
+        "The same targets follow the issue's formula, so the engine's own start-to-start variance lands in them, "
+        "in both directions; for the real engine the orchestration figure (engine load time taken from the "
+        "engine's own log on both sides) shows the gateway's part without that noise. llama-server's router "
+        "mode on the same switches: section 10.\n",
+    ]
+    out += [f"### {sw['engine']} engine\n\n" + switch_tables(sw) for sw in results.values()]
+    return "\n".join(out)
+
+
+def switch_tables(sw: dict[str, Any]) -> str:
+    """One engine's switch tables: latency and added cost per path, the gateway log's view, orchestration."""
+    out = [
+        f"Contexts {sw['setup']['contexts']}, {sw['rounds']} round(s); latency = the client's request time. "
+        "Direct = the benchmark doing the same by hand (stop old, spawn, poll /health every 5 ms, request).\n"
+    ]
+    rows = []
+    for kind in KINDS:
+        d = sw["direct"].get(kind)
+        if not d:
+            continue
+        rows.append(
+            [
+                KIND_LABEL[kind],
+                "direct",
+                d["samples"],
+                fmt(d["total_ms"]),
+                fmt(d["stop_ms"]),
+                fmt(d["spawn_to_healthy_ms"]),
+                fmt(d["request_ms"]),
+                "",
+                "",
+                "",
+            ]
+        )
+        for path in ("gateway", "router"):  # results of earlier runs have the router here
+            g = sw.get(path, {}).get(kind)
+            if g:
+                ok = "" if g["all_ok"] else " **(failures)**"
+                rows.append(
+                    [
+                        KIND_LABEL[kind],
+                        path + ok,
+                        g["samples"],
+                        fmt(g["latency_ms"]),
+                        "",
+                        "",
+                        "",
+                        fmt(g["added_ms"]),
+                        fmt(g["added_excl_stop_ms"]),
+                        fmt(g["vs_direct_ms"]),
+                    ]
+                )
+    out.append(
+        table(
+            [
+                "scenario",
+                "path",
+                "n",
+                "latency ms",
+                "engine stop ms",
+                "spawn→healthy ms",
+                "first request ms",
+                "added ms",
+                "added excl. stop ms",
+                "vs direct ms",
+            ],
+            rows,
+        )
+    )
+    logged = [
+        [KIND_LABEL[kind], fmt(g["stop_ms"]), fmt(g["spawn_to_ready_ms"]), fmt(g["rest_ms"]), fmt(g["own_ms"])]
+        for kind in KINDS
+        if (g := sw["gateway"].get(kind, {}).get("gateway_log_ms"))
+    ]
+    if logged:
+        out.append(
+            "\nThe same gateway switches as the gateway's own log times them (ms resolution): the old "
+            "engine's stop, spawn to ready (its readiness polling and `/props` read included), the rest of "
+            "the request (counting, forwarding, the engine's answer) and that rest minus the direct first "
+            "request (the gateway's own work outside the engine's start and stop).\n"
+        )
+        out.append(table(["scenario", "stop ms", "spawn→ready ms", "rest ms", "rest - direct request ms"], logged))
+    orch = [
+        [
+            KIND_LABEL[kind],
+            fmt(o["engine_ready_direct"]),
+            fmt(o["engine_ready_gateway"]),
+            fmt(o["direct"]),
+            fmt(o["gateway"]),
+            f"**{o['added']:.1f}**",
+        ]
+        for kind in KINDS
+        if (o := sw["gateway"].get(kind, {}).get("orchestration_ms"))
+    ]
+    if orch:
+        out.append(
+            "\nOrchestration time: latency minus the old engine's stop, minus the new engine's load time by its "
+            "own log clock (`listening on` line), minus the first request's direct time. What is left is "
+            "spawning, readiness detection, counting and proxying; the engine's load-time noise drops out.\n"
+        )
+        out.append(
+            table(
+                [
+                    "scenario",
+                    "engine load (own clock), direct runs ms",
+                    "same, gateway runs ms",
+                    "orchestration by hand ms",
+                    "orchestration by the gateway ms",
+                    "gateway - by hand ms",
+                ],
+                orch,
+            )
+        )
+    return "\n".join(out)
+
+
+def headlines(results: Results) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, sw in results.items():
+        for path in ("gateway", "router"):
+            for kind, g in sw.get(path, {}).items():
+                out[f"{name}.{path}.{kind}.latency_ms"] = g["latency_ms"]["median"]
+                out[f"{name}.{path}.{kind}.added_ms"] = g["added_ms"]["median"]
+    return out
+
+
+def plot(results: Results, path: Path) -> bool:
+    """Per engine, a bar per scenario and path: the direct switch's parts, and the gateway's latency."""
+    import matplotlib.pyplot as plt
+
+    switches = list(results.values())
+    fig, axes = plt.subplots(1, len(switches), figsize=(6 * len(switches), 3.8), squeeze=False)
+    colors = {
+        "engine stop": "#999999",
+        "spawn→healthy": "#4c72b0",
+        "first request": "#55a868",
+        "by-hand rest": "#dd8452",
+        "latency (up to the direct one)": "#c9c9c9",
+        "more than direct": "#c44e52",
+    }
+    seen: set[str] = set()
+    for ax, sw in zip(axes[0], switches, strict=True):
+        rows = _plot_rows(sw)
+        for y, (_, segments) in enumerate(rows):
+            left = 0.0
+            for name, width in segments:
+                ax.barh(y, width, left=left, color=colors[name], label=None if name in seen else name)
+                seen.add(name)
+                left += width
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("ms (medians)", fontsize=7)
+        ax.set_title(f"switch latency, {sw['engine']} engine", fontsize=9)
+    fig.legend(loc="lower center", ncol=6, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def _plot_rows(sw: dict[str, Any]) -> list[tuple[str, list[tuple[str, float]]]]:
+    rows: list[tuple[str, list[tuple[str, float]]]] = []
+    for kind in KINDS:
+        d = sw["direct"].get(kind)
+        if not d:
+            continue
+        stop, spawn, req, total = (
+            mid(d[k]) or 0.0 for k in ("stop_ms", "spawn_to_healthy_ms", "request_ms", "total_ms")
+        )
+        rows.append(
+            (
+                f"direct: {KIND_LABEL[kind]}",
+                [
+                    ("engine stop", stop),
+                    ("spawn→healthy", spawn),
+                    ("first request", req),
+                    ("by-hand rest", max(total - stop - spawn - req, 0)),
+                ],
+            )
+        )
+        for path in ("gateway", "router"):
+            latency = mid(sw.get(path, {}).get(kind, {}).get("latency_ms"))
+            if latency is not None:
+                rows.append(
+                    (
+                        f"{path}: {KIND_LABEL[kind]}",
+                        [
+                            ("latency (up to the direct one)", min(latency, total)),
+                            ("more than direct", max(latency - total, 0)),
+                        ],
+                    )
+                )
+    return rows
+
+
+def blockers(results: Results, row: Target) -> str:
+    sw = results["switch_real" if "real" in row["benchmark"] else "switch_fake"]
+    kind = next(k for k, label in KIND_LABEL.items() if label in row["target"])
+    d, g = sw["direct"][kind], sw["gateway"][kind]
+    line = (
+        f" Of that, the old engine's own stop (SIGTERM to exit, measured directly) is {fmt(d['stop_ms'])} ms; "
+        f"without it the gateway adds {fmt(g['added_excl_stop_ms'])} ms; against the same switch done by hand it "
+        f"adds {fmt(g['vs_direct_ms'])} ms."
+    )
+    orch = g.get("orchestration_ms")
+    if orch:
+        line += (
+            f" Taking the engine's own load time (its log clock) out of both sides, the gateway's "
+            f"orchestration costs {orch['added']:.1f} ms more than doing it by hand."
+        )
+    logged = g.get("gateway_log_ms")
+    if logged:
+        line += (
+            f" The gateway's own log of these switches: stop {fmt(logged['stop_ms'])} ms, spawn to ready "
+            f"{fmt(logged['spawn_to_ready_ms'])} ms (direct: {fmt(d['spawn_to_healthy_ms'])} ms), its own "
+            f"work besides {fmt(logged['own_ms'])} ms."
+        )
+    if kind == "variant_switch":
+        line += " A variant switch also counts the prompt twice (on the small engine, then on the large one)."
+    return line

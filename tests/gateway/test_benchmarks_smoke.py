@@ -13,13 +13,21 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import report  # noqa: E402
+from benchmarks import report, router  # noqa: E402
 from benchmarks.common import Ctx  # noqa: E402
-from benchmarks.harness import kill_all  # noqa: E402
+from benchmarks.harness import fake_engine_flags, kill_all  # noqa: E402
 from benchmarks.runner import SMOKE, run_suite  # noqa: E402
 
-FAKE_BENCHMARKS = ["switch_fake", "streaming", "overhead", "concurrency", "alternate_fake", "starting_fake",
-                   "stream_fast", "swapback"]
+FAKE_BENCHMARKS = [
+    "switch_fake",
+    "streaming",
+    "overhead",
+    "concurrency",
+    "alternate_fake",
+    "starting_fake",
+    "stream_fast",
+    "swapback",
+]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +106,12 @@ def test_overhead_shape(smoke_results: dict[str, Any]) -> None:
             if probe is not None:
                 assert probe["median"]["median"] > 0
     assert ov["added_nonstream_ms"]["median"]["median"] is not None
+    # The counting thread is used exactly when the fake engine's --help lists it (and the result says so).
+    assert (
+        ov["count_thread"]
+        == ("--fake-count-thread" in fake_engine_flags())
+        == ("--fake-count-thread" in ov["fake_flags"])
+    )
     # A CPU-time figure: its value belongs to the benchmark report, the test checks that it is there.
     cpu = ov["gateway_cpu_ms_per_request"]
     assert isinstance(cpu, float) and cpu >= 0
@@ -156,18 +170,95 @@ def test_starting_shape(smoke_results: dict[str, Any]) -> None:
 def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
     data = dict(smoke_results)
     data["meta"] = {
-        "machine": {"cpu_model": "x", "logical_cpus": 2, "physical_cores": 2, "memory_gb": 1, "os": "os",
-                    "python": "3", "tornado": "6", "llama_server": "none", "model": None},
-        "git": "abc", "command": "python -m benchmarks", "mode": "smoke", "started": "now", "duration_s": 1,
+        "machine": {
+            "cpu_model": "x",
+            "logical_cpus": 2,
+            "physical_cores": 2,
+            "memory_gb": 1,
+            "os": "os",
+            "python": "3",
+            "tornado": "6",
+            "llama_server": "none",
+            "model": None,
+        },
+        "git": "abc",
+        "command": "python -m benchmarks",
+        "mode": "smoke",
+        "started": "now",
+        "duration_s": 1,
     }
     path = report.write(data, tmp_path, "-smoke")
     text = path.read_text()
-    for heading in ("## Targets", "## 1. Switch time", "## 2. Streaming", "## 3. Per-request", "## 5. Concurrency",
-                    "## 6. Memory", "## 7. Alternating", "## 8. A loaded model while another starts",
-                    "## 2b. Streaming, source faster", "## 9. Swap-back"):
+    for heading in (
+        "## Targets",
+        "## 1. Switch time",
+        "## 2. Streaming",
+        "## 3. Per-request",
+        "## 5. Concurrency",
+        "## 6. Memory",
+        "## 7. Alternating",
+        "## 8. A loaded model while another starts",
+        "## 2b. Streaming, source faster",
+        "## 9. Swap-back",
+    ):
         assert heading in text
-    assert {t["benchmark"] for t in data["targets"]} >= {"2. streaming", "3. overhead", "5. concurrency",
-                                                          "7. alternation (fake engine)",
-                                                          "8. while another starts (fake engine)"}
+    assert {t["benchmark"] for t in data["targets"]} >= {
+        "2. streaming",
+        "3. overhead",
+        "5. concurrency",
+        "7. alternation (fake engine)",
+        "8. while another starts (fake engine)",
+    }
     assert "alternate_fake.difference_ms" in report.headlines(data)
     assert "counting" not in report.compare(data, data)
+
+
+def test_router_report_renders(tmp_path: Path) -> None:
+    """The router comparison needs llama-server; its analysis and report run here on made-up samples
+    of the shape its run records (shapes only: the numbers mean nothing)."""
+    direct = [
+        {
+            "kind": kind,
+            "model": model,
+            "status": 200,
+            "stop_ms": 0.0 if kind == "cold" else 90.0,
+            "spawn_to_healthy_ms": 1200.0 + i,
+            "request_ms": 150.0,
+            "total_ms": 1400.0 + i,
+        }
+        for i, (kind, model) in enumerate((("cold", "A"), ("model_switch", "B"), ("model_switch", "A")))
+    ]
+
+    def path_round(offset: float) -> dict[str, Any]:
+        return {
+            "launches": [{"accept_ms": 200.0 + offset, "ready_ms": 202.0 + offset}],
+            "switch": [dict(row, total_ms=row["total_ms"] + offset) for row in direct],
+            "small": {"path": [50.0 + offset, 51.0], "direct": [49.0, 50.0]},
+        }
+
+    params = router.RouterParams(rounds=2, small_pairs=2, launches=0)
+    raw = {"direct": direct * 2, "gateway": [path_round(1), path_round(2)], "router": [path_round(3), path_round(4)]}
+    result = router._result(params, {"context": 256, "engine_args": [], "presets": {}}, raw)
+    for path in ("gateway", "router"):
+        assert set(result[path]["switch"]) == {"cold", "model_switch"}
+        assert result[path]["switch"]["model_switch"]["samples"] == 4
+        assert result[path]["small"]["pairs"] == 4 and result[path]["launch"]["accept_ms"]["n"] == 2
+    results = {"router_real": result}
+    rows = router.targets(results)
+    assert [row["benchmark"] for row in rows] == [router.LABEL] * 4
+    assert all(isinstance(row["met"], bool) for row in rows)
+    text = router.section(results)
+    assert "## 10. llmgw vs llama-server's router mode" in text and "(4) launch" in text
+    assert set(router.headlines(results)) >= {"router_real.gateway.launch_ms", "router_real.router.switch_ms"}
+    pytest.importorskip("matplotlib")
+    assert router.plot(results, tmp_path / "router.png") and (tmp_path / "router.png").stat().st_size > 0
+
+
+def test_fake_engine_flags_read_from_help(tmp_path: Path) -> None:
+    """Flags come from --help; a fake without --help exits at once (and lists none) instead of serving."""
+    with_help = tmp_path / "with_help.py"
+    with_help.write_text("import sys\nif '--help' in sys.argv:\n    print('  --fake-count-thread  count aside')\n")
+    assert fake_engine_flags(str(with_help)) == frozenset({"--fake-count-thread"})
+    without = tmp_path / "without_help.py"
+    without.write_text("import sys\nsys.exit(0 if '--fake-exit-at-startup' in sys.argv else 3)\n")
+    assert fake_engine_flags(str(without)) == frozenset()
