@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},
     {"slotcache"},
     {"upstream", "api"},
-    {"config", "state", "events", "demo"},
+    {"config", "state", "events", "demo", "modelfile"},
     {"errors"},
 ]
 LEVEL = {room: level for level, rooms in enumerate(LAYERS) for room in rooms}
