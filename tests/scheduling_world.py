@@ -58,10 +58,11 @@ def model(
     pinned: bool = False,
     exclusive: bool = False,
     idle: float = 0.0,
+    args: tuple[str, ...] = (),
 ) -> ModelConfig:
     memories = memory if isinstance(memory, list) else [memory] * len(contexts)
     variants = tuple(
-        variant(i, ctx, port, memory=mem, pools=pools, idle=idle)
+        variant(i, ctx, port, memory=mem, pools=pools, idle=idle, args=args)
         for i, (ctx, mem) in enumerate(zip(contexts, memories, strict=True), 1)
     )
     return ModelConfig(name=name, engine="llama.cpp", variants=variants, pinned=pinned, exclusive=exclusive)
@@ -132,7 +133,7 @@ class World:
     def finish_start(self, record: EngineRecord, n_ctx: int | None = None, ok: bool = True) -> None:
         self.starting.remove(record)
         if ok:
-            self.take(self.scheduler.started(record.id, object(), n_ctx or record.variant.context, self.now))
+            self.take(self.scheduler.started(record.id, object(), n_ctx or record.variant.slot_context, self.now))
         else:
             error = EngineStartError(f"{record.model.name} failed")
             self.take(self.scheduler.start_failed(record.id, error, self.now))

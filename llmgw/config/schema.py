@@ -58,6 +58,20 @@ class SlotCache:
 _NO_CACHE_FLAGS = frozenset({"--embedding", "--embeddings", "--reranking", "--rerank"})
 
 
+_PARALLEL_FLAGS = ("-np", "--parallel")
+_UNIFIED_FLAGS = ("-kvu", "--kv-unified")
+
+
+def _flag_value(args: tuple[str, ...], names: tuple[str, ...]) -> str | None:
+    """The value of the last of ``names`` in ``args`` (``-np 2`` or ``--parallel=2``), as llama-server reads it."""
+    found = None
+    for i, arg in enumerate(args):
+        name, has_value, inline = arg.partition("=")
+        if name in names:
+            found = inline if has_value else (args[i + 1] if i + 1 < len(args) else None)
+    return found
+
+
 @dataclass(frozen=True)
 class Variant:
     """One way to launch a model: a context size and the command line that gives it."""
@@ -102,6 +116,22 @@ class Variant:
     def address(self) -> str:
         """host:port the engine listens on; two engines never share one."""
         return self.connect.removeprefix("http://")
+
+    @property
+    def parallel(self) -> int:
+        """The engine's slots as its arguments set them (``-np N``); 0: llama-server decides (auto)."""
+        value = _flag_value(self.args, _PARALLEL_FLAGS)
+        return int(value) if value is not None and value.isdigit() else 0
+
+    @property
+    def slot_context(self) -> int:
+        """The context one request gets, as llama-server 0.10068 splits it: ``-np N`` gives each slot
+        ``context / N``, unless the KV cache is unified (``-kvu``), where every slot may use all of
+        it, as with the default (auto: 4 slots, unified). The engine's own figure (``/props``), once
+        known, wins over this."""
+        if self.parallel > 1 and not any(arg in _UNIFIED_FLAGS for arg in self.args):
+            return self.context // self.parallel
+        return self.context
 
 
 @dataclass(frozen=True)

@@ -100,14 +100,15 @@ class ProcessRuntime:
             self.http.forget(variant.connect)
             raise
         if n_ctx is None:
-            logger.warning("model %r: engine did not report its context; assuming %d", model.name, variant.context)
-            n_ctx = variant.context
-        elif n_ctx != variant.context:
+            n_ctx = variant.slot_context
+            logger.warning("model %r: engine did not report its context; assuming %d", model.name, n_ctx)
+        elif n_ctx != variant.slot_context:
             logger.warning(
-                "model %r variant %d: configured context %d, engine reports %d per request; using %d",
+                "model %r variant %d: configured context %d (%d per slot), engine reports %d per request; using %d",
                 model.name,
                 variant.index,
                 variant.context,
+                variant.slot_context,
                 n_ctx,
                 n_ctx,
             )

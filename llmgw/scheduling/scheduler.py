@@ -173,7 +173,7 @@ class Scheduler(Generic[H]):
 
     def effective_context(self, model: ModelConfig, variant: Variant) -> int:
         """Context a variant really gives: what its engine reported last time, else the config."""
-        return self._learned_ctx.get((model.name, variant.fingerprint), variant.context)
+        return self._learned_ctx.get((model.name, variant.fingerprint), variant.slot_context)
 
     def largest_context(self, model: ModelConfig, capability: str | None = None) -> int:
         """Largest context among the variants serving ``capability`` (0 if none does)."""

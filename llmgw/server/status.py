@@ -131,7 +131,7 @@ class StatusTracker:
             "variant": record.variant.index,
             "id": record.id,
             "state": self._state(record),
-            "context": record.n_ctx if record.n_ctx is not None else record.variant.context,
+            "context": record.n_ctx if record.n_ctx is not None else record.variant.slot_context,
         }
         if record.state is EngineState.STARTING:
             event.update(self.load_progress(record, now))
@@ -162,7 +162,7 @@ class StatusTracker:
         status = {
             "value": value[record.state],
             "variant": record.variant.index,
-            "n_ctx": record.n_ctx if record.n_ctx is not None else record.variant.context,
+            "n_ctx": record.n_ctx if record.n_ctx is not None else record.variant.slot_context,
             "args": [record.variant.binary, *record.variant.args],
         }
         if record.state is EngineState.STARTING:

@@ -74,7 +74,7 @@ class Views:
         view: dict[str, Any] = {
             "model": record.model.name,
             "variant": record.variant.index,
-            "context": record.n_ctx if record.n_ctx is not None else record.variant.context,
+            "context": record.n_ctx if record.n_ctx is not None else record.variant.slot_context,
             "pid": handle.process.pid if handle is not None else None,
             "state": record.state.value,
             "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},

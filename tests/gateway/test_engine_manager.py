@@ -209,15 +209,16 @@ async def test_parallel_slots_context_is_learned(io_loop: Any, harness: Harness,
     model = model_of(manager, a)
     small, big = model.variants
 
+    # Before any engine ran, each slot is known to get half the configured context (-np 2).
+    assert [manager.effective_context(model, v) for v in model.variants] == [2048, 4096]
     async with manager.lease(model) as engine:
         assert engine.variant is small
-        assert engine.n_ctx == 2048
+        assert engine.n_ctx == 2048  # and the engine says so
     assert manager.effective_context(model, small) == 2048
-    assert manager.effective_context(model, big) == 8192  # not learned yet
     assert serves(manager, "a", 2048)
     assert not serves(manager, "a", 3000)
 
-    # 3000 tokens no longer fit the small variant: the big one starts, and reports 4096.
+    # 3000 tokens do not fit the small variant's slots: the big one starts, and reports 4096.
     async with manager.lease(model, 3000) as engine:
         assert engine.variant is big
         assert engine.n_ctx == 4096

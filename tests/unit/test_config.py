@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmgw.config import (
+    DEFAULT_TIMEOUTS,
     DEFAULT_TOKENIZE_BASE_ARGS,
     Config,
     ConfigError,
@@ -646,11 +647,15 @@ def test_single_number_budget_is_one_total_pool(tmp_path: Path) -> None:
     [
         ({"devices": ["gpu2"]}, V + ".devices[1] is not a pool of server.memory_budget (its pools: gpu0, gpu1)"),
         ({"devices": []}, V + ".devices must not be an empty list"),
-        ({"devices": ["gpu0"], "memory": {"gpu1": 5}},
-         V + '.memory names the pool "gpu1", which this variant does not use (its pools: gpu0)'),
-        ({"memory": {"gpu0": 30000}},
-         V + ".memory declares 30000 MiB on gpu0, more than server.memory_budget allows there (24000 MiB): "
-         "the variant could never start"),
+        (
+            {"devices": ["gpu0"], "memory": {"gpu1": 5}},
+            V + '.memory names the pool "gpu1", which this variant does not use (its pools: gpu0)',
+        ),
+        (
+            {"memory": {"gpu0": 30000}},
+            V + ".memory declares 30000 MiB on gpu0, more than server.memory_budget allows there (24000 MiB): "
+            "the variant could never start",
+        ),
         ({"memory": 50000}, V + ".memory declares 25000 MiB on gpu0, more than server.memory_budget allows"),
         ({"memory": {"gpu0": "x"}}, V + '.memory.gpu0 must be a number of MiB (>= 0), got "x"'),
     ],
@@ -991,3 +996,22 @@ def test_loading_feedback_must_be_a_known_mode(tmp_path: Path, where: tuple[Any,
     bad = with_value(base_config(), (*where, "loading_feedback"), "thinking")
     message = load_error(tmp_path, config_text(bad))
     assert 'loading_feedback must be one of "reasoning", "comments", "none", got "thinking"' in message
+
+
+@pytest.mark.parametrize(
+    ("args", "parallel", "per_slot"),
+    [
+        ((), 0, 8192),  # llama-server's auto: 4 slots sharing a unified cache
+        (("-np", "1"), 1, 8192),
+        (("-np", "2"), 2, 4096),
+        (("--parallel=4",), 4, 2048),
+        (("-np", "4", "-kvu"), 4, 8192),
+        (("--parallel", "2", "--kv-unified"), 2, 8192),
+        (("-np", "2", "-np", "8"), 8, 1024),  # the last one wins, as llama-server reads it
+    ],
+)
+def test_a_variants_slot_context_follows_its_parallel_slots(
+    args: tuple[str, ...], parallel: int, per_slot: int
+) -> None:
+    variant = Variant(1, "/bin/llama-server", ("-c", "8192", *args), 8192, "http://127.0.0.1:1", DEFAULT_TIMEOUTS)
+    assert (variant.parallel, variant.slot_context) == (parallel, per_slot)

@@ -386,6 +386,27 @@ def test_learned_context_decides_the_variant() -> None:
     assert w.record_of("a").variant.context == 8192
 
 
+def test_parallel_slots_split_the_context_before_any_engine_reports_it() -> None:
+    """llama-server gives each of -np N slots context / N: a 3000-token request needs the 8192
+    variant of a model run with -np 2, at once (not a start of the 4096 one, then a switch)."""
+    a = model("a", (4096, 8192), port=1001, args=("-np", "2"))
+    w = World.of(config([a]))
+    assert [w.scheduler.effective_context(a, v) for v in a.variants] == [2048, 4096]
+    t = w.request(a, 3000)
+    assert [r.variant.context for r in w.scheduler.records] == [8192]
+    w.settle()
+    assert w.holds(t) is w.record_of("a")
+    too_big = w.request(a, 5000)  # more than a slot of the largest variant holds
+    error = w.failed[too_big.id]
+    assert isinstance(error, ContextTooLarge) and error.largest == 4096
+
+
+def test_a_unified_kv_cache_gives_every_slot_the_whole_context() -> None:
+    a = model("a", (4096, 8192), port=1001, args=("-np", "2", "-kvu"))
+    w = World.of(config([a]))
+    assert [w.scheduler.effective_context(a, v) for v in a.variants] == [4096, 8192]
+
+
 def test_shutdown_fails_the_queue_and_stops_everything() -> None:
     a, b = model("a", port=1001), model("b", port=1002)
     w = World.of(config([a, b]))
