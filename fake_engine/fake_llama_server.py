@@ -129,6 +129,8 @@ class Options:
     fake_slot_bytes_per_token: int = 64
     fake_slot_refuse_restore: bool = False
     fake_slot_disk_full: bool = False
+    fake_reasoning: int = 0
+    fake_tool_calls: bool = False
 
     @property
     def n_ctx(self) -> int:
@@ -193,6 +195,8 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "--fake-slot-bytes-per-token": ("fake_slot_bytes_per_token", int),
     "--fake-slot-refuse-restore": ("fake_slot_refuse_restore", None),
     "--fake-slot-disk-full": ("fake_slot_disk_full", None),
+    "--fake-reasoning": ("fake_reasoning", int),
+    "--fake-tool-calls": ("fake_tool_calls", None),
 }
 
 
@@ -1130,7 +1134,23 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
 class ChatCompletionsHandler(GenerationHandler):
     def plan(self, body: dict[str, Any]) -> Plan:
         check_messages(body)
-        return self.chat_plan(body, body, shapes.ChatFormat(), request_id=new_id())
+        options = self.engine.options
+        fmt = shapes.ChatFormat(options.fake_reasoning, fake_tool_call(body) if options.fake_tool_calls else None)
+        return self.chat_plan(body, body, fmt, request_id=new_id())
+
+
+def fake_tool_call(body: Mapping[str, Any]) -> shapes.ToolCall | None:
+    """``--fake-tool-calls``: a request with tools gets a call of the first one."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    function = tools[0].get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        return None
+    parameters = function.get("parameters")
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    key = next(iter(properties), "arg") if isinstance(properties, dict) and properties else "arg"
+    return shapes.ToolCall("call_" + uuid.uuid4().hex[:8], function["name"], shapes.dumps({key: "tok0"}))
 
 
 class CompletionsHandler(GenerationHandler):

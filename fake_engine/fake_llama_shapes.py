@@ -140,9 +140,35 @@ class Format:
 # ----------------------------------------------------------------------------- OpenAI chat
 
 
+def reasoning_piece(index: int) -> str:
+    """The text of the ``index``-th reasoning token (``--fake-reasoning``)."""
+    return f"think{index}" if index == 0 else f" think{index}"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The call a ``--fake-tool-calls`` engine makes: the request's first tool, its first
+    parameter set to ``"tok0"``; the arguments stream in three fragments, as llama-server's do."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def fragments(self) -> list[str]:
+        third = max(len(self.arguments) // 3, 1)
+        return [self.arguments[:third], self.arguments[third : 2 * third], self.arguments[2 * third :]]
+
+
 class ChatFormat(Format):
     """``/v1/chat/completions``: role chunk, content chunks, finish chunk (with ``timings`` unless
-    ``include_usage``, which moves them to a last chunk with ``usage``), ``[DONE]``."""
+    ``include_usage``, which moves them to a last chunk with ``usage``), ``[DONE]``.
+
+    ``reasoning``: that many ``reasoning_content`` chunks come first (``--fake-reasoning``);
+    ``tool_call``: the answer is that call, in fragments, finish reason ``tool_calls``, and no content."""
+
+    def __init__(self, reasoning: int = 0, tool_call: ToolCall | None = None) -> None:
+        self.reasoning = reasoning
+        self.tool_call = tool_call
 
     @staticmethod
     def _chunk(req: Request, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,29 +181,53 @@ class ChatFormat(Format):
             "object": "chat.completion.chunk",
         }
 
+    def _delta(self, req: Request, delta: dict[str, Any]) -> Sse:
+        return sse(self._chunk(req, [{"finish_reason": None, "index": 0, "delta": delta}]))
+
     def begin(self, req: Request, run: Run) -> list[Sse]:
-        delta = {"role": "assistant", "content": None}
-        return [sse(self._chunk(req, [{"finish_reason": None, "index": 0, "delta": delta}]))]
+        events = [self._delta(req, {"role": "assistant", "content": None})]
+        events += [self._delta(req, {"reasoning_content": reasoning_piece(i)}) for i in range(self.reasoning)]
+        call = self.tool_call
+        if call is not None:
+            function = {"name": call.name, "arguments": ""}
+            events.append(
+                self._delta(
+                    req, {"tool_calls": [{"index": 0, "id": call.id, "type": "function", "function": function}]}
+                )
+            )
+        return events
 
     def token(self, req: Request, run: Run, index: int) -> list[Sse]:
-        delta = {"content": token_piece(index)}
-        return [sse(self._chunk(req, [{"finish_reason": None, "index": 0, "delta": delta}]))]
+        if self.tool_call is not None:
+            return []
+        return [self._delta(req, {"content": token_piece(index)})]
+
+    def _finish_reason(self, run: Run) -> str:
+        return "tool_calls" if self.tool_call is not None else run.finish_reason
 
     def end(self, req: Request, run: Run) -> list[Sse]:
-        finish = self._chunk(req, [{"finish_reason": run.finish_reason, "index": 0, "delta": {}}])
+        pieces = self.tool_call.fragments() if self.tool_call is not None else []
+        calls = [self._delta(req, {"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in pieces]
+        finish = self._chunk(req, [{"finish_reason": self._finish_reason(run), "index": 0, "delta": {}}])
         if not req.include_usage:
-            return [sse({**finish, "timings": run.timings()})]
+            return [*calls, sse({**finish, "timings": run.timings()})]
         usage = {**self._chunk(req, []), "usage": run.usage(), "timings": run.timings()}
-        return [sse(finish), sse(usage)]
+        return [*calls, sse(finish), sse(usage)]
 
     def close(self, req: Request) -> list[Sse]:
         return [sse(DONE)]
 
     def body(self, req: Request, runs: Sequence[Run]) -> Any:
         [run] = runs
-        message = {"role": "assistant", "content": run.text()}
+        message: dict[str, Any] = {"role": "assistant", "content": run.text()}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(reasoning_piece(i) for i in range(self.reasoning))
+        if self.tool_call is not None:
+            call = self.tool_call
+            function = {"name": call.name, "arguments": call.arguments}
+            message.update(content=None, tool_calls=[{"type": "function", "function": function, "id": call.id}])
         return {
-            "choices": [{"finish_reason": run.finish_reason, "index": 0, "message": message}],
+            "choices": [{"finish_reason": self._finish_reason(run), "index": 0, "message": message}],
             "created": req.created,
             "model": req.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
