@@ -22,6 +22,7 @@ class Dialect(StrEnum):
 
     OPENAI = "openai"  # OpenAI and llama.cpp routes: {"error": {...}} errors
     ANTHROPIC = "anthropic"  # {"type": "error", "error": {...}} errors, event: error in streams
+    OLLAMA = "ollama"  # Ollama's native /api/* routes: {"error": "..."} errors, an NDJSON error line in streams
 
 
 class Sizing(StrEnum):
@@ -339,9 +340,15 @@ ROUTES: dict[str, Endpoint] = {
 }
 
 
+# The gateway's own routes under /api/ (the watch page's); every other /api/ path is Ollama's.
+OWN_API_PATHS = frozenset({"/api/requests", "/api/logs"})
+
+
 def dialect_of(path: str) -> Dialect:
     """The dialect a path belongs to, known route or not (for errors on unknown routes)."""
     endpoint = ROUTES.get(path)
     if endpoint is not None:
         return endpoint.dialect
+    if path.startswith("/api/") and path not in OWN_API_PATHS:
+        return Dialect.OLLAMA
     return Dialect.ANTHROPIC if path.startswith("/v1/messages") else Dialect.OPENAI

@@ -1,6 +1,7 @@
 """Errors in each dialect's own shape: OpenAI's ``{"error": {...}}`` for the OpenAI and llama.cpp
-routes, Anthropic's ``{"type": "error", "error": {...}}`` for Messages, and the matching error
-event inside a stream that has already begun."""
+routes, Anthropic's ``{"type": "error", "error": {...}}`` for Messages, Ollama's ``{"error": "..."}``
+(a string: its clients crash on an object) for the /api/* routes, and the matching error event
+inside a stream that has already begun (an NDJSON line for Ollama)."""
 
 from __future__ import annotations
 
@@ -43,14 +44,23 @@ def _anthropic_message(error: GatewayError) -> str:
     return error.message
 
 
+def _ollama_error(message: str) -> bytes:
+    return json.dumps({"error": message}, separators=(",", ":")).encode()
+
+
 def error_body(dialect: Dialect, error: GatewayError) -> bytes:
+    if dialect is Dialect.OLLAMA:
+        return _ollama_error(error.message)
     if dialect is Dialect.ANTHROPIC:
         return json.dumps(_anthropic_error(error.status, _anthropic_message(error))).encode()
     return json.dumps({"error": _openai_error(error)}).encode()
 
 
-def stream_error_event(endpoint: Endpoint, error: GatewayError) -> bytes:
-    """The event that ends a stream the client already reads, in the route's own stream format."""
+def stream_error_event(endpoint: Endpoint, error: GatewayError, dialect: Dialect | None = None) -> bytes:
+    """The event that ends a stream the client already reads, in the route's own stream format;
+    ``dialect``: the client's, when it is not the endpoint's (an Ollama request counted as a chat)."""
+    if dialect is Dialect.OLLAMA:
+        return _ollama_error(error.message) + b"\n"
     if endpoint.dialect is Dialect.ANTHROPIC:
         payload = _anthropic_error(error.status, _anthropic_message(error))
         return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
@@ -61,8 +71,11 @@ def stream_error_event(endpoint: Endpoint, error: GatewayError) -> bytes:
 
 
 def engine_error_body(dialect: Dialect, status: int, body: bytes) -> bytes:
-    """An engine's own error answer: unchanged, except on Anthropic routes, where llama-server's
-    OpenAI-shaped error is reshaped (same status, same message) so Anthropic clients can read it."""
+    """An engine's own error answer: unchanged, except on Anthropic and Ollama routes, where
+    llama-server's OpenAI-shaped error is reshaped (same status, same message) so their clients
+    can read it."""
+    if dialect is Dialect.OLLAMA:
+        return _ollama_error(engine_error_message(body, status))
     if dialect is not Dialect.ANTHROPIC:
         return body
     try:
@@ -75,9 +88,25 @@ def engine_error_body(dialect: Dialect, status: int, body: bytes) -> bytes:
     return json.dumps(_anthropic_error(status, message)).encode()
 
 
-def engine_error_event(endpoint: Endpoint, status: int, body: bytes) -> bytes:
+def engine_error_message(body: bytes, status: int) -> str:
+    """The message of an engine's error answer (llama-server's ``{"error": {"message"}}``, or
+    ``{"error": "..."}``), else its text, clipped."""
+    try:
+        error = json.loads(body)["error"]
+        message = error if isinstance(error, str) else error["message"]
+        if isinstance(message, str) and message:
+            return clip(message, 1000)
+    except (ValueError, KeyError, TypeError):
+        pass
+    text = body.decode("utf-8", "replace").strip()
+    return clip(text, 1000) if text else f"the engine answered {status}"
+
+
+def engine_error_event(endpoint: Endpoint, status: int, body: bytes, dialect: Dialect | None = None) -> bytes:
     """An engine's error answer as the route's stream error event (llama-server's own shape on
-    OpenAI routes, as it sends errors inside streams; reshaped on Anthropic and Responses)."""
+    OpenAI routes, as it sends errors inside streams; reshaped on Anthropic, Responses and Ollama)."""
+    if dialect is Dialect.OLLAMA:
+        return _ollama_error(engine_error_message(body, status)) + b"\n"
     try:
         parsed = json.loads(body)
         error = parsed["error"]

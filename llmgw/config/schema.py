@@ -181,6 +181,11 @@ class ServerConfig:
     strict_context: bool = False
     loading_feedback: str = "comments"  # one of FEEDBACK_MODES
     slot_cache: SlotCache | None = None  # the default of every model (None: off)
+    # What GET /api/version says: Ollama clients gate features on it (GitHub Copilot Chat wants >= 0.6.4).
+    ollama_version: str = "0.12.0"
+
+
+OLLAMA_DEFAULT_TAG = ":latest"  # Ollama clients add it to names without a tag
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,15 @@ class Config:
     models: tuple[ModelConfig, ...]
 
     def model(self, name: str) -> ModelConfig | None:
-        """The model called ``name`` or known by the alias ``name``."""
+        """The model called ``name`` or known by the alias ``name``. Ollama's default tag is
+        understood on every route: ``name:latest`` is ``name`` (Ollama clients add the tag to the
+        names they list, then send it back), unless a model or alias is called that exactly."""
+        found = self._named(name)
+        if found is None and name[-len(OLLAMA_DEFAULT_TAG) :].lower() == OLLAMA_DEFAULT_TAG:
+            found = self._named(name[: -len(OLLAMA_DEFAULT_TAG)])
+        return found
+
+    def _named(self, name: str) -> ModelConfig | None:
         for model in self.models:
             if model.name == name or name in model.aliases:
                 return model

@@ -49,6 +49,7 @@ _SERVER_KEYS = _TIMEOUT_KEYS | {
     "strict_context",
     "loading_feedback",
     "slot_cache",
+    "ollama_version",
 }
 _MODEL_KEYS = _TIMEOUT_KEYS | {
     "name",
@@ -73,6 +74,7 @@ _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: ac
 _VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
 _TOKENIZATION_KEYS = frozenset({"binary", "base_args", "extra_args", "extra_tokens_per_message", "extra_tokens"})
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+_VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){1,3}")
 
 
 def _timeouts(node: Node, base: Timeouts) -> Timeouts:
@@ -171,7 +173,18 @@ def server_section(node: Node) -> ServerConfig:
         strict_context=node.get_bool("strict_context", False),
         loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
         slot_cache=caching.slot_cache(node.child("slot_cache"), None),
+        ollama_version=_ollama_version(node.child("ollama_version")),
     )
+
+
+def _ollama_version(node: Node) -> str:
+    """Dotted numbers only: Open WebUI parses each part as an int, Copilot compares them."""
+    if not node.exists():
+        return ServerConfig.ollama_version
+    text = node.string()
+    if not _VERSION_RE.fullmatch(text):
+        node.fail(f'must be a version of dotted numbers like "0.12.0", got {quote(text)}')
+    return text
 
 
 def _connect(node: Node) -> str:
