@@ -121,8 +121,8 @@ class World:
                 pass
         return effects
 
-    def request(self, m: ModelConfig, min_ctx: int = 0) -> Ticket:
-        ticket, effects = self.scheduler.submit(m, min_ctx, self.now)
+    def request(self, m: ModelConfig, min_ctx: int = 0, keep_alive: float | None = None) -> Ticket:
+        ticket, effects = self.scheduler.submit(m, min_ctx, self.now, keep_alive=keep_alive)
         self.take(effects)
         return ticket
 

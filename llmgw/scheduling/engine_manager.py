@@ -128,25 +128,26 @@ class EngineManager:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None
+        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None, keep_alive: float | None = None
     ) -> AsyncIterator[RunningEngine]:
         """Hold an engine of ``model`` with at least ``min_ctx`` context for the whole block, of a
         variant serving ``capability`` (a route family; None: any).
 
         ``min_ctx`` 0 means "any variant": the running one, or the smallest if none runs.
+        ``keep_alive`` (seconds; inf: for ever; 0: stop once idle) replaces the engine's idle timeout.
         """
-        async with self.reserve(model, min_ctx, capability) as reservation:
+        async with self.reserve(model, min_ctx, capability, keep_alive) as reservation:
             yield await reservation.granted()
 
     @contextlib.asynccontextmanager
     async def reserve(
-        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None
+        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None, keep_alive: float | None = None
     ) -> AsyncIterator[Reservation]:
         """:meth:`lease` in two steps: the request joins the scheduler at once, and the caller
         sees whether it waits (loading feedback) before it awaits the engine. Leaving the block
         gives the engine back, or withdraws the request if it was never granted."""
         loop = asyncio.get_running_loop()
-        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability)
+        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability, keep_alive)
         future: asyncio.Future[EngineRecord[RunningEngine]] = loop.create_future()
         self._waiters[ticket.id] = future
         self._apply(effects)
@@ -197,6 +198,12 @@ class EngineManager:
         names = [record.model.name for record in self.scheduler.records if record.id in ids]
         await self._apply_and_wait_gone(ids, effects)
         return names
+
+    async def keep_alive(self, model_name: str, seconds: float) -> None:
+        """The model's engines stay ``seconds`` once idle (see Scheduler.keep_alive); returns once
+        the engines it stops at once (0, idle) are gone. Busy ones stop when their requests end."""
+        ids, effects = self.scheduler.keep_alive(model_name, seconds, self._now())
+        await self._apply_and_wait_gone(ids, effects)
 
     async def adopt_config(self, config: Config) -> None:
         """Switch to a new config: engines whose launch is unchanged keep running, the others stop
@@ -377,11 +384,11 @@ class EngineManager:
     # ----------------------------------------------------------------- idle unload
 
     def _sync_idle_timers(self) -> None:
-        """One timer per idle engine, due ``engine_idle_timeout`` after its last use."""
+        """One timer per idle engine, due ``engine_idle_timeout`` (or its keep_alive) after its last use."""
         wanted: dict[int, float] = {}
         for record in self.scheduler.records:
-            idle = record.variant.timeouts.engine_idle
-            if record.ready and not record.busy and not record.draining and idle > 0 and not self.scheduler.closed:
+            idle = record.idle_after
+            if record.ready and not record.busy and not record.draining and idle and not self.scheduler.closed:
                 wanted[record.id] = record.last_used + idle
         for record_id, (due, handle) in list(self._idle.items()):
             if wanted.get(record_id) != due:

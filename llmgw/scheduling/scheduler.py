@@ -21,11 +21,15 @@ The rules (placement.py says which engines may run together):
   bigger variant, waiting only for that engine's own requests. A running variant that is big
   enough is kept, never swapped for a smaller one.
 * No engine is started twice: a model with an engine starting waits for it.
+* An idle engine stops after its variant's ``engine_idle_timeout``, or after the ``keep_alive``
+  of the latest request granted it that set one (Ollama's: seconds, for ever, or 0: as soon as
+  its requests are done).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -62,6 +66,16 @@ class EngineRecord(Generic[H]):
     unload_from: int | None = None  # unloading: requests from this arrival number on are not granted
     stop_reason: str = ""
     handle: H | None = None  # the runtime's handle of the engine, once ready
+    keep_alive: float | None = None  # the latest request's keep_alive (s; inf: for ever); None: none asked
+
+    @property
+    def idle_after(self) -> float | None:
+        """Seconds idle before it stops: the latest ``keep_alive`` asked for, else its variant's
+        ``engine_idle_timeout``; None: never (0: as soon as its requests are done)."""
+        if self.keep_alive is not None:
+            return None if math.isinf(self.keep_alive) else self.keep_alive
+        idle = self.variant.timeouts.engine_idle
+        return idle if idle > 0 else None
 
     @property
     def ready(self) -> bool:
@@ -117,6 +131,7 @@ class Ticket:
     min_ctx: int
     arrived: float
     capability: str | None = None  # the route family it needs served (None: any)
+    keep_alive: float | None = None  # what its engine's idle timeout becomes once granted (None: unchanged)
     phase: Phase = Phase.QUEUED
     blocked_by: str = ""  # why it cannot be planned, for the queue-timeout message
 
@@ -205,11 +220,17 @@ class Scheduler(Generic[H]):
     # ------------------------------------------------------------------ requests
 
     def submit(
-        self, model: ModelConfig, min_ctx: int, now: float, capability: str | None = None
+        self,
+        model: ModelConfig,
+        min_ctx: int,
+        now: float,
+        capability: str | None = None,
+        keep_alive: float | None = None,
     ) -> tuple[Ticket, list[Effect[H]]]:
         """A request wants an engine of ``model`` with at least ``min_ctx`` context (0: any), of a
-        variant serving ``capability`` (None: any)."""
-        ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability)
+        variant serving ``capability`` (None: any); ``keep_alive`` (seconds, inf, 0) replaces the
+        idle timeout of the engine it is granted."""
+        ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability, keep_alive)
         if self.closed:
             return ticket, [Fail(ticket, ShuttingDown("the gateway is shutting down"))]
         largest = self.largest_context(model, capability)
@@ -234,7 +255,7 @@ class Scheduler(Generic[H]):
             return []  # crashed and gone meanwhile
         record.in_flight -= 1
         record.last_used = now
-        if self.queue or record.draining:
+        if self.queue or record.draining or record.idle_after == 0:
             return self._pump(now)
         return []
 
@@ -304,12 +325,23 @@ class Scheduler(Generic[H]):
         record = self.record(record_id)
         if record is None or not record.ready or record.busy or record.draining:
             return []
-        idle = record.variant.timeouts.engine_idle
-        if idle <= 0 or now - record.last_used < idle - 1e-3:
+        idle = record.idle_after
+        if idle is None or now - record.last_used < idle - 1e-3:
             return []
         if any(t.model.name == record.model.name for t in self.queue):
             return []
         return [self._stop(record, f"idle for {idle:g} s")]
+
+    def keep_alive(self, model_name: str, seconds: float, now: float) -> tuple[list[int], list[Effect[H]]]:
+        """Ollama's keep_alive without a request: the model's engines now stay ``seconds`` once
+        idle (inf: for ever); 0 stops the idle ones at once and the busy ones once their requests
+        are done. Returns the ids of the engines stopped now."""
+        for record in self.records:
+            if record.model.name == model_name and record.state is not EngineState.STOPPING:
+                record.keep_alive = seconds
+        effects = self._pump(now)
+        stopped = [e.record.id for e in effects if isinstance(e, Stop) and e.record.model.name == model_name]
+        return stopped, effects
 
     # ------------------------------------------------------------------ operations
 
@@ -386,6 +418,8 @@ class Scheduler(Generic[H]):
     def _grant(self, ticket: Ticket, record: EngineRecord[H], now: float) -> Grant[H]:
         record.in_flight += 1
         record.last_used = now
+        if ticket.keep_alive is not None:
+            record.keep_alive = ticket.keep_alive  # the latest request's wins, as in Ollama
         return Grant(ticket, record)
 
     def _stop(self, record: EngineRecord[H], reason: str, kill: bool = False) -> Stop[H]:
@@ -412,6 +446,7 @@ class Scheduler(Generic[H]):
             elif not self._waits_for_others(ticket, walk):
                 effects.extend(self._plan_start(ticket, walk, now))
         effects.extend(self._stop_unloaded())
+        effects.extend(self._stop_kept_no_longer())
         return effects
 
     def _begin_walk(self) -> _Walk:
@@ -490,6 +525,20 @@ class Scheduler(Generic[H]):
             self._stop(record, record.stop_reason or "unloaded")
             for record in self.records
             if record.unload_from is not None and record.ready and not record.busy
+        ]
+
+    def _stop_kept_no_longer(self) -> list[Effect[H]]:
+        """Engines whose latest request asked for keep_alive 0 stop once idle, unless a request
+        for their model waits (it would only start them again)."""
+        waiting = {ticket.model.name for ticket in self.queue}
+        return [
+            self._stop(record, "keep_alive 0")
+            for record in self.records
+            if record.idle_after == 0
+            and record.ready
+            and not record.busy
+            and not record.draining
+            and record.model.name not in waiting
         ]
 
     def _rebalance(self, now: float, reason: str) -> list[Effect[H]]:

@@ -141,7 +141,7 @@ class Views:
 def _idle_unload_in(record: EngineRecord[RunningEngine], now: float) -> float | None:
     """Seconds until the idle timeout stops this engine; None when it never will from here (no
     timeout, busy, starting or already stopping)."""
-    idle = record.variant.timeouts.engine_idle
-    if idle <= 0 or not record.ready or record.busy or record.draining:
+    idle = record.idle_after
+    if not idle or not record.ready or record.busy or record.draining:
         return None
     return round(max(record.last_used + idle - now, 0.0), 1)

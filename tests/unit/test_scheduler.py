@@ -461,3 +461,83 @@ def test_a_start_that_must_wait_for_a_starting_engine_holds_later_starts_back() 
     w.settle()
     assert w.holds(tc) is not None and w.holds(td) is not None and w.running() == ["c", "d"]
     w.check()
+
+
+# ----------------------------------------------------------------------------- keep_alive (Ollama's)
+
+
+def test_keep_alive_replaces_the_idle_timeout_and_the_latest_request_that_sets_one_wins() -> None:
+    a = model("a", port=1001, idle=10.0)
+    w = World.of(config([a]))
+    t = w.request(a, keep_alive=60.0)
+    w.settle()
+    record = w.record_of("a")
+    w.release(t)
+    w.now = 20.0  # past the configured 10 s, within the asked 60 s
+    assert w.take(w.scheduler.idle_expired(record.id, w.now)) == []
+    assert record.idle_after == 60.0
+    w.release(w.request(a))  # a request that asks nothing leaves it as it is
+    assert record.idle_after == 60.0
+    w.release(w.request(a, keep_alive=5.0))  # the latest wins, shorter too
+    w.now += 6.0
+    assert names(w.take(w.scheduler.idle_expired(record.id, w.now)), Stop) == ["a"]
+
+
+def test_a_negative_keep_alive_keeps_the_engine_for_ever() -> None:
+    a = model("a", port=1001, idle=10.0)
+    w = World.of(config([a]))
+    t = w.request(a, keep_alive=float("inf"))
+    w.settle()
+    w.release(t)
+    record = w.record_of("a")
+    assert record.idle_after is None
+    w.now = 1e6
+    assert w.take(w.scheduler.idle_expired(record.id, w.now)) == []
+
+
+def test_keep_alive_zero_stops_the_engine_once_its_requests_are_done() -> None:
+    a = model("a", port=1001)  # no idle timeout configured
+    w = World.of(config([a]))
+    t1 = w.request(a)
+    w.settle()
+    t2 = w.request(a, keep_alive=0.0)
+    w.release(t2)
+    assert names(w.log, Stop) == []  # t1 still holds it
+    w.release(t1)
+    assert [e.reason for e in w.log if isinstance(e, Stop)] == ["keep_alive 0"]
+    w.settle()
+    t3 = w.request(a)  # the next request starts a new engine, whose idle timeout is the configured one
+    w.settle()
+    assert w.holds(t3) is not None and w.record_of("a").idle_after is None
+    w.check()
+
+
+def test_keep_alive_zero_does_not_stop_an_engine_a_queued_request_waits_for() -> None:
+    a = model("a", port=1001, contexts=(1024, 4096))
+    w = World.of(config([a]))
+    t1 = w.request(a, keep_alive=0.0)
+    w.settle()
+    t2 = w.request(a, min_ctx=2000)  # needs the bigger variant: queued behind t1
+    assert w.holds(t2) is None
+    w.release(t1)
+    w.settle()
+    assert w.holds(t2) is not None and w.holds(t2).variant.context == 4096
+    assert all(e.reason != "keep_alive 0" for e in w.log if isinstance(e, Stop))
+
+
+def test_keep_alive_without_a_request_unloads_idle_engines_at_once_and_busy_ones_when_done() -> None:
+    a, b = model("a", port=1001), model("b", port=1002)
+    w = World.of(config([a, b], max_engines=2))
+    ta, tb = w.request(a), w.request(b)
+    w.settle()
+    w.release(tb)
+    stopped, effects = w.scheduler.keep_alive("b", 0.0, w.now)
+    w.take(effects)
+    assert names(w.log, Stop) == ["b"] and stopped == [w.record_of("b").id]
+    stopped, effects = w.scheduler.keep_alive("a", 0.0, w.now)
+    w.take(effects)
+    assert stopped == [] and names(w.log, Stop) == ["b"]  # a is busy
+    w.release(ta)
+    assert names(w.log, Stop) == ["b", "a"]
+    stopped, effects = w.scheduler.keep_alive("a", 0.0, w.now)  # nothing runs: nothing to do
+    assert stopped == [] and names(effects, Stop) == []
