@@ -102,6 +102,19 @@ class Rewriter(Protocol):
     def flush(self) -> bytes: ...
 
 
+class Translator(Rewriter, Protocol):
+    """A Rewriter that turns the engine's answer into another API's (the Ollama routes). It names
+    the answer's content type, and whether the engine's answer is read whole first (``whole``: a
+    client that wants one object keeps a clean error status if the engine fails). ``body`` may
+    raise a GatewayError: an answer it cannot translate, answered with that error's status."""
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def whole(self) -> bool: ...
+
+
 class ProgressStream:
     """Comment lines; the base of the reasoning shapes (which override what differs)."""
 

@@ -95,7 +95,7 @@ class Exchange:
             if proxy.progress is not None
             else None
         )
-        self.min_ctx = 0  # the context the next reservation asks for
+        self.min_ctx = request.min_ctx  # the context the next reservation asks for
         self.restarted = False  # an engine that died before counting was restarted (once)
         self.overflowed = False  # an engine's own overflow sent the request to a bigger variant (once)
 
@@ -142,7 +142,7 @@ class Exchange:
         context to go round again with."""
         request, endpoint = self.request, self.request.endpoint
         manager = self.proxy.manager
-        async with manager.reserve(request.model, self.min_ctx, endpoint.capability) as reservation:
+        async with manager.reserve(request.model, self.min_ctx, endpoint.capability, request.keep_alive) as reservation:
             if reservation.waiting and self.feedback is not None:
                 self.feedback.waiting(reservation.ticket)
             engine = await reservation.granted()
@@ -202,7 +202,7 @@ class Exchange:
             "Accept": "application/json, text/event-stream",
             "X-Request-Id": request.request_id,
         }
-        call = engine.client.forward_request(request.path, request.body, headers)
+        call = engine.client.forward_request(request.upstream_path, request.body, headers)
         active = self.proxy.active
         active.add(call)
         call.add_done_callback(active.discard)
@@ -252,7 +252,7 @@ class Exchange:
                 await sink.send(self.feedback.engine_error(status, body))
                 return None
             sink.start_response(status, relay_headers(headers))
-            await sink.send_whole(engine_error_body(endpoint.dialect, status, body))
+            await sink.send_whole(engine_error_body(request.answer_dialect, status, body))
             return None
         finally:
             sink.tie(None)
@@ -266,20 +266,26 @@ class Exchange:
 
     async def _relay(self, call: UpstreamCall, status: int, headers: Any, idle: float) -> None:
         request, sink, feedback = self.request, self.sink, self.feedback
-        rewriter: Rewriter = ModelRewriter(request.requested)
+        translator = request.translate(request.stats) if request.translate is not None else None
+        rewriter: Rewriter = translator or ModelRewriter(request.requested)
         stats = request.stats
-        if "text/event-stream" not in headers.get("Content-Type", ""):
+        head = relay_headers(headers)
+        if translator is not None:
+            head = [(k, v) for k, v in head if k.lower() != "content-type"]
+            head.append(("Content-Type", translator.content_type))
+        if "text/event-stream" not in headers.get("Content-Type", "") or (translator is not None and translator.whole):
             # JSON answers are small: read them whole so a failure can still be a clean 502.
             body = await _read_all(call, request.model.name)
             stats.feed(body)
-            sink.start_response(status, relay_headers(headers))
-            await sink.send_whole(rewriter.body(body))
+            answer = rewriter.body(body)
+            sink.start_response(status, head)
+            await sink.send_whole(answer)
             return
         if feedback is not None and feedback.started:  # our progress came first: the headers are out
             opening, rewriter = feedback.relay(rewriter)
             await sink.send(opening)
         else:
-            sink.start_response(status, relay_headers(headers))
+            sink.start_response(status, head)
         try:
             async for chunk in call.chunks(idle):
                 out = rewriter.chunk(chunk)
@@ -297,7 +303,7 @@ class Exchange:
             logger.warning("model %r: engine stream broke: %s", request.model.name, exc)
             error = _engine_failed(request.model.name, exc, " mid-stream")
             stats.stream_error = error.status
-            await sink.send(rewriter.flush() + stream_error_event(request.endpoint, error))
+            await sink.send(rewriter.flush() + stream_error_event(request.endpoint, error, request.dialect))
 
     # ------------------------------------------------------------------ the slot cache
 

@@ -58,7 +58,13 @@ class LoadingFeedback:
 
     @classmethod
     def for_request(cls, request: ProxyRequest, sink: ClientSink, mode: str, progress: ProgressOf) -> LoadingFeedback:
-        streaming = request.data.get("stream") is True and request.endpoint.sizing is Sizing.GENERATE
+        # A translated answer (the Ollama routes) has no place for progress: its clients would take
+        # it for the answer, or fail to read it.
+        streaming = (
+            request.data.get("stream") is True
+            and request.endpoint.sizing is Sizing.GENERATE
+            and request.translate is None
+        )
         stream = progress_stream(request.endpoint, mode, request.requested) if streaming else None
         return cls(stream, sink, progress, request.stats)
 

@@ -3,10 +3,12 @@ the connection the answer goes to (the server's handler gives one of each)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from llmgw.api import Endpoint
+from llmgw.api import Dialect, Endpoint
+from llmgw.api.progress import Translator
 from llmgw.api.usage import AnswerStats
 from llmgw.config import ModelConfig
 from llmgw.upstream import UpstreamCall
@@ -36,7 +38,11 @@ class ClientSink(Protocol):
 
 @dataclass(frozen=True)
 class ProxyRequest:
-    """A model request as the handler parsed and checked it."""
+    """A model request as the handler parsed and checked it.
+
+    A request translated from another API (the Ollama routes) is counted, sized and forwarded as
+    the llama.cpp route ``endpoint`` describes, to ``engine_path``, and its answer goes through
+    ``translate``; its errors are in ``dialect``."""
 
     endpoint: Endpoint
     path: str  # forwarded as it is: llama-server answers every route the gateway serves
@@ -46,3 +52,17 @@ class ProxyRequest:
     requested: str  # the name the client used (a model name or an alias): answers carry it
     request_id: str
     stats: AnswerStats = field(default_factory=AnswerStats)  # tokens and tokens/s, read from the answer
+    engine_path: str | None = None  # where the engine answers it, when not at ``path``
+    dialect: Dialect | None = None  # the client's, when not the endpoint's
+    min_ctx: int = 0  # context asked for by the client (Ollama's num_ctx), at most the largest variant's
+    keep_alive: float | None = None  # seconds the engine stays after it (inf: for ever; 0: stop once idle)
+    # The answer's translator, made (with the request's stats) once the engine's answer begins.
+    translate: Callable[[AnswerStats], Translator] | None = None
+
+    @property
+    def upstream_path(self) -> str:
+        return self.engine_path or self.path
+
+    @property
+    def answer_dialect(self) -> Dialect:
+        return self.dialect or self.endpoint.dialect

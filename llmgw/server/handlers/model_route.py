@@ -9,12 +9,14 @@ import json
 import logging
 import re
 import time
+from typing import Any
 
 from tornado import web
 from tornado.http1connection import HTTP1Connection
 
-from llmgw.api import ROUTES
+from llmgw.api import ROUTES, Endpoint
 from llmgw.api.filters import apply_filters
+from llmgw.config import ModelConfig
 from llmgw.errors import BadRequest, GatewayError, clip, echo
 from llmgw.proxy import ClientGone, ProxyRequest
 from llmgw.server.activity import RequestRecord
@@ -85,8 +87,7 @@ class ModelRouteHandler(GatewayHandler):
         started = time.monotonic()
         sink = self.sink
         try:
-            request = self._proxy_request(body)
-            await sink.serve(self.proxy.forward(request, sink))
+            await sink.serve(self.serve(body))
         except (ClientGone, asyncio.CancelledError):
             if not sink.gone:
                 raise
@@ -117,6 +118,10 @@ class ModelRouteHandler(GatewayHandler):
         if not sink.finished and not sink.gone:
             await sink.finish()
 
+    async def serve(self, body: bytes) -> None:
+        """Answer the request whose body is ``body``; raises GatewayError while nothing was sent."""
+        await self.proxy.forward(self._proxy_request(body), self.sink)
+
     def _proxy_request(self, body: bytes) -> ProxyRequest:
         """Parse and check the request, find its model, apply the model's filters."""
         endpoint = ROUTES[self.request.path]
@@ -138,13 +143,23 @@ class ModelRouteHandler(GatewayHandler):
                 f"model {model.name!r} does not serve {endpoint.capability} requests "
                 f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
             )
+        return self.checked_request(endpoint, model, requested, data, parsed.raw)
+
+    def checked_request(
+        self, endpoint: Endpoint, model: ModelConfig, requested: str, data: dict[str, Any], raw: bytes | None = None,
+        stream: bool | None = None, **translated: Any,
+    ) -> ProxyRequest:  # fmt: skip
+        """The request as the path takes it: its fields checked, the model's filters applied, in the
+        history. ``raw``: the body as it came (None: ``data`` serialised); ``stream``: what the
+        history shows (default: the body's ``stream``); ``translated``: ProxyRequest's fields for a
+        request translated from another API."""
         endpoint.check(data)
-        raw = parsed.raw
-        if apply_filters(model, endpoint, data):
+        if apply_filters(model, endpoint, data) or raw is None:
             raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        self._record = self.activity.begin(self.request_id, self.request.path, model.name, data.get("stream") is True)
+        streaming = data.get("stream") is True if stream is None else stream
+        self._record = self.activity.begin(self.request_id, self.request.path, model.name, streaming)
         return ProxyRequest(
-            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats
+            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats, **translated
         )
 
     def on_finish(self) -> None:
