@@ -107,6 +107,7 @@ class ModelFiles:
     def __init__(self) -> None:
         self._read: dict[str, tuple[tuple[int, float], ModelFile | None]] = {}
         self._reading: dict[str, asyncio.Future[ModelFile | None]] = {}
+        self._missing: set[str] = set()  # paths already reported missing (routes polled every 30 s ask again)
 
     def known(self, path: str) -> ModelFile | None:
         """What was read of ``path`` (None: not yet, or it could not be)."""
@@ -118,8 +119,11 @@ class ModelFiles:
         try:
             stat = os.stat(path)
         except OSError as exc:
-            logger.warning("model file %s: %s", path, exc)
+            if path not in self._missing:
+                self._missing.add(path)
+                logger.warning("model file %s: %s", path, exc)
             return None
+        self._missing.discard(path)
         stamp = (stat.st_size, stat.st_mtime)
         entry = self._read.get(path)
         if entry is not None and entry[0] == stamp:

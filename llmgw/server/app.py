@@ -7,7 +7,7 @@ from typing import Any
 from tornado import web
 
 from llmgw.api import ROUTES
-from llmgw.server.handlers import info, observe, ops
+from llmgw.server.handlers import info, observe, ollama, ops
 from llmgw.server.handlers.base import NotFoundHandler
 from llmgw.server.handlers.model_route import ModelRouteHandler
 from llmgw.server.services import Services
@@ -34,6 +34,10 @@ _ROUTES: list[tuple[str, type[web.RequestHandler], str]] = [
 
 def make_app(services: Services) -> web.Application:
     rules: list[Any] = [(path, handler, {"services": services, "route": label}) for path, handler, label in _ROUTES]
+    rules += [
+        (path, handler, {"services": services, "route": path.replace("(.+)", "{digest}"), **extra})
+        for path, handler, extra in ollama.ROUTES
+    ]
     rules += [
         (r"/ui", web.RedirectHandler, {"url": "/ui/"}),
         (r"/ui/(.*)", observe.UIHandler, {"path": str(observe.UI_DIR), "default_filename": "index.html"}),

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from llmgw.config import Config, LiveConfig
 from llmgw.events import EventBus
+from llmgw.modelfile import ModelFiles
 from llmgw.proxy import Proxy, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
 from llmgw.server.activity import EngineLogs, RequestLog
 from llmgw.server.metrics import GatewayMetrics
+from llmgw.server.ollama import Ollama
 from llmgw.server.status import StatusTracker
 from llmgw.server.views import Views
 from llmgw.slotcache import SlotCache
@@ -37,6 +39,7 @@ class Services:
     status: StatusTracker  # engine and queue events, load progress
     proxy: Proxy  # the request path
     views: Views  # what the read-only routes show
+    ollama: Ollama  # Ollama's native API (/api/...)
 
 
 def build(config: Config) -> Services:
@@ -59,5 +62,9 @@ def build(config: Config) -> Services:
     )
     manager = EngineManager(config, runtime, state, scheduler, hooks)
     proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
-    views = Views(live, manager, status, int(time.time()))
-    return Services(live, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views)
+    started = int(time.time())
+    views = Views(live, manager, status, started)
+    ollama = Ollama(live, manager, ModelFiles(), started)
+    return Services(
+        live, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views, ollama
+    )
