@@ -95,7 +95,8 @@ class GenerationAnswer:
 
     def chunk(self, data: bytes) -> bytes:
         data = self._pending + data
-        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4, 0)
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        cut = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
         self._pending = data[cut:]
         return self._events(data[:cut]) if cut else b""
 
