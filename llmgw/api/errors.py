@@ -88,6 +88,13 @@ def engine_error_body(dialect: Dialect, status: int, body: bytes) -> bytes:
     return json.dumps(_anthropic_error(status, message)).encode()
 
 
+def engine_error_status(dialect: Dialect, status: int) -> int:
+    """The status an engine's error answer gets: on Ollama routes, llama-server's 501 (a route the
+    engine was not started for: embeddings without --embeddings, infill without FIM tokens) is the
+    400 Ollama answers a model without that capability with."""
+    return 400 if dialect is Dialect.OLLAMA and status == 501 else status
+
+
 def engine_error_message(body: bytes, status: int) -> str:
     """The message of an engine's error answer (llama-server's ``{"error": {"message"}}``, or
     ``{"error": "..."}``), else its text, clipped."""

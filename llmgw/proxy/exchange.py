@@ -25,7 +25,7 @@ import contextlib
 import logging
 from typing import Any, Protocol
 
-from llmgw.api import ModelRewriter, Sizing, engine_error_body, stream_error_event
+from llmgw.api import ModelRewriter, Sizing, engine_error_body, engine_error_status, stream_error_event
 from llmgw.api.endpoints import CHAT
 from llmgw.api.progress import Rewriter
 from llmgw.api.usage import worth_reading
@@ -251,7 +251,7 @@ class Exchange:
             if self.feedback is not None and self.feedback.started:
                 await sink.send(self.feedback.engine_error(status, body))
                 return None
-            sink.start_response(status, relay_headers(headers))
+            sink.start_response(engine_error_status(request.answer_dialect, status), relay_headers(headers))
             await sink.send_whole(engine_error_body(request.answer_dialect, status, body))
             return None
         finally:

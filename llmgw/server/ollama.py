@@ -20,7 +20,7 @@ from llmgw.api.ollama import answers, models, requests
 from llmgw.api.ollama.requests import Action, Kind, Translated
 from llmgw.api.ollama.wire import NEVER_NS, tagged, timestamp
 from llmgw.config import LiveConfig, ModelConfig
-from llmgw.errors import BadRequest, ModelNotFound
+from llmgw.errors import BadRequest, ModelNotFound, clip
 from llmgw.modelfile import ModelFile, ModelFiles
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
@@ -54,9 +54,10 @@ class Ollama:
         """The model ``name`` names (``name:latest`` included); Ollama's 404 otherwise."""
         model = self.live.current.model(name)
         if model is None:
+            shown = clip(name)  # never the whole of a hostile name
             if embed_route:  # Ollama's own wording differs between routes; clients show it
-                raise ModelNotFound(f'model "{name}" not found, try pulling it first')
-            raise ModelNotFound(f"model '{name}' not found")
+                raise ModelNotFound(f'model "{shown}" not found, try pulling it first')
+            raise ModelNotFound(f"model '{shown}' not found")
         return model
 
     def listed(self) -> list[tuple[ModelConfig, str]]:
@@ -176,7 +177,7 @@ class Ollama:
         call = requests.TRANSLATE[kind](data)
         model = self.model(call.model, embed_route=kind in (Kind.EMBED, Kind.EMBEDDINGS))
         if not model.serves(call.endpoint.capability):
-            raise BadRequest(f'"{call.model}" does not support {call.capability_name}')
+            raise BadRequest(f'"{clip(call.model)}" does not support {call.capability_name}')
         min_ctx = min(call.num_ctx, self.manager.largest_context(model, call.endpoint.capability))
         return Prepared(call, model, min_ctx)
 

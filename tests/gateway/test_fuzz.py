@@ -49,7 +49,10 @@ def _assert_clean(status: int, body: bytes, path: str = "/v1/chat/completions") 
     assert status != 599, "no answer"
     assert status < 500, (path, status, body[:300])
     assert b"Traceback" not in body
-    if status >= 400:
+    if status >= 400 and path.startswith("/api/"):  # Ollama's shape: the error a string
+        error = json.loads(body)["error"]
+        assert isinstance(error, str) and error and len(error) <= 1000, body[:300]
+    elif status >= 400:
         data = json.loads(body)
         error = data["error"]
         assert isinstance(error["message"], str) and error["message"]
@@ -76,6 +79,13 @@ def test_random_json_bodies(io_loop: Any, fuzz_gateway: Gateway, body: Any) -> N
 @given(body=st.binary(max_size=300))
 def test_random_bytes(io_loop: Any, fuzz_gateway: Gateway, body: bytes) -> None:
     _assert_clean(*_post(io_loop, fuzz_gateway, body))
+
+
+@FUZZ
+@given(path=st.sampled_from(["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/api/pull"]),
+       body=st.binary(max_size=300))
+def test_random_bytes_on_the_ollama_routes(io_loop: Any, fuzz_gateway: Gateway, path: str, body: bytes) -> None:
+    _assert_clean(*_post(io_loop, fuzz_gateway, body, path), path)
 
 
 @FUZZ
@@ -114,7 +124,17 @@ ROUTE_FIELDS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "/tokenize": ({"model": "alpha", "content": "a b"}, ["content", "add_special", "with_pieces"]),
     "/detokenize": ({"model": "alpha", "tokens": [2, 10]}, ["tokens"]),
     "/apply-template": ({"model": "alpha", "messages": [{"role": "user", "content": "hi"}]}, ["messages"]),
+    "/api/chat": ({"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                   "options": {"num_predict": 2}},
+                  ["messages", "options", "stream", "tools", "format", "think", "keep_alive"]),
+    "/api/generate": ({"model": "alpha", "prompt": "a b", "stream": False, "options": {"num_predict": 2}},
+                      ["prompt", "suffix", "system", "raw", "context", "images", "options", "format", "keep_alive"]),
+    "/api/embed": ({"model": "alpha", "input": "a b"}, ["input", "dimensions", "truncate", "options", "keep_alive"]),
+    "/api/embeddings": ({"model": "alpha", "prompt": "a b"}, ["prompt", "options", "keep_alive"]),
+    "/api/show": ({"model": "alpha"}, ["name", "verbose"]),
+    "/api/pull": ({"model": "alpha", "stream": False}, ["name", "stream"]),
 }  # fmt: skip
+OLLAMA_PATHS = [path for path in ROUTE_FIELDS if path.startswith("/api/")]
 ROUTE_CASES = [(path, field) for path, (_, fields) in ROUTE_FIELDS.items() for field in [*fields, "model"]]
 
 
@@ -135,6 +155,30 @@ def test_wrong_types_in_every_field_of_every_route(
 def test_random_json_bodies_on_every_route(io_loop: Any, fuzz_gateway: Gateway, path: str, body: Any) -> None:
     status, answer = _post(io_loop, fuzz_gateway, json.dumps(body).encode(), path)
     _assert_clean(status, answer, path)
+
+
+# Values Ollama clients send in the fields the Ollama routes read, mixed with anything.
+ollama_values = st.one_of(
+    json_values,
+    st.sampled_from([0, 0.0, -1, "5m", "-1s", "0s", "1h30m", "json", "high", True, False, [], {}, "", "300"]),
+    st.dictionaries(st.sampled_from(["num_ctx", "num_predict", "temperature", "top_k", "stop", "seed", "num_keep"]),
+                    json_values, max_size=3),
+    st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "tool", "SYSTEM"]),
+                                    "content": json_values}), max_size=3),
+)
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(OLLAMA_PATHS),
+    field=st.sampled_from(["model", "messages", "prompt", "input", "options", "keep_alive", "format", "think",
+                           "stream", "tools", "images", "suffix", "raw", "dimensions", "context"]),
+    value=ollama_values,
+)
+def test_ollama_fields_with_values_clients_send_and_any_other(io_loop: Any, fuzz_gateway: Gateway, path: str,
+                                                              field: str, value: Any) -> None:
+    body = {**ROUTE_FIELDS[path][0], field: value}
+    _assert_clean(*_post(io_loop, fuzz_gateway, json.dumps(body).encode(), path), path)
 
 
 # What json.dumps never writes but a hostile client does: deep nesting, NaN and overflowing

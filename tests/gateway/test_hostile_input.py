@@ -527,3 +527,62 @@ def strict_model(tmp_path: Path, name: str, contexts: list[int]) -> StrictModel:
     wrapper = tmp_path / "strict_fake_engine.py"
     wrapper.write_text(_STRICT_ENGINE.format(fake_dir=str(Path(FAKE_ENGINE).parent)))
     return StrictModel(name, contexts, events=tmp_path / f"events-{name}.jsonl", wrapper=wrapper)
+
+
+# ----------------------------------------------------------------------------- Ollama's routes
+
+OLLAMA_BODIES = {
+    "/api/chat": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                  "options": {"num_predict": 2}},
+    "/api/generate": {"model": "m", "prompt": "a b", "stream": False, "options": {"num_predict": 2}},
+    "/api/embed": {"model": "m", "input": "a b"},
+    "/api/embeddings": {"model": "m", "prompt": "a b"},
+    "/api/show": {"model": "m"},
+    "/api/pull": {"model": "m", "stream": False},
+}  # fmt: skip
+
+
+def ollama_error(response: Response) -> str:
+    """Ollama's error shape: ``{"error": "..."}``, a string (its clients crash on an object), bounded."""
+    assert response.headers.get("content-type", "").startswith("application/json"), response
+    data = json.loads(response.body)
+    assert list(data) == ["error"] and isinstance(data["error"], str) and data["error"], data
+    assert len(data["error"]) <= MESSAGE_BOUND, clip(data["error"], 300)
+    assert b"Traceback" not in response.body
+    return str(data["error"])
+
+
+def ollama_with_field(path: str, name: str, raw_value: bytes) -> bytes:
+    body = json.dumps(OLLAMA_BODIES[path]).encode()
+    return body[:-1] + b', "%s": %s}' % (name.encode(), raw_value)
+
+
+@pytest.mark.parametrize("path", list(OLLAMA_BODIES))
+async def test_hostile_bodies_on_the_ollama_routes(gw: tuple[Gateway, FakeModel], path: str) -> None:
+    gateway, m = gw
+    hostile = {
+        "empty": b"",
+        "not JSON": b"{nope",
+        "not an object": b"[1, 2]",
+        "deep nesting": ollama_with_field(path, "x", b"[" * 100_000 + b"]" * 100_000),
+        "NaN": ollama_with_field(path, "options", b'{"temperature": NaN}'),
+        "1e400": ollama_with_field(path, "options", b'{"temperature": 1e400}'),
+        "5000 digits": ollama_with_field(path, "options", b'{"seed": ' + b"9" * 5000 + b"}"),
+        "past 64 bits": ollama_with_field(path, "options", b'{"num_ctx": 1e300}'),
+        "lone surrogate": ollama_with_field(path, "x", b'"\\ud800"'),
+        "UTF-16": json.dumps(OLLAMA_BODIES[path]).encode("utf-16"),
+        "huge model name": json.dumps({**OLLAMA_BODIES[path], "model": "x" * MEGA}).encode(),
+        "huge keep_alive": json.dumps({**OLLAMA_BODIES[path], "keep_alive": "5" * MEGA + "x"}).encode(),
+        "huge option name": json.dumps({**OLLAMA_BODIES[path], "options": {"x" * MEGA: "y", "top_k": "z"}}).encode(),
+        "model a list": json.dumps({**OLLAMA_BODIES[path], "model": ["m"]}).encode(),
+    }
+    unread = {"past 64 bits", "huge keep_alive", "huge option name"}  # fields /api/show and /api/pull ignore
+    for name, body in hostile.items():
+        response = await post(gateway, body, path)
+        if name in unread and path in ("/api/show", "/api/pull"):
+            assert response.status == 200, (path, name, response.status, response.body[:200])
+        else:
+            assert 400 <= response.status < 500, (path, name, response.status, response.body[:200])
+            ollama_error(response)
+    assert events_of(m, "request") == []  # nothing reached an engine
+    await assert_still_serves(gateway)

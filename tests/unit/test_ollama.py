@@ -337,3 +337,9 @@ def test_model_info_caps_the_context_and_hides_long_arrays() -> None:
     assert models.model_info(model_file({"general.architecture": "x", "x.context_length": 2048}), 8192)[
         "x.context_length"
     ] == 2048  # fmt: skip
+
+
+def test_a_huge_keep_alive_is_refused_at_once() -> None:
+    for text in ("5" * 1_000_000 + "x", "1s" * 500_000, "." * 1_000_000):
+        with pytest.raises(BadRequest, match="invalid duration"):
+            parse_keep_alive(text)

@@ -169,6 +169,8 @@ def options(value: Any) -> Options:
             if not _number(item):
                 raise BadRequest(f'option "{clip(key, 40)}" must be of type integer')
             number = int(item)
+            if not -(2**63) <= number < 2**64:
+                raise BadRequest(f'option "{clip(key, 40)}" is out of the 64-bit integer range')
             if key == "num_ctx":
                 num_ctx = max(number, 0)
             elif key == "num_predict":
@@ -282,12 +284,17 @@ def _tool_calls(value: Any, where: str, index: int) -> list[dict[str, Any]]:
         arguments = function.get("arguments", {})
         if arguments is None:
             arguments = {}
-        if not isinstance(arguments, dict | str):
+        if isinstance(arguments, str):  # lenient: JSON text, as OpenAI sends it, if it holds an object
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                arguments = None
+        if not isinstance(arguments, dict):
             raise BadRequest(f"{where}.tool_calls[{j}].function.arguments must be an object")
         call_id = call.get("id")
         if not isinstance(call_id, str) or not call_id:
             call_id = _call_id(index, j, function["name"])
-        text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        text = json.dumps(arguments, ensure_ascii=False)
         calls.append({"id": call_id, "type": "function", "function": {"name": function["name"], "arguments": text}})
     return calls
 

@@ -21,8 +21,9 @@ _LONGEST = 1e9  # seconds (~32 years): longer keep_alive values are "forever"
 
 # Go's time.ParseDuration units.
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
-_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_LONGEST_TEXT = 64  # characters of a duration string: "1h2m3.456789s" is far shorter
 
 
 def parse_keep_alive(value: Any) -> float:
@@ -39,13 +40,16 @@ def parse_keep_alive(value: Any) -> float:
 
 def _go_duration(text: str) -> float:
     stripped = text.strip()
+    if len(stripped) > _LONGEST_TEXT:
+        raise BadRequest(f"time: invalid duration {_json(clip(text, 60))}")
     sign = -1.0 if stripped.startswith("-") else 1.0
     body = stripped[1:] if stripped[:1] in ("+", "-") else stripped
     if body == "0":
         return 0.0
     position, total = 0, 0.0
-    for match in _PART.finditer(body):
-        if match.start() != position:
+    while position < len(body):  # anchored at each part: no search through the whole text
+        match = _PART.match(body, position)
+        if match is None:
             break
         total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()

@@ -16,7 +16,7 @@ from typing import Any
 
 from tornado import web
 
-from llmgw.api import dialect_of, engine_error_body, error_body
+from llmgw.api import dialect_of, engine_error_body, engine_error_status, error_body
 from llmgw.errors import EngineAnswered, GatewayError, clip
 from llmgw.server.services import Services
 
@@ -106,11 +106,12 @@ class GatewayHandler(web.RequestHandler):
         """The error in the route's dialect; an engine's own error answer as the engine gave it."""
         self.answered = True
         self.clear()
-        self.set_status(exc.status)
+        dialect = dialect_of(self.request.path)
+        engine = isinstance(exc, EngineAnswered)
+        self.set_status(engine_error_status(dialect, exc.status) if engine else exc.status)
         if exc.retry_after is not None:
             self.set_header("Retry-After", str(max(1, round(exc.retry_after))))
         self.set_header("Content-Type", "application/json")
-        dialect = dialect_of(self.request.path)
         if isinstance(exc, EngineAnswered):
             self.finish(engine_error_body(dialect, exc.status, exc.body))
         else:
