@@ -213,10 +213,17 @@ def parse_head(raw: bytes) -> Head:
 
 
 def _keep_alive(head: Head) -> float | None:
-    """Seconds the engine keeps this connection open after the answer; None: it closes it."""
+    """Seconds the engine keeps this connection open after the answer; None: it closes it.
+
+    llama-server (0.10068) closes the connection after every event stream although the stream's
+    head announces ``Keep-Alive: timeout=5`` (measured: a request sent on it at once, or 0.5 s
+    later, meets a closed socket). A forward is never sent twice, so such a pooled connection
+    failed the next forward (a 502): it is not kept."""
     connection = ",".join(head.values("Connection")).lower()
     tokens = {token.strip() for token in connection.split(",")}
     if "close" in tokens or (head.version == "HTTP/1.0" and "keep-alive" not in tokens):
+        return None
+    if any("text/event-stream" in value.lower() for value in head.values("Content-Type")):
         return None
     for value in head.values("Keep-Alive"):
         for param in value.split(","):

@@ -111,6 +111,10 @@ def test_keep_alive_follows_what_the_engine_announces() -> None:
     assert _keep_alive(parse_head(b"HTTP/1.1 200 OK\r\nConnection: close")) is None
     assert _keep_alive(parse_head(b"HTTP/1.0 200 OK")) is None
     assert _keep_alive(parse_head(b"HTTP/1.1 200 OK")) == 4.0
+    # llama-server closes the connection after an event stream, whatever its head says.
+    assert (
+        _keep_alive(parse_head(b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Type: text/event-stream")) is None
+    )
     with pytest.raises(ExchangeError):
         parse_head(b"SPDY 200 OK")
     with pytest.raises(ExchangeError):
@@ -120,8 +124,8 @@ def test_keep_alive_follows_what_the_engine_announces() -> None:
 # ----------------------------------------------------------------------------- a scripted engine
 
 # (connection, request number on it, request) -> the answer; None: close without answering; (answer, True):
-# answer, then close.
-Answer = Callable[[int, int, bytes], Awaitable[bytes | tuple[bytes, bool] | None]]
+# answer, then close; (answer, seconds): answer, then close that much later.
+Answer = Callable[[int, int, bytes], Awaitable[bytes | tuple[bytes, bool | float] | None]]
 
 
 class Scripted:
@@ -174,6 +178,8 @@ class Scripted:
                 writer.write(data)
                 await writer.drain()
                 if close:
+                    if not isinstance(close, bool):
+                        await asyncio.sleep(close)
                     return
         finally:
             writer.close()
@@ -218,8 +224,23 @@ async def test_count_and_forward_reuse_one_connection(client: EngineHTTPClient) 
         for _ in range(3):
             assert await client.json_call(engine.url + "/count", {"a": 1}) == (200, {"input_tokens": 3})
         assert b"[DONE]" in await forward(client, engine.url + "/stream")
-        assert await client.json_call(engine.url + "/count", {"a": 1}) == (200, {"input_tokens": 3})
         assert engine.connections == 1
+        assert await client.json_call(engine.url + "/count", {"a": 1}) == (200, {"input_tokens": 3})
+        assert engine.connections == 2  # not after an event stream (llama-server closes it)
+
+
+async def test_a_forward_right_after_a_stream_does_not_meet_the_closed_connection(client: EngineHTTPClient) -> None:
+    """llama-server closes a connection after an event stream (it says keep-alive all the same)."""
+
+    async def like_llama_server(connection: int, number: int, request: bytes) -> bytes | tuple[bytes, float]:
+        if b"/stream" in request:  # closed a moment after the stream's end (llama-server releases its slot first)
+            return STREAM.replace(b"200 OK\r\n", b"200 OK\r\nKeep-Alive: timeout=5, max=100\r\n"), 0.2
+        return json_answer({"input_tokens": 3})
+
+    async with Scripted(like_llama_server) as engine:
+        for _ in range(3):
+            assert b"[DONE]" in await forward(client, engine.url + "/stream")  # at once: no time to see the close
+        assert engine.connections == 3
 
 
 async def test_an_answer_that_says_close_is_not_reused(client: EngineHTTPClient) -> None:
