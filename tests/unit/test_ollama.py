@@ -83,7 +83,8 @@ def test_chat_becomes_a_streamed_chat_completion_with_llama_server_fields() -> N
 
 def test_unlimited_num_predict_and_json_format() -> None:
     call = requests.chat({"model": "m", "messages": [], "options": {"num_predict": -1}, "format": "json"})
-    assert "n_predict" not in call.body and call.body["response_format"] == {"type": "json_object"}
+    assert "n_predict" not in call.body
+    assert call.body["response_format"]["json_schema"]["schema"] == {"type": "object"}
     assert call.action is Action.LOAD
     assert requests.chat({"model": "m", "keep_alive": 0.0}).action is Action.UNLOAD
     assert requests.chat({"model": "m", "keep_alive": "-1s"}).action is Action.LOAD

@@ -194,17 +194,15 @@ def options(value: Any) -> Options:
 
 
 def _format(value: Any, chat: bool) -> dict[str, Any]:
-    """``format``: "json" or a JSON schema, as llama-server's structured output."""
+    """``format``: "json" or a JSON schema, as llama-server's structured output. "json" is an object
+    schema, as Ollama's grammar for it is (llama-server 0.10068 ignores a bare ``json_object``)."""
     if value is None or value == "":
         return {}
-    if value == "json":
+    schema = {"type": "object"} if value == "json" else value
+    if isinstance(schema, dict):
         if chat:
-            return {"response_format": {"type": "json_object"}}
-        return {"json_schema": {"type": "object"}}
-    if isinstance(value, dict):
-        if chat:
-            return {"response_format": {"type": "json_schema", "json_schema": {"name": "schema", "schema": value}}}
-        return {"json_schema": value}
+            return {"response_format": {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}}
+        return {"json_schema": schema}
     raise BadRequest(f'invalid format: {_shown(value)}; expected "json" or a valid JSON Schema object')
 
 
