@@ -230,13 +230,15 @@ class EngineProcess:
                 loop.remove_reader(fd)
                 os.close(fd)
 
-    async def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the whole process group, SIGKILL it after ``timeout``; always reaps."""
+    async def stop(self, timeout: float = 15.0, kill: bool = False) -> None:
+        """SIGTERM the whole process group, SIGKILL it after ``timeout`` (``kill``: at once); always reaps."""
         proc = self._proc
         if proc is None:
             return
         self._stopping = True
-        if proc.returncode is None:
+        if proc.returncode is None and kill:
+            logger.info("[%s] killing pid %d", self.name, proc.pid)
+        elif proc.returncode is None:
             logger.info("[%s] stopping pid %d", self.name, proc.pid)
             self._signal_group(proc.pid, signal.SIGTERM)
             try:

@@ -128,9 +128,10 @@ class ProcessRuntime:
         )
         return RunningEngine(model, variant, process, client, n_ctx)
 
-    async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
+    async def stop(self, engine: RunningEngine, kill: bool = False, hung: bool = False) -> None:
         assert isinstance(engine.process, EngineProcess)
-        if self.slot_cache is not None and not kill and engine.process.is_running:
+        kill = kill or hung
+        if self.slot_cache is not None and not hung and engine.process.is_running:
             try:
                 await self.slot_cache.save(
                     engine.model, engine.variant, engine.client, engine.variant.timeouts.engine_stop
@@ -138,7 +139,7 @@ class ProcessRuntime:
             except Exception:  # the cache never stands in the way of a stop
                 logger.exception("model %r: saving its slots failed", engine.model.name)
         try:
-            await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
+            await engine.process.stop(timeout=engine.variant.timeouts.engine_stop, kill=kill)
         finally:
             self.http.forget(engine.client.base_url)  # its pooled connections go with it
 
