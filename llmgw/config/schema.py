@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +109,8 @@ class Variant:
     def fingerprint(self) -> str:
         """Short stable id of the launch (binary, args, environment): state is remembered per launch."""
         launch = json.dumps([self.binary, self.args, self.env])
+        import hashlib  # here: the config is read before the gateway's other imports (see llmgw.listen)
+
         return hashlib.sha256(launch.encode()).hexdigest()[:16]
 
     @property
