@@ -86,8 +86,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, {fake_dir!r})
-import fake_llama_server as fake
+sys.path.insert(0, {repo!r})
+from fake_engine.server import app, state
+from fake_engine.server.routes import generation, info
 
 
 def flag(name):
@@ -101,20 +102,20 @@ if flag("--test-reported-n-ctx") is not None:
         settings = {{"n_ctx": REPORTED, "params": {{}}}}
         self.send_json({{"default_generation_settings": settings, "total_slots": 1}})
 
-    fake.PropsHandler.get = get
+    info.PropsHandler.get = get
 
 if flag("--test-crash-linger") is not None:
     LINGER = float(flag("--test-crash-linger"))
 
     def crash(reason):
-        fake.log("error: " + reason)
+        state.log("error: " + reason)
         os.closerange(3, 65536)
         time.sleep(LINGER)
         os._exit(3)
 
-    fake.crash = crash
+    generation.crash = crash
 
-sys.exit(fake.main())
+sys.exit(app.main())
 """
 
 
@@ -141,7 +142,7 @@ def patched_model(
     tmp_path: Path, name: str, contexts: list[int], patched: dict[int, list[str]], extra_args: list[str] | None = None
 ) -> FakeModel:
     wrapper = tmp_path / "patched_fake_engine.py"
-    wrapper.write_text(_PATCHED_ENGINE.format(fake_dir=str(Path(FAKE_ENGINE).parent)))
+    wrapper.write_text(_PATCHED_ENGINE.format(repo=str(Path(FAKE_ENGINE).parent.parent)))
     return PatchedModel(
         name,
         contexts,

@@ -485,8 +485,9 @@ _STRICT_ENGINE = """
 import json
 import sys
 
-sys.path.insert(0, {fake_dir!r})
-import fake_llama_server as fake
+sys.path.insert(0, {repo!r})
+from fake_engine.server import app, errors
+from fake_engine.server.routes import base
 
 
 def first_wins(pairs):
@@ -500,14 +501,14 @@ def json_body(self):
     try:
         body = json.loads((self.request.body or b"null").decode("utf-8"), object_pairs_hook=first_wins)
     except ValueError as exc:
-        raise fake.bad_request(f"invalid JSON body: {{exc}}") from None
+        raise errors.bad_request(f"invalid JSON body: {{exc}}") from None
     if not isinstance(body, dict):
-        raise fake.bad_request("the request body must be a JSON object")
+        raise errors.bad_request("the request body must be a JSON object")
     return body
 
 
-fake.BaseHandler.json_body = json_body
-sys.exit(fake.main())
+base.BaseHandler.json_body = json_body
+sys.exit(app.main())
 """
 
 
@@ -525,5 +526,5 @@ class StrictModel(FakeModel):
 
 def strict_model(tmp_path: Path, name: str, contexts: list[int]) -> StrictModel:
     wrapper = tmp_path / "strict_fake_engine.py"
-    wrapper.write_text(_STRICT_ENGINE.format(fake_dir=str(Path(FAKE_ENGINE).parent)))
+    wrapper.write_text(_STRICT_ENGINE.format(repo=str(Path(FAKE_ENGINE).parent.parent)))
     return StrictModel(name, contexts, events=tmp_path / f"events-{name}.jsonl", wrapper=wrapper)
