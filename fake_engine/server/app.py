@@ -78,7 +78,7 @@ async def serve(options: Options, sockets: list[socket.socket]) -> int:
     port = sockets[0].getsockname()[1]
     # Written, not just allocated, so the pages count in the process's RSS like loaded weights.
     ballast = b"\x01" * (max(0, options.fake_memory_mb) << 20)
-    engine = Engine(options, port)
+    engine = Engine(options, port, sockets)
     server = tornado.httpserver.HTTPServer(make_app(engine))
     server.add_sockets(sockets)
     engine.events.emit("start", pid=os.getpid(), port=port, n_ctx=engine.n_ctx)

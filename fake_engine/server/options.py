@@ -59,6 +59,9 @@ class Options:
     fake_slot_bytes_per_token: int = 64
     fake_slot_refuse_restore: bool = False
     fake_slot_disk_full: bool = False
+    fake_reported_n_ctx: int | None = None
+    fake_crash_linger: float = 0.0
+    fake_strict_json: bool = False
 
     @property
     def n_ctx(self) -> int:
@@ -124,6 +127,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--fake-slot-bytes-per-token",), "fake_slot_bytes_per_token", int),
     Flag(("--fake-slot-refuse-restore",), "fake_slot_refuse_restore", None),
     Flag(("--fake-slot-disk-full",), "fake_slot_disk_full", None),
+    Flag(("--fake-reported-n-ctx",), "fake_reported_n_ctx", int),
+    Flag(("--fake-crash-linger",), "fake_crash_linger", float),
+    Flag(("--fake-strict-json",), "fake_strict_json", None),
 )
 
 _BY_NAME: dict[str, Flag] = {name: flag for flag in FLAGS for name in flag.names}
@@ -161,6 +167,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         raise UsageError(f"error: --fake-count-garbage must be one of {', '.join(GARBAGE_MODES)}")
     if options.fake_health_flap is not None and options.fake_health_flap <= 0:
         raise UsageError("error: --fake-health-flap needs a period > 0")
+    if options.fake_reported_n_ctx is not None and options.fake_reported_n_ctx <= 0:
+        raise UsageError("error: --fake-reported-n-ctx needs a context > 0")
     if options.reranking:
         options.embeddings = True  # as llama-server: reranking runs on the embedding path
     return options

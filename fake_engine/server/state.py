@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -46,11 +47,28 @@ def log_tagged(message: str, level: str = "I") -> None:
     print(f"{stamp} {level} {message}", file=sys.stderr, flush=True)
 
 
-def crash(reason: str) -> NoReturn:
-    """Die at once, the way an engine that hits a fatal error does (no cleanup, exit code 3)."""
+def crash(reason: str, linger: float = 0.0, listening: Sequence[socket.socket] = ()) -> NoReturn:
+    """Die the way an engine that hits a fatal error does: no cleanup, exit code 3.
+
+    With ``linger`` (``--fake-crash-linger``) every file descriptor but stdio is closed first, the
+    ``listening`` sockets before the others (so a client that sees its connection break finds the
+    port closed too), and the process exits only ``linger`` seconds later: its death is noticed
+    after its connections broke, as with an engine that takes a while to die."""
     log(f"error: {reason}")
     sys.stdout.flush()
+    if linger > 0:
+        for sock in listening:
+            sock.close()
+        os.closerange(3, _max_fd())
+        time.sleep(linger)
     os._exit(3)
+
+
+def _max_fd() -> int:
+    try:
+        return max(256, os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 65536
 
 
 class EventLog:
@@ -109,9 +127,10 @@ class Metrics:
 class Engine:
     """State shared by all handlers of one fake server."""
 
-    def __init__(self, options: Options, port: int) -> None:
+    def __init__(self, options: Options, port: int, listening: Sequence[socket.socket] = ()) -> None:
         self.options = options
         self.port = port
+        self.listening = list(listening)
         self.events = EventLog(options.fake_events)
         self.created = int(time.time())
         self.active: set[str] = set()
@@ -121,9 +140,21 @@ class Engine:
         delay = math.inf if options.fake_never_healthy else options.fake_load_delay
         self.ready_at = time.monotonic() + delay
 
+    def crash(self, reason: str) -> NoReturn:
+        """Die at once (``--fake-exit-after-chunks``), lingering as ``--fake-crash-linger`` says."""
+        crash(reason, self.options.fake_crash_linger, self.listening)
+
     @property
     def n_ctx(self) -> int:
+        """The context of one slot, which generation enforces."""
         return self.options.n_ctx
+
+    @property
+    def reported_n_ctx(self) -> int:
+        """The context of one slot as ``/props``, ``/slots`` and ``/v1/models`` report it: the
+        enforced one unless ``--fake-reported-n-ctx`` makes the engine claim another."""
+        reported = self.options.fake_reported_n_ctx
+        return reported if reported is not None else self.n_ctx
 
     def loading(self) -> bool:
         return time.monotonic() < self.ready_at

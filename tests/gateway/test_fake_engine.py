@@ -289,6 +289,45 @@ def test_parallel_divides_context_and_unknown_flags_are_ignored(spawn: Callable[
     assert models["data"][0]["meta"]["n_ctx_train"] == 131072
 
 
+def test_reported_n_ctx_is_claimed_but_not_enforced(spawn: Callable[..., Fake]) -> None:
+    # An engine that misleads the gateway about its context (as a misconfigured variant does).
+    fake = spawn("-c", "1024", "--fake-reported-n-ctx", "3000")
+    assert fake.request("GET", "/props").json()["default_generation_settings"]["n_ctx"] == 3000
+    assert [slot["n_ctx"] for slot in fake.request("GET", "/slots").json()] == [3000]
+    assert fake.request("GET", "/v1/models").json()["data"][0]["meta"]["n_ctx"] == 3000
+    body = {"messages": [{"role": "user", "content": "w " * 1500}], "max_tokens": 16}
+    error = fake.request("POST", "/v1/chat/completions", body).json()["error"]
+    assert error["type"] == "exceed_context_size_error" and error["n_ctx"] == 1024
+    assert error["n_prompt_tokens"] == 1503
+    assert [e["n_ctx"] for e in fake.events("start")] == [1024]  # the events say what is enforced
+
+
+def test_bad_values_of_new_knobs_exit_1(tmp_path: Path) -> None:
+    for args in (["--fake-reported-n-ctx", "0"], ["--fake-crash-linger", "soon"], ["--fake-reported-n-ctx"]):
+        argv = [sys.executable, str(SERVER), "--port", str(free_port()), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        assert done.returncode == 1, args
+        assert "error" in done.stderr, args
+
+
+def test_strict_json_reads_utf8_only_and_keeps_the_first_duplicate(spawn: Callable[..., Fake]) -> None:
+    lenient, strict = spawn(), spawn("--fake-strict-json")
+    short = json.dumps([{"role": "user", "content": "one"}])
+    long = json.dumps([{"role": "user", "content": "w " * 50}])
+    duplicated = f'{{"messages": {short}, "messages": {long}}}'.encode()
+    path = "/v1/chat/completions/input_tokens"
+    assert lenient.request("POST", path, raw=duplicated).json()["input_tokens"] == 53  # the last one wins
+    assert strict.request("POST", path, raw=duplicated).json()["input_tokens"] == 4  # the first one wins
+    text = json.dumps(USER_ABC)
+    bodies = {text.encode("utf-16"): 200, b"\xef\xbb\xbf" + text.encode(): 200, b'{"messages": "\xff"}': 500}
+    for body, lenient_status in bodies.items():
+        assert lenient.request("POST", path, raw=body).status == lenient_status, body  # Python's detection
+        resp = strict.request("POST", path, raw=body)
+        assert resp.status == 400, body
+        assert resp.json()["error"]["message"].startswith("invalid JSON body: "), body
+    assert strict.request("POST", path, raw=text.encode()).json()["input_tokens"] == 6
+
+
 # ----------------------------------------------------------------------------- endpoints
 
 
@@ -470,6 +509,18 @@ def test_exit_after_chunks(spawn: Callable[..., Fake]) -> None:
     assert "[DONE]" not in lines
     assert fake.proc.wait(timeout=TIMEOUT) == 3
     assert not fake.events("done") and not fake.events("exit")
+
+
+def test_crash_linger_breaks_every_socket_before_the_process_exits(spawn: Callable[..., Fake]) -> None:
+    # A linger far longer than the test: the process is still there once its sockets are gone.
+    fake = spawn("--fake-exit-after-chunks", "2", "--fake-token-delay", "0.01", "--fake-crash-linger", "60")
+    with fake.open_raw("/v1/chat/completions", {**USER_ABC, "stream": True}) as sock:
+        received = read_until(sock, lambda _: False)  # until the crash closes the connection
+    assert content_chunks(data_lines(received)) == ["tok0", " tok1"]
+    with pytest.raises(ConnectionRefusedError):  # the listening socket is closed too
+        socket.create_connection(("127.0.0.1", fake.port), timeout=TIMEOUT).close()
+    assert fake.proc.poll() is None
+    assert "error: fake crash after 2 content chunks" in fake.stderr()
 
 
 # ----------------------------------------------------------------------------- signals and children

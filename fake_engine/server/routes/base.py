@@ -64,10 +64,14 @@ class BaseHandler(tornado.web.RequestHandler):
         self.finish(shapes.dumps(data))
 
     def json_body(self) -> dict[str, Any]:
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise server_error(f"[json.exception.parse_error.101] parse error: {exc}") from None
+        """The request's JSON object, read as llama-server reads it, or as ``--fake-strict-json`` says."""
+        if self.engine.options.fake_strict_json:
+            body = _strict_json(self.request.body)
+        else:
+            try:
+                body = json.loads(self.request.body or b"{}")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise server_error(f"[json.exception.parse_error.101] parse error: {exc}") from None
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
         return body
@@ -85,6 +89,23 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             await asyncio.sleep(0)
         return self._closed.is_set()
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        obj.setdefault(key, value)
+    return obj
+
+
+def _strict_json(raw: bytes) -> Any:
+    """``--fake-strict-json``: a body read the way another engine might read it, UTF-8 only (no BOM,
+    no UTF-16 or UTF-32) and the *first* of duplicate keys winning, so a test can show the engine
+    sees exactly what the gateway parsed and not the raw bytes it was sent."""
+    try:
+        return json.loads((raw or b"null").decode("utf-8"), object_pairs_hook=_first_wins)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        raise bad_request(f"invalid JSON body: {exc}") from None
 
 
 class NotFoundHandler(BaseHandler):

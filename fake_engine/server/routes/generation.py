@@ -17,7 +17,7 @@ from ...fake_llama_tokenize import detokenize, messages_to_chat, render_template
 from .. import shapes
 from ..bodies import check_input, check_messages, counted, is_token, prompt_ids
 from ..errors import bad_request, exceed_context, missing_key, not_supported
-from ..state import Engine, crash, generated_id, log_tagged
+from ..state import Engine, generated_id, log_tagged
 from .base import BaseHandler
 
 __all__ = [
@@ -238,7 +238,7 @@ class GenerationHandler(BaseHandler):
 
     def _maybe_crash(self) -> None:
         if self._chunks == self.engine.options.fake_exit_after_chunks:
-            crash(f"fake crash after {self._chunks} content chunks")
+            self.engine.crash(f"fake crash after {self._chunks} content chunks")
 
     async def _maybe_stall(self, request: shapes.Request) -> bool:
         """``--fake-stall-after-chunks``: go quiet (connection open) for ``--fake-stall-seconds``;

@@ -35,7 +35,7 @@ class PropsHandler(BaseHandler):
         template = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}<|assistant|>\n"
         self.send_json(
             {
-                "default_generation_settings": {"params": DEFAULT_PARAMS, "n_ctx": self.engine.n_ctx},
+                "default_generation_settings": {"params": DEFAULT_PARAMS, "n_ctx": self.engine.reported_n_ctx},
                 "total_slots": len(self.engine.slots),
                 "model_alias": options.served_name,
                 "model_path": options.model,
@@ -83,7 +83,7 @@ class ModelsHandler(BaseHandler):
         meta = {
             "vocab_type": 1,
             "n_vocab": 32000 + 10,
-            "n_ctx": self.engine.n_ctx,
+            "n_ctx": self.engine.reported_n_ctx,
             "n_ctx_train": N_CTX_TRAIN,
             "n_embd": options.fake_embedding_dim,
             "n_params": 0,

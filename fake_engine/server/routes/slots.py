@@ -23,7 +23,7 @@ class SlotsHandler(BaseHandler):
     def _slot(self, slot: Slot) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "id": slot.id,
-            "n_ctx": self.engine.n_ctx,
+            "n_ctx": self.engine.reported_n_ctx,
             "speculative": False,
             "is_processing": slot.run is not None,
         }
