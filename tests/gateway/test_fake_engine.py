@@ -453,6 +453,64 @@ def test_exceed_context_size(spawn: Callable[..., Fake]) -> None:
     }
 
 
+def test_parallel_slots_each_get_a_share_of_the_context(spawn: Callable[..., Fake]) -> None:
+    # llama-server 0.10068: -np N slots of n_ctx // N tokens each; its own test_context_size_exceeded
+    # checks that the error's n_ctx is server.n_ctx // server.n_slots.
+    fake = spawn("--ctx-size", "1000", "--parallel=4", "--fake-tokens", "8")
+    props = fake.request("GET", "/props").json()
+    assert props["default_generation_settings"]["n_ctx"] == 250 and props["total_slots"] == 4
+    assert [(slot["id"], slot["n_ctx"]) for slot in fake.request("GET", "/slots").json()] == [
+        (i, 250) for i in range(4)
+    ]
+
+    def chat(words: int, **extra: Any) -> Response:
+        return fake.request(
+            "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "w " * words}], **extra}
+        )
+
+    # 246 words + 3 = 249 tokens: one cell is left, so one token is generated (cut by the context).
+    fits = chat(246).json()
+    assert fits["usage"] == {
+        "completion_tokens": 1,
+        "prompt_tokens": 249,
+        "total_tokens": 250,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    assert fits["choices"][0]["finish_reason"] == "length"
+    # 250 tokens fill the slot, leaving no cell for the first generated token; 300 would fit the
+    # whole -c 1000 but not one slot. Both are refused, streamed or not, before anything is sent.
+    for words in (247, 297):
+        for stream in (False, True):
+            resp = chat(words, stream=stream)
+            assert resp.status == 400, (words, stream)
+            assert resp.headers["Content-Type"].startswith("application/json")
+            n_prompt = words + 3
+            message = f"request ({n_prompt} tokens) exceeds the available context size (250 tokens), try increasing it"
+            assert resp.json() == {
+                "error": {
+                    "code": 400,
+                    "message": message,
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": n_prompt,
+                    "n_ctx": 250,
+                }
+            }
+    native = fake.request("POST", "/completion", {"prompt": "w " * 249})  # 249 words + BOS
+    assert native.status == 400 and native.json()["error"]["n_ctx"] == 250
+    assert len(fake.events("request")) == 6 and len(fake.events("done")) == 1
+    slots = fake.request("GET", "/slots").json()
+    assert [slot["n_prompt_tokens"] for slot in slots if "id_task" in slot] == [249]  # the one that ran
+
+
+def test_default_is_one_slot_and_context_zero_is_the_trained_one(spawn: Callable[..., Fake]) -> None:
+    one = spawn("-c", "512")
+    props = one.request("GET", "/props").json()
+    assert props["total_slots"] == 1 and props["default_generation_settings"]["n_ctx"] == 512
+    trained = spawn("-c", "0", "-np", "2")
+    assert trained.request("GET", "/props").json()["default_generation_settings"]["n_ctx"] == 131072 // 2
+    assert [e["n_ctx"] for e in trained.events("start")] == [131072 // 2]
+
+
 def test_concurrent_requests(spawn: Callable[..., Fake]) -> None:
     fake = spawn("--fake-tokens", "5", "--fake-token-delay", "0.1", "-np", "2")
     results: list[int] = []

@@ -124,7 +124,9 @@ class GenerationHandler(BaseHandler):
             prompt_tokens=sum(run.prompt_tokens for run in plan.runs),
         )
         for run in plan.runs:
-            if run.prompt_tokens > self.engine.n_ctx:
+            # llama-server's check, against one slot's context: the first generated token needs a
+            # cell too, so a prompt that fills the slot exactly is refused as well.
+            if run.prompt_tokens >= self.engine.n_ctx:
                 raise exceed_context(run.prompt_tokens, self.engine.n_ctx)
         self.engine.active.add(request.id)
         try:
