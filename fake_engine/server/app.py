@@ -11,12 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from .counter import Router, run_http_side
 from .options import Options, UsageError, parse_args
 from .routes import NotFoundHandler, route_table
 from .state import Engine, log, log_tagged
@@ -68,7 +70,47 @@ class Shutdown:
         self.stopped.set()
 
 
-async def serve(options: Options, sockets: list[socket.socket]) -> int:
+@dataclass
+class Counter:
+    """The HTTP process of ``--fake-count-process`` (accepts, counts): its pid and our end of the pair."""
+
+    pid: int
+    pair: socket.socket
+
+    def stop(self) -> None:
+        """Close the pair (the process exits at its end of file) and reap it, killing it if it lingers."""
+        self.pair.close()
+        for _ in range(500):  # up to ~5 s
+            if os.waitpid(self.pid, os.WNOHANG) != (0, 0):
+                return
+            time.sleep(0.01)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+def fork_counter(options: Options, sockets: list[socket.socket], started: float) -> Counter:
+    """Start the HTTP process of ``--fake-count-process`` before any event loop runs (see
+    ``counter``); in the child this never returns."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid:
+        theirs.close()
+        return Counter(pid, ours)
+    code = 0
+    try:
+        ours.close()
+        engine = Engine(options, sockets[0].getsockname()[1], started=started)
+        run_http_side(make_app(engine), theirs, sockets)
+    except BaseException:  # whatever happens, the forked child must not return into main()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
+
+
+async def serve(
+    options: Options, sockets: list[socket.socket], counter: Counter | None = None, started: float | None = None
+) -> int:
     """Serve on the bound ``sockets`` until SIGTERM/SIGINT (and the shutdown delay); return the exit code."""
     shutdown = Shutdown(options.fake_shutdown_delay)
     loop = asyncio.get_running_loop()
@@ -78,14 +120,30 @@ async def serve(options: Options, sockets: list[socket.socket]) -> int:
     port = sockets[0].getsockname()[1]
     # Written, not just allocated, so the pages count in the process's RSS like loaded weights.
     ballast = b"\x01" * (max(0, options.fake_memory_mb) << 20)
-    engine = Engine(options, port, sockets)
-    server = tornado.httpserver.HTTPServer(make_app(engine))
-    server.add_sockets(sockets)
+    engine = Engine(options, port, sockets, started=started, helper=None if counter is None else counter.pid)
+    app = make_app(engine)
+    server: tornado.httpserver.HTTPServer | None = None
+    router: Router | None = None
+    if counter is None:
+        server = tornado.httpserver.HTTPServer(app)
+        server.add_sockets(sockets)
+    else:
+        router = Router(app, counter.pair, lambda path: True)
+
+        def take_over() -> None:
+            log("srv  fake: the HTTP process is gone; this process accepts and answers everything now")
+            assert router is not None
+            router.accept(sockets)
+
+        router.pair.watch(router.serve_and_return, take_over)
     engine.events.emit("start", pid=os.getpid(), port=port, n_ctx=engine.n_ctx)
+    if counter is not None:
+        engine.events.emit("counter", pid=counter.pid)
     child = spawn_child() if options.fake_spawn_child else None
     if child is not None:
         engine.events.emit("child", pid=child.pid)
-    log(f"main: HTTP server is listening, hostname: {options.host}, port: {port}, http threads: 1")
+    threads = 1 if counter is None else 2
+    log(f"main: HTTP server is listening, hostname: {options.host}, port: {port}, http threads: {threads}")
     log(f"main: loading model '{options.model}'")
     if not options.fake_never_healthy:
         loop.call_later(
@@ -95,7 +153,16 @@ async def serve(options: Options, sockets: list[socket.socket]) -> int:
         )
     await shutdown.stopped.wait()
     del ballast
-    server.stop()
+    if server is not None:
+        server.stop()
+    if router is not None:
+        router.stop()
+        for sock in sockets:
+            sock.close()
+    if counter is not None:
+        counter.stop()
+    if router is not None:
+        await router.close()
     engine.events.emit("exit")
     log("main: exiting")
     return 0
@@ -122,4 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         log(f"error: couldn't bind HTTP server socket, hostname: {options.host}, port: {options.port}: {exc}")
         return 1
-    return asyncio.run(serve(options, sockets))
+    started = time.monotonic()
+    counter = fork_counter(options, sockets, started) if options.fake_count_process else None
+    return asyncio.run(serve(options, sockets, counter, started))

@@ -62,6 +62,7 @@ class Options:
     fake_reported_n_ctx: int | None = None
     fake_crash_linger: float = 0.0
     fake_strict_json: bool = False
+    fake_count_process: bool = False
 
     @property
     def n_ctx(self) -> int:
@@ -130,6 +131,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--fake-reported-n-ctx",), "fake_reported_n_ctx", int),
     Flag(("--fake-crash-linger",), "fake_crash_linger", float),
     Flag(("--fake-strict-json",), "fake_strict_json", None),
+    Flag(("--fake-count-process",), "fake_count_process", None),
 )
 
 _BY_NAME: dict[str, Flag] = {name: flag for flag in FLAGS for name in flag.names}

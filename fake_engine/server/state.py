@@ -4,9 +4,11 @@ since the gateway reads an engine's output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -47,15 +49,23 @@ def log_tagged(message: str, level: str = "I") -> None:
     print(f"{stamp} {level} {message}", file=sys.stderr, flush=True)
 
 
-def crash(reason: str, linger: float = 0.0, listening: Sequence[socket.socket] = ()) -> NoReturn:
+def crash(
+    reason: str, linger: float = 0.0, listening: Sequence[socket.socket] = (), helper: int | None = None
+) -> NoReturn:
     """Die the way an engine that hits a fatal error does: no cleanup, exit code 3.
 
-    With ``linger`` (``--fake-crash-linger``) every file descriptor but stdio is closed first, the
+    The ``helper`` process (``--fake-count-process``'s HTTP side, which shares the listening
+    socket) is killed and reaped first, as a crash takes all of an engine's threads at once. With
+    ``linger`` (``--fake-crash-linger``) every file descriptor but stdio is closed then, the
     ``listening`` sockets before the others (so a client that sees its connection break finds the
     port closed too), and the process exits only ``linger`` seconds later: its death is noticed
     after its connections broke, as with an engine that takes a while to die."""
     log(f"error: {reason}")
     sys.stdout.flush()
+    if helper is not None:
+        with contextlib.suppress(OSError):
+            os.kill(helper, signal.SIGKILL)
+            os.waitpid(helper, 0)
     if linger > 0:
         for sock in listening:
             sock.close()
@@ -127,10 +137,21 @@ class Metrics:
 class Engine:
     """State shared by all handlers of one fake server."""
 
-    def __init__(self, options: Options, port: int, listening: Sequence[socket.socket] = ()) -> None:
+    def __init__(
+        self,
+        options: Options,
+        port: int,
+        listening: Sequence[socket.socket] = (),
+        started: float | None = None,
+        helper: int | None = None,
+    ) -> None:
+        """``started`` (``time.monotonic()``, default now) is when loading began: the HTTP process of
+        ``--fake-count-process`` gets the main process's, so both say "Loading model" until the
+        same moment; ``helper`` is that process's pid, in the main process."""
         self.options = options
         self.port = port
         self.listening = list(listening)
+        self.helper = helper
         self.events = EventLog(options.fake_events)
         self.created = int(time.time())
         self.active: set[str] = set()
@@ -138,11 +159,11 @@ class Engine:
         self.metrics = Metrics()
         self._tasks = 0
         delay = math.inf if options.fake_never_healthy else options.fake_load_delay
-        self.ready_at = time.monotonic() + delay
+        self.ready_at = (time.monotonic() if started is None else started) + delay
 
     def crash(self, reason: str) -> NoReturn:
         """Die at once (``--fake-exit-after-chunks``), lingering as ``--fake-crash-linger`` says."""
-        crash(reason, self.options.fake_crash_linger, self.listening)
+        crash(reason, self.options.fake_crash_linger, self.listening, self.helper)
 
     @property
     def n_ctx(self) -> int:

@@ -8,6 +8,7 @@ import functools
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -33,6 +34,7 @@ from fake_engine.fake_llama_tokenize import (
     responses_to_chat,
     tokenize,
 )
+from fake_engine.server.options import FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "fake_engine" / "fake_llama_server.py"
@@ -196,7 +198,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Fake]]:
         with contextlib.suppress(ProcessLookupError):  # already dead and reaped
             os.killpg(fake.proc.pid, signal.SIGKILL)
         fake.proc.wait(timeout=TIMEOUT)
-        for pid in [fake.proc.pid, *(e["pid"] for e in fake.events("child"))]:
+        helpers = [e["pid"] for e in fake.events() if e["event"] in ("child", "counter")]
+        for pid in [fake.proc.pid, *helpers]:
             wait_until(functools.partial(pid_gone, pid), what=f"pid {pid} to be gone")
 
 
@@ -227,6 +230,18 @@ def test_tokenize_script() -> None:
     failed = subprocess.run([*argv, "--fake-fail"], input="x", capture_output=True, text=True, timeout=TIMEOUT)
     assert failed.returncode == 1
     assert "error" in failed.stderr
+
+
+def test_readme_documents_every_flag() -> None:
+    # The flags table of fake_engine/README.md and the parser's FLAGS must name the same flags.
+    readme = (REPO / "fake_engine" / "README.md").read_text()
+    table = readme[readme.index("## Server flags") : readme.index("## ", readme.index("## Server flags") + 3)]
+    documented = set()
+    for row in table.splitlines():
+        if row.startswith("| `"):
+            first_cell = row.split("|")[1]
+            documented.update(name.split()[0] for name in re.findall(r"`(-[^`]+)`", first_cell))
+    assert documented == {name for flag in FLAGS for name in flag.names}
 
 
 # ----------------------------------------------------------------------------- startup and health
@@ -621,6 +636,128 @@ def test_spawned_child_dies_with_process_group(spawn: Callable[..., Fake]) -> No
     os.killpg(fake.proc.pid, signal.SIGKILL)
     fake.proc.wait(timeout=TIMEOUT)
     wait_until(lambda: pid_gone(child["pid"]), what="child gone")
+
+
+# ----------------------------------------------------------------------------- --fake-count-process
+
+COUNT_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/chat/completions/input_tokens", USER_ABC),
+    ("/chat/completions/input_tokens", TOOLS_BODY),
+    ("/v1/messages/count_tokens", {"system": "be brief", "messages": [{"role": "user", "content": "x y"}]}),
+    ("/v1/responses/input_tokens", {"instructions": "be brief", "input": "x y z"}),
+    ("/apply-template", USER_ABC),
+    ("/tokenize", {"content": "hello big world", "add_special": True, "with_pieces": True}),
+]
+
+
+def counter_pid(fake: Fake) -> int:
+    [counter] = fake.events("counter")
+    pid = int(counter["pid"])
+    assert pid != fake.proc.pid and psutil.Process(pid).ppid() == fake.proc.pid
+    return pid
+
+
+def test_count_process_counts_while_the_generating_process_is_frozen(spawn: Callable[..., Fake]) -> None:
+    # llama-server counts on its HTTP threads while its inference loop generates. Here the process
+    # that generates is stopped mid-stream (SIGSTOP: as busy as it can be) and counts are still
+    # answered, by the HTTP process, with what the one-process fake answers.
+    plain = spawn()
+    fake = spawn("--fake-count-process", "--fake-tokens", "100000", "--fake-token-delay", "0.01")
+    counter_pid(fake)
+    expected = [plain.request("POST", path, body) for path, body in COUNT_CALLS]
+    with fake.open_raw("/v1/chat/completions", {**USER_ABC, "stream": True}) as stream:
+        assert b"tok0" in read_until(stream, lambda got: b"tok0" in got)
+        os.kill(fake.proc.pid, signal.SIGSTOP)
+        try:
+            answers = [fake.request("POST", path, body) for path, body in COUNT_CALLS]
+        finally:
+            os.kill(fake.proc.pid, signal.SIGCONT)
+    assert [(a.status, a.json()) for a in answers] == [(e.status, e.json()) for e in expected]
+    assert all(a.headers["Server"] == "llama.cpp" for a in answers)
+    wait_until(lambda: len(fake.events("cancelled")) == 1, what="the stream to be cancelled")
+    ids = fake.request("POST", "/tokenize", {"content": "hello big world"}).json()["tokens"]
+    assert fake.request("POST", "/detokenize", {"tokens": ids}).json() == {"content": "hello big world"}
+
+
+def test_count_process_hands_one_connection_back_and_forth(spawn: Callable[..., Fake]) -> None:
+    # A gateway's pooled connection carries counts and generations alike: each request is routed.
+    fake = spawn("--fake-count-process", "--fake-tokens", "2")
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=TIMEOUT)
+    try:
+        local_ends = set()
+        for _ in range(3):
+            for path, body, key in [
+                ("/v1/chat/completions/input_tokens", USER_ABC, "input_tokens"),
+                ("/v1/chat/completions", USER_ABC, "usage"),
+                ("/health", None, "status"),
+                ("/tokenize", {"content": "a b"}, "tokens"),
+            ]:
+                if body is None:
+                    conn.request("GET", path)
+                else:
+                    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = json.loads(resp.read())
+                assert resp.status == 200 and key in data, (path, data)
+                assert conn.sock is not None
+                local_ends.add(conn.sock.getsockname())
+        assert len(local_ends) == 1  # the same connection throughout: nothing was closed
+    finally:
+        conn.close()
+    assert len(fake.events("done")) == 3
+
+    def posts_logged() -> int:  # each request is logged once, by the process that served it, after its answer
+        return sum("log_server_r: request: POST" in line for line in fake.stderr().splitlines())
+
+    wait_until(lambda: posts_logged() >= 9, what="9 request lines")
+    assert posts_logged() == 9
+
+
+def test_count_process_knobs_and_loading_apply_to_counts(spawn: Callable[..., Fake]) -> None:
+    loading = spawn("--fake-count-process", "--fake-never-healthy", wait=False)
+    wait_until(lambda: loading.try_health() is not None, what="listening")
+    assert loading.request("POST", "/tokenize", {"content": "a"}).status == 503
+    assert loading.request("GET", "/health").status == 503
+    garbage = spawn("--fake-count-process", "--fake-count-garbage", "shape")
+    assert garbage.request("POST", "/tokenize", {"content": "a"}).json() == ["unexpected", {"shape": True}]
+    assert garbage.request("GET", "/health").json() == {"status": "ok"}
+
+
+def test_count_process_stops_with_the_engine(spawn: Callable[..., Fake]) -> None:
+    # SIGTERM to the engine: both processes exit, the HTTP process first (it is reaped).
+    fake = spawn("--fake-count-process")
+    pid = counter_pid(fake)
+    fake.proc.send_signal(signal.SIGTERM)
+    assert fake.proc.wait(timeout=TIMEOUT) == 0
+    assert pid_gone(pid)
+    assert [e["event"] for e in fake.events()] == ["start", "counter", "exit"]
+    # SIGKILL to the engine alone: the HTTP process sees the pair close and exits by itself.
+    killed = spawn("--fake-count-process")
+    pid = counter_pid(killed)
+    killed.proc.kill()
+    killed.proc.wait(timeout=TIMEOUT)
+    wait_until(lambda: pid_gone(pid), what="the HTTP process to exit")
+
+
+def test_count_process_gone_the_engine_answers_everything(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-count-process", "--fake-tokens", "2")
+    os.kill(counter_pid(fake), signal.SIGKILL)
+    wait_until(lambda: "answers everything now" in fake.stderr(), what="the engine to take over")
+    assert fake.request("POST", "/v1/chat/completions/input_tokens", USER_ABC).json()["input_tokens"] == 6
+    assert fake.request("POST", "/v1/chat/completions", USER_ABC).json()["usage"]["completion_tokens"] == 2
+    assert fake.proc.poll() is None
+
+
+def test_count_process_dies_with_a_crash(spawn: Callable[..., Fake]) -> None:
+    args = ["--fake-exit-after-chunks", "2", "--fake-token-delay", "0.01", "--fake-crash-linger", "60"]
+    fake = spawn("--fake-count-process", *args)
+    pid = counter_pid(fake)
+    with fake.open_raw("/v1/chat/completions", {**USER_ABC, "stream": True}) as sock:
+        received = read_until(sock, lambda _: False)  # until the crash closes the connection
+    assert content_chunks(data_lines(received)) == ["tok0", " tok1"]
+    assert pid_gone(pid)  # killed and reaped before the connections were closed
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", fake.port), timeout=TIMEOUT).close()
 
 
 # ----------------------------------------------------------------------------- other APIs: counting

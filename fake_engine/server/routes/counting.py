@@ -20,6 +20,7 @@ from ..errors import type_error
 from .base import BaseHandler
 
 __all__ = [
+    "COUNT_PATHS",
     "ApplyTemplateHandler",
     "CountHandler",
     "DetokenizeHandler",
@@ -28,6 +29,21 @@ __all__ = [
     "ResponsesInputTokensHandler",
     "TokenizeHandler",
 ]
+
+
+# What llama-server answers on its HTTP threads without the inference loop: with
+# --fake-count-process these are served by the counting process.
+COUNT_PATHS = frozenset(
+    {
+        "/tokenize",
+        "/detokenize",
+        "/apply-template",
+        "/chat/completions/input_tokens",
+        "/v1/chat/completions/input_tokens",
+        "/v1/messages/count_tokens",
+        "/v1/responses/input_tokens",
+    }
+)
 
 
 class CountHandler(BaseHandler):
