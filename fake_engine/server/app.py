@@ -36,6 +36,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(engine: Engine) -> tornado.web.Application:
+    """The application both processes serve (``--fake-count-process``), over one ``Engine`` each."""
     args: dict[str, Any] = {"engine": engine}
     return tornado.web.Application(
         route_table(engine),

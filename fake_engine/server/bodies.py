@@ -58,6 +58,7 @@ def check_messages(body: Mapping[str, Any], status: int = 400) -> None:
 
 
 def check_input(body: Mapping[str, Any]) -> None:
+    """The Responses routes need ``input`` (llama-server's 400)."""
     if "input" not in body:
         raise bad_request("'input' is required")
 

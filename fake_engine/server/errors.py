@@ -28,6 +28,7 @@ class ApiError(tornado.web.HTTPError):
 
 
 def bad_request(message: str) -> ApiError:
+    """llama-server's 400 for a request it understood but refuses."""
     return ApiError(400, message, "invalid_request_error")
 
 
@@ -37,6 +38,7 @@ def server_error(message: str) -> ApiError:
 
 
 def not_supported(message: str) -> ApiError:
+    """llama-server's 501 for a route it was not started for (``--embeddings``, ``--metrics``...)."""
     return ApiError(501, message, "not_supported_error")
 
 
@@ -60,9 +62,11 @@ def json_type(value: Any) -> str:
 
 
 def type_error(expected: str, value: Any) -> ApiError:
+    """The 500 nlohmann::json throws when a field has the wrong type."""
     return server_error(f"[json.exception.type_error.302] type must be {expected}, but is {json_type(value)}")
 
 
 def missing_key(key: str, status: int = 400) -> ApiError:
+    """nlohmann::json's message for a missing key, as a 400 or (where llama-server lets it escape) a 500."""
     message = f"[json.exception.out_of_range.403] key '{key}' not found"
     return bad_request(message) if status == 400 else server_error(message)

@@ -25,12 +25,13 @@ from typing import Any
 import psutil
 import pytest
 
-from fake_engine.fake_llama_server import count_prompt_tokens, render_template
 from fake_engine.fake_llama_tokenize import (
     count_messages_tokens,
+    count_prompt_tokens,
     count_responses_tokens,
     detokenize,
     messages_to_chat,
+    render_template,
     responses_to_chat,
     tokenize,
 )

@@ -67,6 +67,8 @@ class CountHandler(BaseHandler):
 
 
 class TokenizeHandler(CountHandler):
+    """``/tokenize``: text, or ids and text mixed, to ids (with their pieces on request)."""
+
     def post(self) -> None:
         body = self.json_body()
         content = body.get("content")
@@ -86,6 +88,8 @@ class TokenizeHandler(CountHandler):
 
 
 class DetokenizeHandler(BaseHandler):
+    """``/detokenize``: ids back to text (only pieces this process has tokenized are known)."""
+
     hangs_with_requests = True
 
     def post(self) -> None:
@@ -99,6 +103,8 @@ class DetokenizeHandler(BaseHandler):
 
 
 class ApplyTemplateHandler(CountHandler):
+    """``/apply-template``: the prompt a chat body renders to (older gateways count with it)."""
+
     def post(self) -> None:
         body = self.json_body()
         check_messages(body)
@@ -106,6 +112,8 @@ class ApplyTemplateHandler(CountHandler):
 
 
 class InputTokensHandler(CountHandler):
+    """``/v1/chat/completions/input_tokens``: the exact count the gateway asks before it forwards."""
+
     def post(self) -> None:
         body = self.json_body()
         check_messages(body)
@@ -113,6 +121,8 @@ class InputTokensHandler(CountHandler):
 
 
 class MessagesCountHandler(CountHandler):
+    """``/v1/messages/count_tokens``: Anthropic's count, of the equivalent chat body."""
+
     def post(self) -> None:
         body = self.json_body()
         check_messages(body, status=500)
@@ -120,6 +130,8 @@ class MessagesCountHandler(CountHandler):
 
 
 class ResponsesInputTokensHandler(CountHandler):
+    """``/v1/responses/input_tokens``: the Responses count, of the equivalent chat body."""
+
     def post(self) -> None:
         body = self.json_body()
         check_input(body)

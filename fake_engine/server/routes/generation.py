@@ -52,6 +52,7 @@ NATIVE_LIMITS = ("n_predict", "max_tokens")
 
 
 def new_id(prefix: str = "chatcmpl-") -> str:
+    """A fresh answer id, which the events repeat so a test can tell which engine answered."""
     return prefix + uuid.uuid4().hex
 
 
@@ -257,6 +258,8 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
 
 
 class ChatCompletionsHandler(GenerationHandler):
+    """OpenAI ``/v1/chat/completions`` (also without ``/v1``): one templated prompt."""
+
     def plan(self, body: dict[str, Any]) -> Plan:
         check_messages(body)
         return self.chat_plan(body, body, shapes.ChatFormat(), request_id=new_id())

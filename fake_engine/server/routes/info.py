@@ -20,6 +20,8 @@ __all__ = [
 
 
 class HealthHandler(BaseHandler):
+    """``/health``: what the gateway polls to know the engine is up (``--fake-health-flap`` breaks it)."""
+
     def get(self) -> None:
         if not self.engine.healthy_now():
             raise ApiError(503, "Loading model", "unavailable_error")
@@ -30,6 +32,8 @@ DEFAULT_PARAMS = {"seed": 4294967295, "temperature": 0.8, "top_k": 40, "top_p": 
 
 
 class PropsHandler(BaseHandler):
+    """``/props``: the per-slot context (the gateway learns an engine's context here) and the slots."""
+
     def get(self) -> None:
         options = self.engine.options
         template = "{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}\n{% endfor %}<|assistant|>\n"
@@ -56,6 +60,8 @@ class PropsHandler(BaseHandler):
 
 
 class ModelsHandler(BaseHandler):
+    """``/v1/models`` and ``/models``: llama-server's one model, in both its listing shapes."""
+
     def get(self) -> None:
         options = self.engine.options
         name = options.served_name
@@ -103,6 +109,8 @@ class ModelsHandler(BaseHandler):
 
 
 class MetricsHandler(BaseHandler):
+    """``/metrics`` (``--metrics``): llama-server's Prometheus counters, from the fake's own runs."""
+
     def get(self) -> None:
         if not self.engine.options.metrics:
             raise not_supported("This server does not support metrics endpoint. Start it with `--metrics`")
@@ -143,6 +151,8 @@ class MetricsHandler(BaseHandler):
 
 
 class LoraAdaptersHandler(BaseHandler):
+    """``/lora-adapters``: none loaded; a POST is checked as llama-server checks it."""
+
     def get(self) -> None:
         self.send_json([])
 
@@ -157,5 +167,7 @@ class LoraAdaptersHandler(BaseHandler):
 
 
 class AudioHandler(BaseHandler):
+    """``/v1/audio/transcriptions``: the model has no audio input."""
+
     def post(self) -> None:
         raise not_supported("The current model does not support audio input.")

@@ -42,6 +42,7 @@ class PoolingHandler(BaseHandler):
     hangs_with_requests = True
 
     def check_batch(self, prompts: Sequence[Sequence[int]]) -> None:
+        """llama-server's 500 for an input over the physical batch (pooling cannot split it)."""
         batch = self.engine.options.physical_batch
         for ids in prompts:
             if len(ids) > batch:
@@ -56,6 +57,7 @@ class PoolingHandler(BaseHandler):
         return model if isinstance(model, str) else self.engine.options.served_name
 
     async def pooled(self, prompts: Sequence[Sequence[int]], answer: Callable[[], Any]) -> None:
+        """The life of one pooling request: its events, the batch check, the prompt delay, the answer."""
         request_id = new_id("embd-")
         total = sum(len(ids) for ids in prompts)
         self.engine.events.emit("request", id=request_id, path=self.request.path, stream=False, prompt_tokens=total)

@@ -17,6 +17,8 @@ __all__ = ["SlotActionHandler", "SlotsHandler", "read_slot_file", "slot_file_byt
 
 
 class SlotsHandler(BaseHandler):
+    """``GET /slots``: each slot's context and, once used, what its prompt cache holds."""
+
     def get(self) -> None:
         self.send_json([self._slot(slot) for slot in self.engine.slots])
 
@@ -111,11 +113,13 @@ _SLOT_VERSION = 2
 
 
 def slot_file_bytes(tokens: Sequence[int], bytes_per_token: int) -> bytes:
+    """A saved slot as llama-server lays it out, so its size grows with the tokens as the real one's."""
     head = struct.pack("<III", _SLOT_MAGIC, _SLOT_VERSION, len(tokens))
     return head + struct.pack(f"<{len(tokens)}i", *tokens) + bytes(bytes_per_token * len(tokens))
 
 
 def read_slot_file(path: Path, bytes_per_token: int) -> tuple[list[int] | None, int]:
+    """The tokens of a saved slot and the bytes read; None for a missing file or one of another shape."""
     try:
         data = path.read_bytes()
     except OSError:
