@@ -7,7 +7,6 @@ allowed origins, the CORS headers llama-server sends; preflights are answered on
 
 from __future__ import annotations
 
-import hmac
 import http.client
 import json
 import re
@@ -18,6 +17,7 @@ from tornado import web
 
 from llmgw.api import dialect_of, engine_error_body, error_body
 from llmgw.errors import EngineAnswered, GatewayError, clip
+from llmgw.keys import OPEN, Principal
 from llmgw.server.services import Services
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
@@ -41,6 +41,7 @@ def problem(status: int, message: str, error_type: str | None = None, code: str 
 
 class GatewayHandler(web.RequestHandler):
     public = False  # True: no API key needed (health)
+    principal: Principal = OPEN  # the request's key, once prepare() knows it
     model_name = ""  # the model a request named, once known (the metrics' label)
     answered = False  # the handler already answered (an error from prepare(), say)
     _request_id: str | None = None
@@ -48,6 +49,7 @@ class GatewayHandler(web.RequestHandler):
     def initialize(self, services: Services, route: str) -> None:
         """``route``: this route's label in the metrics (its path, or its pattern)."""
         self.live = services.live
+        self.keys = services.keys
         self.metrics = services.metrics
         self.route = route
         self.set_default_headers()  # Tornado called it once already, before the configuration was known
@@ -89,18 +91,17 @@ class GatewayHandler(web.RequestHandler):
         self.finish()
 
     def prepare(self) -> None:
-        keys = self.live.current.server.api_keys
-        if keys and not self.public and self.request.method != "OPTIONS" and not self._key_ok(keys):
+        """Who the request is (401 without a known key), before anything else is read."""
+        if self.public or self.request.method == "OPTIONS":
+            return
+        headers = self.request.headers
+        principal = self.keys.identify(headers.get("Authorization"), headers.get("x-api-key"))
+        if principal is None:
             self.send_gateway_error(
                 problem(401, "missing or invalid API key (use 'Authorization: Bearer KEY' or 'x-api-key')")
             )
-
-    def _key_ok(self, keys: tuple[str, ...]) -> bool:
-        auth = self.request.headers.get("Authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else self.request.headers.get("x-api-key", "")
-        given_b = given.encode()
-        # Compare against every key, constant time each, so timing tells nothing about which matched.
-        return sum(hmac.compare_digest(given_b, key.encode()) for key in keys) > 0
+            return
+        self.principal = principal
 
     def send_gateway_error(self, exc: GatewayError) -> None:
         """The error in the route's dialect; an engine's own error answer as the engine gave it."""
