@@ -4,6 +4,7 @@ queue, usage where an operator looks, and the key itself nowhere."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from conftest import assert_error, chat_body, events_of, get, post
@@ -34,3 +35,36 @@ async def test_keys_by_name_and_the_old_list_side_by_side(start_gateway, make_mo
         assert resp.code == 200, resp.body
     assert len(events_of(a, "done")) == 3
     assert (await get(http, gw.url + "/health")).code == 200
+
+
+# ----------------------------------------------------------------------------- allow-lists
+
+
+async def test_a_model_outside_the_keys_list_is_an_unknown_model(start_gateway, make_model, http) -> None:
+    a, b = make_model("a", [2048], model_extra={"aliases": ["a-alias"]}), make_model("b", [2048])
+    gw = await start_gateway([a, b], keys=TEAM)
+    alice, root = bearer("alice-key"), bearer("root-key")
+
+    hidden = assert_error(await post(http, gw.url + CHAT, chat_body("b"), headers=alice), 404, "model_not_found")
+    unknown = assert_error(await post(http, gw.url + CHAT, chat_body("zz"), headers=alice), 404, "model_not_found")
+    assert hidden["message"] == unknown["message"].replace("'zz'", "'b'")  # the same answer: nothing to probe
+    assert "'b'" in hidden["message"] and ", b" not in hidden["message"] and "available: a" in hidden["message"]
+    resp = await post(http, gw.url + MESSAGES, {"model": "b", "max_tokens": 2, "messages": []}, headers=alice)
+    assert resp.code == 404 and json.loads(resp.body)["error"]["type"] == "not_found_error"
+    assert b.read_events() == []  # no engine started for it
+    resp = await post(http, gw.url + CHAT, chat_body("a-alias", max_tokens=2), headers=alice)
+    assert resp.code == 200, resp.body  # an alias of an allowed model is allowed
+
+    listed = json.loads((await get(http, gw.url + "/v1/models", headers=alice)).body)
+    assert [m["id"] for m in listed["data"]] == ["a", "a-alias"]
+    listed = json.loads((await get(http, gw.url + "/models", headers=alice)).body)
+    assert [m["id"] for m in listed["data"]] == ["a", "a-alias"]
+    one = await get(http, gw.url + "/v1/models/b", headers=alice)
+    nothing = await get(http, gw.url + "/v1/models/zz", headers=alice)
+    assert (one.code, nothing.code) == (404, 404)
+    assert json.loads(one.body)["error"]["message"] == json.loads(nothing.body)["error"]["message"].replace("zz", "b")
+    assert (await get(http, gw.url + "/v1/models/a-alias", headers=alice)).code == 200
+
+    listed = json.loads((await get(http, gw.url + "/v1/models", headers=root)).body)
+    assert [m["id"] for m in listed["data"]] == ["a", "a-alias", "b"]  # a key without a list sees every model
+    assert (await post(http, gw.url + CHAT, chat_body("b", max_tokens=2), headers=root)).code == 200

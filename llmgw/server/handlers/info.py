@@ -24,7 +24,7 @@ class ModelsHandler(GatewayHandler):
         self.views = services.views
 
     def get(self) -> None:
-        self.write_json(self.views.models_list())
+        self.write_json(self.views.models_list(self.principal))
 
 
 class ModelHandler(GatewayHandler):
@@ -36,7 +36,7 @@ class ModelHandler(GatewayHandler):
 
     def get(self, name: str) -> None:
         try:
-            self.write_json(self.views.model_view(name))
+            self.write_json(self.views.model_view(name, self.principal))
         except GatewayError as exc:
             self.send_gateway_error(exc)
 
@@ -51,7 +51,7 @@ class EngineInfoHandler(GatewayHandler):
 
     async def get(self) -> None:
         try:
-            base_url = self.views.running_engine_for(self.get_query_argument("model", None))
+            base_url = self.views.running_engine_for(self.get_query_argument("model", None), self.principal)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return

@@ -130,10 +130,10 @@ class ModelRouteHandler(GatewayHandler):
                 raise BadRequest("'model' is required (this gateway has no server.default_model)")
         elif not isinstance(requested, str):
             raise BadRequest(f"'model' must be a string, got {echo(requested)}")
-        model = self.views.model(requested)
+        model = self.views.model(requested, self.principal)
         self.model_name = model.name
         if not model.serves(endpoint.capability):
-            serving = [m.name for m in config.models if m.serves(endpoint.capability)]
+            serving = [m.name for m in self.views.models_for(self.principal) if m.serves(endpoint.capability)]
             raise BadRequest(
                 f"model {model.name!r} does not serve {endpoint.capability} requests "
                 f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"

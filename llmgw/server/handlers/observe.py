@@ -71,7 +71,7 @@ class EventsHandler(GatewayHandler):
         if value in ("1", "true", "yes", "all", "*"):
             return "*"
         names = frozenset(name.strip() for name in value.split(",") if name.strip())
-        models = {self.views.model(name).name for name in names}  # 404 for an unknown one
+        models = {self.views.model(name, self.principal).name for name in names}  # 404 for an unknown one
         return frozenset(models)
 
     async def _send(self, data: bytes) -> None:
@@ -117,7 +117,7 @@ class EngineLogsHandler(GatewayHandler):
         if name is None:
             self.write_json({"models": logs.models()})
             return
-        model = self.views.model(name).name
+        model = self.views.model(name, self.principal).name
         self.write_json({"model": model, "lines": logs.tail(model, _limit(self.get_query_argument("limit", None)))})
 
 
