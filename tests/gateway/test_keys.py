@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from test_watching import EventReader, has
+
 from conftest import assert_error, chat_body, events_of, get, post
 
 CHAT = "/v1/chat/completions"
@@ -68,3 +70,34 @@ async def test_a_model_outside_the_keys_list_is_an_unknown_model(start_gateway, 
     listed = json.loads((await get(http, gw.url + "/v1/models", headers=root)).body)
     assert [m["id"] for m in listed["data"]] == ["a", "a-alias", "b"]  # a key without a list sees every model
     assert (await post(http, gw.url + CHAT, chat_body("b", max_tokens=2), headers=root)).code == 200
+
+
+# ----------------------------------------------------------------------------- admin
+
+OPERATIONS = ["/running", "/metrics", "/events", "/api/requests", "/api/logs", "/slots"]
+
+
+async def test_operations_need_an_admin_key(start_gateway, make_model, http) -> None:
+    a = make_model("a", [2048])
+    gw = await start_gateway([a], keys=TEAM, api_keys=["old-key"])
+    alice = bearer("alice-key")
+    for path in OPERATIONS:
+        error = assert_error(await get(http, gw.url + path, headers=alice), 403, "permission_denied")
+        assert "'alice'" in error["message"] and "admin" in error["message"]
+    for path in ("/load", "/unload"):
+        assert_error(await post(http, gw.url + path, {"model": "a"}, headers=alice), 403, "permission_denied")
+    assert a.read_events() == []  # /load refused: nothing started
+    assert (await get(http, gw.url + "/props?model=a", headers=alice)).code == 503  # a model route: not running
+    assert (await get(http, gw.url + "/nope", headers=alice)).code == 404
+    for admin in (bearer("root-key"), bearer("old-key")):
+        assert (await post(http, gw.url + "/load", {"model": "a"}, headers=admin)).code == 200
+        for path in OPERATIONS:
+            if path != "/events":  # a stream: its start is enough
+                resp = await get(http, gw.url + path + ("?model=a" if path == "/slots" else ""), headers=admin)
+                assert resp.code == 200, (path, resp.body)
+        assert (await post(http, gw.url + "/unload", {}, headers=admin)).code == 200
+    watcher = await EventReader.open(gw, key="root-key")
+    try:
+        await watcher.until(has("hello"), "hello for an admin key")
+    finally:
+        await watcher.close()

@@ -25,6 +25,7 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
 _STATUS_ERRORS = {
     400: ("invalid_request_error", "invalid_request"),
     401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "permission_denied"),
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "request_too_large"),
@@ -32,7 +33,7 @@ _STATUS_ERRORS = {
 
 
 def problem(status: int, message: str, error_type: str | None = None, code: str | None = None) -> GatewayError:
-    """A GatewayError for a status the handlers decide themselves (401, 404, 405, 413...)."""
+    """A GatewayError for a status the handlers decide themselves (401, 403, 404, 405, 413...)."""
     default_type, default_code = _STATUS_ERRORS.get(status, ("server_error", "internal_error"))
     error = GatewayError(message)
     error.status, error.error_type, error.code = status, error_type or default_type, code or default_code
@@ -41,6 +42,7 @@ def problem(status: int, message: str, error_type: str | None = None, code: str 
 
 class GatewayHandler(web.RequestHandler):
     public = False  # True: no API key needed (health)
+    admin_only = False  # True: only admin keys (operations: load, unload, what runs, metrics, history, logs)
     principal: Principal = OPEN  # the request's key, once prepare() knows it
     model_name = ""  # the model a request named, once known (the metrics' label)
     answered = False  # the handler already answered (an error from prepare(), say)
@@ -102,6 +104,10 @@ class GatewayHandler(web.RequestHandler):
             )
             return
         self.principal = principal
+        if self.admin_only and not principal.admin:
+            path = clip(self.request.path)
+            message = f"key {principal.name!r} may not use {path}: it needs an admin key (admin = true)"
+            self.send_gateway_error(problem(403, message))
 
     def send_gateway_error(self, exc: GatewayError) -> None:
         """The error in the route's dialect; an engine's own error answer as the engine gave it."""

@@ -42,7 +42,8 @@ class ModelHandler(GatewayHandler):
 
 
 class EngineInfoHandler(GatewayHandler):
-    """GET /props and /slots: asked of the running engine of ``?model=`` (never started for this)."""
+    """GET /props: asked of the running engine of ``?model=`` (never started for this), one of the
+    key's models. Clients of llama-server read its context and template there."""
 
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
@@ -59,3 +60,9 @@ class EngineInfoHandler(GatewayHandler):
         self.set_status(reply.status)
         self.set_header("Content-Type", reply.content_type or "application/json")
         self.finish(reply.body)
+
+
+class SlotsHandler(EngineInfoHandler):
+    """GET /slots: what each of the engine's slots holds, prompts included: admin keys only."""
+
+    admin_only = True

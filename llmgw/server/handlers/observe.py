@@ -36,6 +36,8 @@ class EventsHandler(GatewayHandler):
     """``GET /events``: engine changes (with load progress), queue changes, request start and end;
     engine output lines with ``?logs=1`` (every model) or ``?logs=a,b`` (those models)."""
 
+    admin_only = True
+
     _subscription: Subscription | None = None
     _streaming = False  # the event stream began: an error can no longer be an answer of its own
 
@@ -92,6 +94,8 @@ class EventsHandler(GatewayHandler):
 class RequestsHandler(GatewayHandler):
     """``GET /api/requests[?limit=N]``: requests in flight, and the last ones answered (newest first)."""
 
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.activity = services.activity
@@ -105,6 +109,8 @@ class RequestsHandler(GatewayHandler):
 class EngineLogsHandler(GatewayHandler):
     """``GET /api/logs?model=m[&limit=N]``: the last lines that model's engines printed; without
     ``model``: the models that printed any."""
+
+    admin_only = True
 
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)

@@ -10,6 +10,8 @@ from llmgw.server.services import Services
 
 
 class RunningHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.views = services.views
@@ -19,6 +21,8 @@ class RunningHandler(GatewayHandler):
 
 
 class UnloadHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.views = services.views
@@ -52,6 +56,8 @@ class UnloadHandler(GatewayHandler):
 
 
 class LoadHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.views = services.views
@@ -82,6 +88,8 @@ class LoadHandler(GatewayHandler):
 
 
 class MetricsHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.manager = services.manager
