@@ -4,12 +4,16 @@ queue, usage where an operator looks, and the key itself nowhere."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any
 
+import pytest
 from test_watching import EventReader, has
 
-from conftest import assert_error, chat_body, events_of, get, post
+from conftest import assert_error, chat_body, events_of, get, post, sse_data, wait_for
+from llmgw.config import ConfigError, ConfigLoader
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -101,3 +105,139 @@ async def test_operations_need_an_admin_key(start_gateway, make_model, http) -> 
         await watcher.until(has("hello"), "hello for an admin key")
     finally:
         await watcher.close()
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+class Stream:
+    """A streamed chat request on a raw connection, read as far as the test wants."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.data = b""
+
+    @classmethod
+    async def open(cls, gw: Any, key: str, body: dict[str, Any]) -> Stream:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        payload = json.dumps({**body, "stream": True}).encode()
+        head = (
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        writer.write(head.encode() + payload)
+        await writer.drain()
+        return cls(reader, writer)
+
+    async def until(self, mark: bytes) -> None:
+        async with asyncio.timeout(20):  # a hang guard
+            while mark not in self.data:
+                chunk = await self.reader.read(65536)
+                assert chunk, self.data[-300:]
+                self.data += chunk
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def retry_after(resp: Any) -> int:
+    value = int(resp.headers["Retry-After"])
+    assert value >= 1
+    return value
+
+
+async def test_requests_per_minute_answers_429_with_retry_after_in_each_dialect(
+    start_gateway, make_model, http
+) -> None:
+    a = make_model("a", [2048])
+    gw = await start_gateway([a], keys={"ci": {"key": "ci-key", "requests_per_minute": 2}, **TEAM})
+    ci = bearer("ci-key")
+    for _ in range(2):
+        assert (await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=ci)).code == 200
+    resp = await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=ci)
+    error = assert_error(resp, 429, "rate_limit_exceeded")
+    assert error["type"] == "requests" and "requests_per_minute" in error["message"] and "'ci'" in error["message"]
+    assert 1 <= retry_after(resp) <= 60
+    resp = await post(http, gw.url + MESSAGES, {"model": "a", "max_tokens": 2, "messages": [{"role": "user",
+                      "content": "hi"}]}, headers=ci)  # fmt: skip
+    body = json.loads(resp.body)
+    assert resp.code == 429 and body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert 1 <= retry_after(resp) <= 60
+    assert len(events_of(a, "request")) == 2  # refused requests never reach the engine
+    # Other keys, and the key's other routes, are not limited by it.
+    assert (await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=bearer("alice-key"))).code == 200
+    assert (await get(http, gw.url + "/v1/models", headers=ci)).code == 200
+
+
+async def test_max_concurrent_counts_requests_in_flight_and_a_client_leaving_frees_its_place(
+    start_gateway, make_model, http
+) -> None:
+    a = make_model("a", [2048], extra_args=["--fake-stall-after-chunks", "1", "-np", "2"])  # streams stall
+    gw = await start_gateway([a], keys={"bob": {"key": "bob-key", "max_concurrent": 1}})
+    keys = gw.server.services.keys
+    stream = await Stream.open(gw, "bob-key", chat_body("a", max_tokens=5))
+    try:
+        await stream.until(b"tok0")
+        resp = await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=bearer("bob-key"))
+        error = assert_error(resp, 429, "rate_limit_exceeded")
+        assert "max_concurrent" in error["message"] and retry_after(resp) == 1
+    finally:
+        stream.close()
+    await wait_for(lambda: keys.limiter.in_flight("bob") == 0, what="the stream's place given back")
+    resp = await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=bearer("bob-key"))
+    assert resp.code == 200, resp.body
+
+
+async def test_tokens_per_day_never_cuts_a_running_request_and_survives_a_restart(
+    start_gateway, make_model, http
+) -> None:
+    a = make_model("a", [2048], extra_args=["--fake-stall-after-chunks", "2", "--fake-stall-seconds", "1.5",
+                                            "-np", "2"])  # fmt: skip
+    team = {"dan": {"key": "dan-key", "tokens_per_day": 1}, **TEAM}
+    gw = await start_gateway([a], keys=team)
+    keys, dan = gw.server.services.keys, bearer("dan-key")
+    long = await Stream.open(gw, "dan-key", chat_body("a", 3, max_tokens=6, stream_options={"include_usage": True}))
+    try:
+        await long.until(b"tok1")  # admitted and running
+        first = await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=dan)  # admitted: 0 used
+        assert first.code == 200, first.body
+        usage = json.loads(first.body)["usage"]
+        assert keys.usage.of("dan").tokens_today == usage["prompt_tokens"] + usage["completion_tokens"]
+        resp = await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=dan)
+        error = assert_error(resp, 429, "rate_limit_exceeded")
+        assert error["type"] == "tokens" and "tokens_per_day" in error["message"]
+        now = time.time()
+        assert abs(retry_after(resp) - (86400 - now % 86400)) <= 5  # until 00:00 UTC
+        await long.until(b"data: [DONE]")  # the request already running went to its end
+    finally:
+        long.close()
+    chunks = [json.loads(c) for c in sse_data(long.data.split(b"\r\n\r\n", 1)[1]) if c.startswith("{")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text.split() == [f"tok{i}" for i in range(6)]  # every token it asked for
+    streamed = next(c["usage"] for c in chunks if c.get("usage"))
+    await wait_for(lambda: keys.limiter.in_flight("dan") == 0, what="the stream's end")
+    total = usage["prompt_tokens"] + usage["completion_tokens"]
+    assert keys.usage.of("dan").tokens_today == total + streamed["prompt_tokens"] + streamed["completion_tokens"]
+    used = keys.usage.of("dan").tokens_today
+
+    await gw.server.stop(grace=1.0)  # today's tokens go to the state file
+    again = await start_gateway([a], keys=team)
+    assert again.server.services.keys.usage.tokens_today("dan", keys.usage.day) == used
+    resp = await post(http, again.url + CHAT, chat_body("a", max_tokens=2), headers=dan)
+    assert_error(resp, 429, "rate_limit_exceeded")
+    assert (await post(http, again.url + CHAT, chat_body("a", max_tokens=2), headers=bearer("alice-key"))).code == 200
+
+
+async def test_key_files_are_read_again_on_reload(start_gateway, make_model, http, tmp_path) -> None:
+    a = make_model("a", [2048])
+    key_file = tmp_path / "eve.key"
+    key_file.write_text("eve-first\n")
+    gw = await start_gateway([a], keys={"eve": {"key_file": str(key_file)}})
+    assert (await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=bearer("eve-first"))).code == 200
+    key_file.write_text("eve-second\n")
+    await gw.server.reload(ConfigLoader(gw.config.path).load())  # what SIGHUP does
+    assert_error(await post(http, gw.url + CHAT, chat_body("a"), headers=bearer("eve-first")), 401)
+    assert (await post(http, gw.url + CHAT, chat_body("a", max_tokens=2), headers=bearer("eve-second"))).code == 200
+    key_file.unlink()
+    with pytest.raises(ConfigError, match=f'server.keys.eve.key_file cannot be read: "{key_file}"'):
+        ConfigLoader(gw.config.path).load()  # a reload that fails keeps the keys in force
