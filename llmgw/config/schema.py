@@ -210,9 +210,12 @@ class ServerConfig:
     slot_cache: SlotCache | None = None  # the default of every model (None: off)
 
     def all_keys(self) -> tuple[KeyConfig, ...]:
-        """``keys``, then each of the old ``api_keys`` as a key of its own: every model, admin."""
-        old = (KeyConfig(f"api_keys[{i}]", key, admin=True) for i, key in enumerate(self.api_keys, 1))
-        return (*self.keys, *old)
+        """``keys``, then each of the old ``api_keys`` as a key of its own: every model, admin (a
+        key listed twice there, which was always accepted, counts once, as its first place)."""
+        first: dict[str, int] = {}
+        for i, key in enumerate(self.api_keys, 1):
+            first.setdefault(key, i)
+        return (*self.keys, *(KeyConfig(f"api_keys[{i}]", key, admin=True) for key, i in first.items()))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ class Views:
             {
                 "model": ticket.model.name,
                 "min_context": ticket.min_ctx,
+                "priority": ticket.priority.value,
                 "waiting": round(now - ticket.arrived, 3),
                 "phase": ticket.phase.value,
                 **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),

@@ -241,3 +241,35 @@ async def test_key_files_are_read_again_on_reload(start_gateway, make_model, htt
     key_file.unlink()
     with pytest.raises(ConfigError, match=f'server.keys.eve.key_file cannot be read: "{key_file}"'):
         ConfigLoader(gw.config.path).load()  # a reload that fails keeps the keys in force
+
+
+# ----------------------------------------------------------------------------- priority
+
+
+async def test_interactive_keys_go_before_batch_keys_waiting_for_an_engine(start_gateway, make_model, http) -> None:
+    a = make_model("a", [2048], extra_args=["--fake-stall-after-chunks", "1"])  # holds the only engine place
+    b, c = make_model("b", [2048]), make_model("c", [2048])
+    keys = {"batch": {"key": "batch-key", "priority": "batch"}, **TEAM}
+    gw = await start_gateway([a, b, c], keys=keys, max_engines=1)
+    manager = gw.server.services.manager
+    holder = await Stream.open(gw, "root-key", chat_body("a", max_tokens=5))
+    done: list[str] = []
+
+    async def ask(model: str, key: str) -> None:
+        resp = await post(http, gw.url + CHAT, chat_body(model, max_tokens=2), headers=bearer(key))
+        assert resp.code == 200, resp.body
+        done.append(model)
+
+    try:
+        await holder.until(b"tok0")
+        batch = asyncio.ensure_future(ask("b", "batch-key"))
+        await wait_for(lambda: manager.queued == 1, what="the batch request queued")
+        interactive = asyncio.ensure_future(ask("c", "root-key"))  # arrives later
+        await wait_for(lambda: manager.queued == 2, what="the interactive request queued")
+        queue = json.loads((await get(http, gw.url + "/running", headers=bearer("root-key"))).body)["queue"]
+        assert [(t["model"], t["priority"]) for t in queue] == [("c", "interactive"), ("b", "batch")]
+    finally:
+        holder.close()  # a's request ends: the engine place goes to the interactive request first
+    await asyncio.wait_for(asyncio.gather(batch, interactive), 30)
+    assert done == ["c", "b"]
+    assert events_of(c, "start")[0]["t"] < events_of(b, "start")[0]["t"]

@@ -111,3 +111,8 @@ def test_errors_about_key_files_and_old_keys(tmp_path: Path) -> None:
     assert load_error(tmp_path, keyed(DELETE, batch_overtakes=-1)).startswith(
         "server.batch_overtakes must be a non-negative integer, got -1"
     )
+
+
+def test_a_key_listed_twice_in_the_old_list_still_loads_and_counts_once(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, keyed(DELETE, api_keys=["k1", "k2", "k1"]))
+    assert [(k.name, k.secret) for k in cfg.server.all_keys()] == [("api_keys[1]", "k1"), ("api_keys[2]", "k2")]

@@ -149,7 +149,15 @@ class ModelRouteHandler(GatewayHandler):
             raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
         self._record = self.activity.begin(self.request_id, self.request.path, model.name, data.get("stream") is True)
         return ProxyRequest(
-            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats
+            endpoint,
+            self.request.path,
+            raw,
+            data,
+            model,
+            requested,
+            self.request_id,
+            self._record.stats,
+            self.principal.priority,
         )
 
     def _admitted_done(self) -> None:
