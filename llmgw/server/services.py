@@ -48,7 +48,7 @@ def build(config: Config) -> Services:
     state = StateStore(config.server.state_dir or default_state_dir())
     keys = KeyGate(live, state)
     slot_cache = SlotCache(config)
-    metrics = GatewayMetrics(slot_cache)
+    metrics = GatewayMetrics(slot_cache, keys)
     bus = EventBus()
     activity = RequestLog(bus, metrics.observe_answer)
     engine_logs = EngineLogs(bus)

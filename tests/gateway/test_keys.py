@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from test_watching import EventReader, has
 
 from conftest import assert_error, chat_body, events_of, get, post, sse_data, wait_for
@@ -273,3 +275,86 @@ async def test_interactive_keys_go_before_batch_keys_waiting_for_an_engine(start
     await asyncio.wait_for(asyncio.gather(batch, interactive), 30)
     assert done == ["c", "b"]
     assert events_of(c, "start")[0]["t"] < events_of(b, "start")[0]["t"]
+
+
+# ----------------------------------------------------------------------------- usage, and the key nowhere
+
+
+async def test_usage_per_key_in_metrics_and_the_request_history(start_gateway, make_model, http) -> None:
+    a, b = make_model("a", [2048]), make_model("b", [2048])
+    keys = {"ci": {"key": "ci-key", "requests_per_minute": 2, "priority": "batch"}, **TEAM}
+    gw = await start_gateway([a, b], keys=keys, api_keys=["old-key"])
+    answers = []
+    for key in ("alice-key", "alice-key", "ci-key", "ci-key", "ci-key", "old-key"):
+        answers.append(await post(http, gw.url + CHAT, chat_body("a", max_tokens=3), headers=bearer(key)))
+    assert [r.code for r in answers] == [200, 200, 200, 200, 429, 200]
+    usage = [json.loads(r.body)["usage"] for r in answers if r.code == 200]
+    assert (await post(http, gw.url + CHAT, chat_body("b"), headers=bearer("alice-key"))).code == 404
+    root = bearer("root-key")
+
+    text = (await get(http, gw.url + "/metrics", headers=root)).body.decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    assert samples[("llmgw_key_requests_total", (("key", "alice"),))] == 2
+    assert samples[("llmgw_key_requests_total", (("key", "ci"),))] == 2
+    assert samples[("llmgw_key_requests_total", (("key", "api_keys[1]"),))] == 1
+    assert samples[("llmgw_key_requests_total", (("key", "root"),))] == 0
+    assert samples[("llmgw_key_prompt_tokens_total", (("key", "alice"),))] == sum(u["prompt_tokens"] for u in usage[:2])
+    assert samples[("llmgw_key_generated_tokens_total", (("key", "alice"),))] == 6
+    assert samples[("llmgw_key_rate_limited_total", (("key", "ci"), ("limit", "requests_per_minute")))] == 1
+    assert samples[("llmgw_key_rate_limited_total", (("key", "alice"), ("limit", "requests_per_minute")))] == 0
+    assert samples[("llmgw_key_tokens_today", (("key", "ci"),))] == sum(
+        u["prompt_tokens"] + u["completion_tokens"] for u in usage[2:4]
+    )
+
+    history = json.loads((await get(http, gw.url + "/api/requests", headers=root)).body)
+    assert [(r["key"], r["status"]) for r in history["requests"]][:3] == [("alice", 404), ("api_keys[1]", 200),
+                                                                          ("ci", 429)]  # fmt: skip
+    rows = {row["key"]: row for row in history["keys"]}
+    assert set(rows) == {"alice", "ci", "root", "api_keys[1]"}
+    assert rows["ci"]["requests"] == 2 and rows["ci"]["rate_limited"] == 1 and rows["ci"]["priority"] == "batch"
+    assert rows["alice"]["models"] == ["a"] and rows["alice"]["generated_tokens"] == 6
+    assert rows["ci"]["requests_per_minute"] == 2 and rows["root"]["admin"] is True
+
+
+async def test_the_key_itself_appears_nowhere(start_gateway, make_model, http, caplog, tmp_path) -> None:
+    secrets = {"alice": "alice-SECRET-1", "ci": "ci-SECRET-2", "root": "root-SECRET-3"}
+    key_file = tmp_path / "ci.key"
+    key_file.write_text(secrets["ci"] + "\n")
+    keys = {
+        "alice": {"key": secrets["alice"], "models": ["a"], "max_concurrent": 1, "tokens_per_day": 50},
+        "ci": {"key_file": str(key_file), "requests_per_minute": 1},
+        "root": {"key": secrets["root"], "admin": True},
+    }
+    a, b = make_model("a", [2048]), make_model("b", [2048])
+    caplog.set_level(logging.DEBUG)
+    gw = await start_gateway([a, b], keys=keys, api_keys=["old-SECRET-4"])
+    watcher = await EventReader.open(gw, "?logs=1", key=secrets["root"])
+    seen: list[bytes] = []
+    try:
+        await watcher.until(has("hello"), "hello")
+        for key in [*secrets.values(), "old-SECRET-4", "wrong-SECRET-5"]:
+            for model in ("a", "b"):
+                for _ in range(2):
+                    for path, body in ((CHAT, chat_body(model, max_tokens=40)),
+                                       (MESSAGES, {"model": model, "max_tokens": 40, "messages": [
+                                           {"role": "user", "content": "hi"}]})):  # fmt: skip
+                        resp = await post(http, gw.url + path, body, headers=bearer(key))
+                        seen.append(resp.body + str(resp.headers).encode())
+            for path in ("/v1/models", "/running", "/metrics", "/api/requests", "/api/logs?model=a", "/slots"):
+                resp = await get(http, gw.url + path, headers={"x-api-key": key})
+                seen.append(resp.body + str(resp.headers).encode())
+        await watcher.until(lambda events: sum(1 for kind, _ in events if kind == "request_end") >= 40, "ends")
+        for path in ("/metrics", "/api/requests", "/running", "/ui/", "/ui/app.js"):
+            seen.append((await get(http, gw.url + path, headers=bearer(secrets["root"]))).body)
+        seen.append(json.dumps(watcher.events).encode())
+    finally:
+        await watcher.close()
+    await gw.server.stop(grace=1.0)
+    seen.append((tmp_path / "state" / "state.json").read_bytes())
+    seen.append("\n".join(r.getMessage() for r in caplog.records).encode())
+    seen.append(repr(gw.config).encode())
+    everything = b"\n".join(seen)
+    assert b"alice" in everything and b"tokens_per_day" in everything  # names and limits do show
+    for secret in [*secrets.values(), "old-SECRET-4", "wrong-SECRET-5"]:  # a wrong key is not echoed either
+        assert secret.encode() not in everything, secret

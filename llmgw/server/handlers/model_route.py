@@ -147,7 +147,8 @@ class ModelRouteHandler(GatewayHandler):
         raw = parsed.raw
         if apply_filters(model, endpoint, data):
             raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        self._record = self.activity.begin(self.request_id, self.request.path, model.name, data.get("stream") is True)
+        stream = data.get("stream") is True
+        self._record = self.activity.begin(self.request_id, self.request.path, model.name, stream, self.principal.name)
         return ProxyRequest(
             endpoint,
             self.request.path,
@@ -179,6 +180,7 @@ class ModelRouteHandler(GatewayHandler):
             status=self.get_status(),
             seconds=self.request.request_time(),
             client_left=self.sink.gone,
+            key=self.principal.name,
         )
 
     def on_connection_close(self) -> None:

@@ -92,7 +92,8 @@ class EventsHandler(GatewayHandler):
 
 
 class RequestsHandler(GatewayHandler):
-    """``GET /api/requests[?limit=N]``: requests in flight, and the last ones answered (newest first)."""
+    """``GET /api/requests[?limit=N]``: requests in flight, and the last ones answered (newest first),
+    each with its key's name; ``keys``: each key's usage and limits."""
 
     admin_only = True
 
@@ -103,7 +104,7 @@ class RequestsHandler(GatewayHandler):
     def get(self) -> None:
         limit = _limit(self.get_query_argument("limit", None))
         log = self.activity
-        self.write_json({"in_flight": log.in_flight(), "requests": log.recent(limit)})
+        self.write_json({"in_flight": log.in_flight(), "requests": log.recent(limit), "keys": self.keys.view()})
 
 
 class EngineLogsHandler(GatewayHandler):
