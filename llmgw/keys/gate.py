@@ -82,13 +82,13 @@ class KeyGate:
     def save(self) -> None:
         self.usage.save()
 
-    def view(self, only: Principal | None = None) -> list[dict[str, Any]]:
-        """Each configured key's usage and limits (``only``: that key's alone), by name, for
-        /api/requests and the page. Never the key itself."""
+    def view(self) -> list[dict[str, Any]]:
+        """Each configured key's usage and limits, by name, for /api/requests, the metrics and the
+        page. Never the key itself."""
         day = utc_day(self.wall())
         rows = []
         for name, key in sorted(self.registry.principals.items(), key=lambda item: str(item[0])):
-            if name is None or (only is not None and only.name != name):
+            if name is None:
                 continue
             usage = self.usage.of(name)
             rows.append(

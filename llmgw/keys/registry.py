@@ -46,10 +46,6 @@ class Principal:
         does not exist."""
         return self.models is None or model.name in self.models
 
-    @property
-    def limited(self) -> bool:
-        return any(x is not None for x in (self.requests_per_minute, self.tokens_per_day, self.max_concurrent))
-
 
 OPEN = Principal(None)
 
@@ -72,11 +68,6 @@ class KeyRegistry:
     def __init__(self, keys: tuple[KeyConfig, ...]) -> None:
         self._entries = [(_digest(key.secret), Principal.of(key)) for key in keys]
         self.principals = {principal.name: principal for _, principal in self._entries}
-
-    @property
-    def open(self) -> bool:
-        """No key is configured: every request is allowed, as :data:`OPEN`."""
-        return not self._entries
 
     def identify(self, given: str) -> Principal | None:
         """The principal whose key is ``given``; None for a missing or unknown key (401)."""
