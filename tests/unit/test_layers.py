@@ -15,6 +15,7 @@ LAYERS: list[set[str]] = [
     {"scheduling"},
     {"runtime"},
     {"slotcache"},
+    {"keys"},
     {"upstream", "api"},
     {"config", "state", "events", "demo", "modelfile", "listen"},
     {"errors"},
