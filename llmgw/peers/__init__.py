@@ -3,7 +3,17 @@
 sends them requests (``pool``)."""
 
 from llmgw.peers.breaker import Breaker, BreakerState
-from llmgw.peers.routing import Candidate, Rank, Route, StickyTable, conversation_key, route
+from llmgw.peers.pool import PeerLink, PeerPool
+from llmgw.peers.routing import (
+    HOP_HEADER,
+    SERVED_BY_HEADER,
+    Candidate,
+    Rank,
+    Route,
+    StickyTable,
+    conversation_key,
+    route,
+)
 from llmgw.peers.state import (
     LLMGW,
     OPENAI,
@@ -17,13 +27,17 @@ from llmgw.peers.state import (
 )
 
 __all__ = [
+    "HOP_HEADER",
     "LLMGW",
     "OPENAI",
+    "SERVED_BY_HEADER",
     "Breaker",
     "BreakerState",
     "Candidate",
     "ModelState",
     "NodeState",
+    "PeerLink",
+    "PeerPool",
     "Pool",
     "Rank",
     "Route",

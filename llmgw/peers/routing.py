@@ -35,6 +35,11 @@ from llmgw.peers.state import ModelState, Start
 
 _PREFIX_CHARS = 2048  # of the prompt's start that names a conversation
 
+# A request forwarded once carries this header (the forwarding node's name): it is never forwarded again.
+HOP_HEADER = "X-Llmgw-Hop"
+# Every answer names the node that served it (this node's name, or the peer's as this node calls it).
+SERVED_BY_HEADER = "X-Llmgw-Served-By"
+
 
 class Rank(IntEnum):
     WARM = 1
@@ -149,12 +154,12 @@ def conversation_key(api_key: str, data: dict[str, Any]) -> str | None:
     prompt: Any = None
     messages = data.get("messages")
     if isinstance(messages, list) and messages:
-        prompt = [data.get("system"), messages[:2]]
+        prompt = [data.get("system"), _opening(messages)]
     elif "prompt" in data:
         prompt = data["prompt"]
     elif "input" in data:
         raw = data["input"]
-        prompt = [data.get("instructions"), raw[:2] if isinstance(raw, list) else raw]
+        prompt = [data.get("instructions"), _opening(raw) if isinstance(raw, list) else raw]
     if prompt is None:
         return None
     try:
@@ -166,6 +171,14 @@ def conversation_key(api_key: str, data: dict[str, Any]) -> str | None:
     digest.update(b"\0")
     digest.update(text.encode("utf-8", "replace"))
     return digest.hexdigest()
+
+
+def _opening(messages: list[Any]) -> list[Any]:
+    """The messages up to the first user message: what every later turn of the conversation repeats."""
+    for index, message in enumerate(messages[:64]):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return messages[: index + 1]
+    return messages[:1]
 
 
 class StickyTable:

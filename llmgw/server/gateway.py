@@ -38,6 +38,7 @@ class GatewayServer:
         config = self._config
         services = self._services = build(config)
         services.guard.start()
+        services.pool.start()
         app = make_app(services)
         self._ticker = asyncio.ensure_future(self._tick())
         for host, port in config.server.listen:
@@ -64,7 +65,12 @@ class GatewayServer:
             self._ticker = None
         services = self._services
         if services is not None:
+            # Peers that follow /events hear it before the stream ends, and stop sending requests.
+            services.node.draining = True
+            services.bus.publish("node", draining=True)
+            await asyncio.sleep(0)
             services.bus.close()
+            await services.pool.stop()
             manager = services.manager
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
@@ -93,6 +99,7 @@ class GatewayServer:
             logger.warning("reload: listen addresses changed; restart the gateway to apply them")
         services.live.current = config
         services.slot_cache.configure(config)
+        services.pool.configure(config.server.peering, config.server.node_name)
         await services.manager.adopt_config(config)
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
 

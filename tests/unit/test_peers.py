@@ -249,6 +249,9 @@ def test_conversation_keys() -> None:
         "messages": [*turn1["messages"], {"role": "assistant", "content": "hello"}, {"role": "user", "content": "?"}]
     }
     assert conversation_key("k", turn1) == conversation_key("k", turn2)
+    bare1 = {"messages": [{"role": "user", "content": "hi"}]}
+    bare2 = {"messages": [*bare1["messages"], {"role": "assistant", "content": "yo"}, {"role": "user", "content": "?"}]}
+    assert conversation_key("k", bare1) == conversation_key("k", bare2) != conversation_key("k", turn1)
     assert conversation_key("k", turn1) != conversation_key("other", turn1)
     other = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "yo"}]}
     assert conversation_key("k", turn1) != conversation_key("k", other)

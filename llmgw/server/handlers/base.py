@@ -18,6 +18,7 @@ from tornado import web
 
 from llmgw.api import dialect_of, engine_error_body, error_body
 from llmgw.errors import EngineAnswered, GatewayError, clip
+from llmgw.peers import SERVED_BY_HEADER
 from llmgw.server.services import Services
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
@@ -64,10 +65,11 @@ class GatewayHandler(web.RequestHandler):
         if getattr(self, "live", None) is None:
             return
         self.set_header("X-Request-Id", self.request_id)
+        self.set_header(SERVED_BY_HEADER, self.live.current.server.node_name)
         origin = self._allowed_origin()
         if origin is not None:
             self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
+            self.set_header("Access-Control-Expose-Headers", f"X-Request-Id, Retry-After, {SERVED_BY_HEADER}")
             self.set_header("Vary", "Origin")
 
     def _allowed_origin(self) -> str | None:
@@ -95,10 +97,13 @@ class GatewayHandler(web.RequestHandler):
                 problem(401, "missing or invalid API key (use 'Authorization: Bearer KEY' or 'x-api-key')")
             )
 
-    def _key_ok(self, keys: tuple[str, ...]) -> bool:
+    def client_key(self) -> str:
+        """The API key the client sent (Authorization: Bearer, or x-api-key); "" when none."""
         auth = self.request.headers.get("Authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else self.request.headers.get("x-api-key", "")
-        given_b = given.encode()
+        return auth[7:].strip() if auth[:7].lower() == "bearer " else self.request.headers.get("x-api-key", "")
+
+    def _key_ok(self, keys: tuple[str, ...]) -> bool:
+        given_b = self.client_key().encode()
         # Compare against every key, constant time each, so timing tells nothing about which matched.
         return sum(hmac.compare_digest(given_b, key.encode()) for key in keys) > 0
 
@@ -139,9 +144,13 @@ class GatewayHandler(web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(payload))
 
+    def known_model(self, name: str) -> bool:
+        """A name the metrics may carry as a label (a configured model's)."""
+        return self.live.current.model(name) is not None
+
     def on_finish(self) -> None:
         model = self.model_name
-        if model and self.live.current.model(model) is None:
+        if model and not self.known_model(model):
             model = "unknown"  # keep label cardinality bounded whatever clients send
         self.metrics.observe_request(self.route, model, self.get_status(), self.request.request_time())
 

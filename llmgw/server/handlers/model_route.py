@@ -16,7 +16,8 @@ from tornado.http1connection import HTTP1Connection
 from llmgw.api import ROUTES
 from llmgw.api.filters import apply_filters
 from llmgw.errors import BadRequest, GatewayError, clip, echo
-from llmgw.proxy import ClientGone, ProxyRequest
+from llmgw.peers import HOP_HEADER, conversation_key
+from llmgw.proxy import ClientGone, PooledRequest, ProxyRequest, forwarded_body
 from llmgw.server.activity import RequestRecord
 from llmgw.server.handlers.base import GatewayHandler, problem
 from llmgw.server.json_body import parse_json_object
@@ -33,6 +34,7 @@ class ModelRouteHandler(GatewayHandler):
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.proxy = services.proxy
+        self.router = services.router
         self.views = services.views
         self.activity = services.activity
         self.sink = TornadoSink(self)
@@ -86,7 +88,10 @@ class ModelRouteHandler(GatewayHandler):
         sink = self.sink
         try:
             request = self._proxy_request(body)
-            await sink.serve(self.proxy.forward(request, sink))
+            if isinstance(request, PooledRequest):
+                await sink.serve(self.router.forward(request, sink))
+            else:
+                await sink.serve(self.proxy.forward(request, sink))
         except (ClientGone, asyncio.CancelledError):
             if not sink.gone:
                 raise
@@ -117,8 +122,10 @@ class ModelRouteHandler(GatewayHandler):
         if not sink.finished and not sink.gone:
             await sink.finish()
 
-    def _proxy_request(self, body: bytes) -> ProxyRequest:
-        """Parse and check the request, find its model, apply the model's filters."""
+    def _proxy_request(self, body: bytes) -> ProxyRequest | PooledRequest:
+        """Parse and check the request, find its model, apply the model's filters. On a node with
+        peers (and for a request no peer forwarded here), the request is routed: it may go to a
+        peer, which gets it as the client sent it."""
         endpoint = ROUTES[self.request.path]
         parsed = parse_json_object(body)
         data = parsed.data
@@ -130,22 +137,43 @@ class ModelRouteHandler(GatewayHandler):
                 raise BadRequest("'model' is required (this gateway has no server.default_model)")
         elif not isinstance(requested, str):
             raise BadRequest(f"'model' must be a string, got {echo(requested)}")
-        model = self.views.model(requested)
-        self.model_name = model.name
-        if not model.serves(endpoint.capability):
+        pooled = self.router.pooled and HOP_HEADER not in self.request.headers
+        model = config.model(requested)
+        if pooled and self.views.peer_model(requested) and (model is None or not model.serves(endpoint.capability)):
+            model = None  # only peers serve it (this route of it, at least)
+        elif model is None:
+            raise self.views.not_found(requested)
+        elif not model.serves(endpoint.capability):
             serving = [m.name for m in config.models if m.serves(endpoint.capability)]
             raise BadRequest(
                 f"model {model.name!r} does not serve {endpoint.capability} requests "
                 f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
             )
+        self.model_name = model.name if model is not None else requested
         endpoint.check(data)
-        raw = parsed.raw
-        if apply_filters(model, endpoint, data):
-            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        self._record = self.activity.begin(self.request_id, self.request.path, model.name, data.get("stream") is True)
-        return ProxyRequest(
-            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats
+        forward, conversation = parsed.raw, None
+        if pooled:  # before the filters change data: a peer applies its own
+            forward = forwarded_body(data, parsed.raw, requested)
+            conversation = conversation_key(self.client_key(), data)
+        record = self._record = self.activity.begin(
+            self.request_id, self.request.path, self.model_name, data.get("stream") is True
         )
+        local = None
+        if model is not None:
+            raw = parsed.raw
+            if apply_filters(model, endpoint, data):
+                raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            local = ProxyRequest(
+                endpoint, self.request.path, raw, data, model, requested, self.request_id, record.stats
+            )
+            if not pooled:
+                return local
+        return PooledRequest(
+            requested, endpoint, self.request.path, forward, data, self.request_id, record.stats, conversation, local
+        )
+
+    def known_model(self, name: str) -> bool:
+        return super().known_model(name) or self.views.peer_model(name)
 
     def on_finish(self) -> None:
         super().on_finish()
