@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tornado.httpclient import HTTPResponse
 
 from conftest import Gateway, assert_error, chat_body, get, post, sse_data, wait_for, write_config
 from fake_engine.configs import free_port
+from llmgw import ps
 from llmgw.config import ConfigLoader
 
 CHAT = "/v1/chat/completions"
@@ -235,7 +237,9 @@ async def test_a_local_failure_goes_to_a_peer(start_gateway: StartGateway, make_
 # ----------------------------------------------------------------------------- breakers
 
 
-async def test_a_silent_peer_trips_and_recovers(start_gateway: StartGateway, make_model, fake_peers, http) -> None:
+async def test_a_silent_peer_trips_and_recovers(
+    start_gateway: StartGateway, make_model, fake_peers, http, capsys: pytest.CaptureFixture[str]
+) -> None:
     b = fake_peers("b")
     a = await start_gateway([], node_name="a", **peers(b=b.url))
     await knows(a, "b", "m")
@@ -261,6 +265,9 @@ async def test_a_silent_peer_trips_and_recovers(start_gateway: StartGateway, mak
     }
     assert samples[("llmgw_peer_up", "b", None)] == 0
     assert samples[("llmgw_peer_trips_total", "b", None)] >= 1
+    assert await asyncio.to_thread(ps.main, ["--url", a.url]) == 0
+    shown = capsys.readouterr().out
+    assert "node a: 1 peer(s)" in shown and re.search(r"^b +(open|recovering) +m ", shown, re.MULTILINE), shown
     b.health = 200
     await wait_for(lambda: link.breaker.allows, GUARD, "b recovered")
     resp = await post(http, a.url + CHAT, chat_body("m"))
@@ -313,3 +320,19 @@ async def test_reload_adds_and_removes_peers(start_gateway: StartGateway, make_m
     assert list(a.server.services.pool.links) == ["c"]
     await knows(a, "c", "m")
     assert served_by(await post(http, a.url + CHAT, chat_body("m"))) == "c"
+
+
+async def test_a_peers_changes_arrive_by_its_events(start_gateway: StartGateway, make_model, http) -> None:
+    """Checked only every 30 s, B's changes still reach A at once: A follows B's /events."""
+    b = await start_gateway([make_model("m", [4096])], node_name="b")
+    a = await start_gateway([], node_name="a", peers={"b": {"url": b.url}}, peer_check_interval=30)
+    await knows(a, "b", "m", loaded=False)
+    assert (await post(http, b.url + "/load", {"model": "m"})).code == 200
+    await knows(a, "b", "m", loaded=True)
+    # B begins to drain (it shuts down): A stops sending it anything new.
+    b.server.services.node.draining = True
+    b.server.services.bus.publish("node", draining=True)
+    link = a.server.services.pool.links["b"]
+    await wait_for(lambda: link.state is not None and link.state.draining, GUARD, "b draining")
+    assert_error(await post(http, a.url + CHAT, chat_body("m")), 503, "no_node_available")
+    assert (await get(http, b.url + "/health")).code == 503
