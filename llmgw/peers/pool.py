@@ -287,21 +287,23 @@ class PeerPool:
         next_check = 0.0
         while True:
             try:
-                if loop.time() >= next_check or link.check_now:
+                link.wake.clear()  # what sets it from here on is seen below
+                now = loop.time()
+                if now >= next_check or link.check_now:
                     link.check_now = False
-                    ok = await self._check(link)
-                    next_check = loop.time() + self.peering.check_interval
-                    if not ok and link.breaker.suspect:
-                        continue  # again at once: tripped within trip_bound
-                    if ok:
+                    next_check = now + self.peering.check_interval  # a steady cadence
+                    if await self._check(link):
                         await self._read_state(link)
                 elif link.read_now:
                     link.read_now = False
                     await asyncio.sleep(_DEBOUNCE)
                     if link.breaker.allows:
                         await self._read_state(link)
+                if link.breaker.suspect:
+                    link.check_now = True  # a failure: checked again at once, tripped within trip_bound
+                if link.check_now or link.read_now:
+                    continue
                 self._follow_events(link)
-                link.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(link.wake.wait(), max(next_check - loop.time(), 0.0))
             except asyncio.CancelledError:
@@ -325,8 +327,9 @@ class PeerPool:
         self._success(link)
         return True
 
-    async def _read_state(self, link: PeerLink) -> None:
-        """Its state: /api/state from an llmgw, /v1/models from any other server."""
+    async def _read_state(self, link: PeerLink) -> bool:
+        """Its state: /api/state from an llmgw, /v1/models from any other server. False when the
+        peer did not answer (a failure, as a failed check would be)."""
         timeout = self.peering.check_timeout
         loop = asyncio.get_running_loop()
         asked = loop.time()
@@ -344,16 +347,16 @@ class PeerPool:
         except UpstreamError as exc:
             link.failures += 1
             self._failure(link, _short(exc))
-            return
+            return False
         if reply.status in (401, 403):
             if not link.refused:
                 logger.warning("peer %r refused this gateway's api_key (%d): set its api_key", link.name, reply.status)
             link.refused = True
-            return
+            return True
         link.refused = False
         if reply.status != 200:
             logger.warning("peer %r: reading its state answered %d", link.name, reply.status)
-            return
+            return True
         try:
             if link.kind == OPENAI:
                 state = parse_model_list(link.name, reply.data)
@@ -362,9 +365,10 @@ class PeerPool:
                 link.kind = LLMGW
         except StateError as exc:
             logger.warning("peer %r: its state is not understood: %s", link.name, exc)
-            return
+            return True
         link.state = state
         link.state_at = asked
+        return True
 
     def _follow_events(self, link: PeerLink) -> None:
         """An llmgw peer's /events, followed while it is healthy: changes are read at once."""
