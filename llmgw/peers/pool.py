@@ -38,6 +38,7 @@ from llmgw.upstream import EngineHTTPClient, UpstreamCall, UpstreamError
 logger = logging.getLogger(__name__)
 
 _EVENTS_IDLE = 40.0  # an llmgw's /events sends a keep-alive every 15 s: silence this long is a broken stream
+_EVENTS_RETRY = 5.0  # seconds before a /events stream that ended is followed again
 _DEBOUNCE = 0.05  # events in a burst (an engine ready, the queue moving on) read the state once
 
 
@@ -68,6 +69,7 @@ class PeerLink:
         self.read_now = False
         self.task: asyncio.Task[None] | None = None
         self.events_task: asyncio.Task[None] | None = None
+        self.events_after = 0.0  # loop time before which /events is not followed again (it just failed)
 
     @property
     def name(self) -> str:
@@ -377,6 +379,7 @@ class PeerPool:
             and link.breaker.allows
             and not link.refused
             and (link.events_task is None or link.events_task.done())
+            and self._clock() >= link.events_after
         ):
             link.events_task = asyncio.ensure_future(self._events(link))
 
@@ -384,7 +387,7 @@ class PeerPool:
         headers = {"Accept": "text/event-stream", **link.headers()}
         call = UpstreamCall(
             self.http,
-            link.config.url + "/events",
+            link.config.url + "/events?only=engine,queue,node",  # not every request's start and end
             None,
             headers,
             method="GET",
@@ -404,6 +407,8 @@ class PeerPool:
         finally:
             link.calls.discard(call)
             call.abort()
+            # A stream that ends at once (a peer without /events, a refusal) is not asked again for a while.
+            link.events_after = self._clock() + _EVENTS_RETRY
 
 
 def _short(exc: Exception) -> str:

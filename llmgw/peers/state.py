@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 MAX_MODELS = 4096  # models taken from one peer's answer; the rest are ignored
@@ -101,7 +102,16 @@ class NodeState:
 
     def model(self, name: str) -> ModelState | None:
         """The model called (or aliased) ``name``."""
-        return next((model for model in self.models if model.answers_to(name)), None)
+        return self._by_name.get(name)
+
+    @cached_property
+    def _by_name(self) -> dict[str, ModelState]:
+        """Names and aliases, the first model to claim a name keeping it (as a scan in order would)."""
+        index: dict[str, ModelState] = {}
+        for model in self.models:
+            for name in (model.name, *model.aliases):
+                index.setdefault(name, model)
+        return index
 
     @property
     def in_flight(self) -> int:
