@@ -74,10 +74,12 @@ class GatewayServer:
             manager = services.manager
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            while manager.in_flight and loop.time() < deadline:
+            # Requests forwarded to peers hold no engine here: their upstream calls are counted too.
+            active = services.proxy.active
+            while (manager.in_flight or active) and loop.time() < deadline:
                 await asyncio.sleep(0.02)
-            if manager.in_flight:
-                logger.warning("shutdown: aborting %d request(s) still in flight", manager.in_flight)
+            if manager.in_flight or active:
+                logger.warning("shutdown: aborting %d request(s) still in flight", max(manager.in_flight, len(active)))
                 services.proxy.abort_all()
             await manager.shutdown()
         for server in self._servers:

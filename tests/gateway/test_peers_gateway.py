@@ -336,3 +336,22 @@ async def test_a_peers_changes_arrive_by_its_events(start_gateway: StartGateway,
     await wait_for(lambda: link.state is not None and link.state.draining, GUARD, "b draining")
     assert_error(await post(http, a.url + CHAT, chat_body("m")), 503, "no_node_available")
     assert (await get(http, b.url + "/health")).code == 503
+
+
+async def test_a_shutdown_lets_forwarded_requests_finish(
+    start_gateway: StartGateway, make_model, fake_peers, http
+) -> None:
+    """Requests forwarded to a peer hold no engine here, and still get the shutdown's grace."""
+    b = fake_peers("b", mode="hang")
+    a = await start_gateway([], node_name="a", **peers(b=b.url))
+    await knows(a, "b", "m")
+    request = asyncio.ensure_future(post(http, a.url + CHAT, chat_body("m")))
+    await wait_for(lambda: len(b.requests()) == 1, GUARD, "b got the request")
+    stopping = asyncio.ensure_future(a.server.stop(grace=5.0))
+    await asyncio.sleep(0.3)
+    assert not stopping.done() and not request.done()  # the forwarded request is waited for
+    b.mode = "ok"
+    b.hanging[0].set_result(None)  # the peer answers now (the fake finishes the hung request empty)
+    resp = await asyncio.wait_for(request, GUARD)
+    await asyncio.wait_for(stopping, GUARD)
+    assert resp.code == 200, resp.body
