@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import socket
@@ -157,6 +156,8 @@ class Variant:
     def fingerprint(self) -> str:
         """Short stable id of the launch (binary, args, environment): state is remembered per launch."""
         launch = json.dumps([self.binary, self.args, self.env])
+        import hashlib  # here: the config is read before the gateway's other imports (see llmgw.listen)
+
         return hashlib.sha256(launch.encode()).hexdigest()[:16]
 
     @property
@@ -227,6 +228,10 @@ class ServerConfig:
     # on the largest variant until its context is full.
     strict_context: bool = False
     loading_feedback: str = "comments"  # one of FEEDBACK_MODES
+    # False: an engine with no request in flight is stopped with SIGKILL at once (its slots saved
+    # first): it holds nothing a graceful shutdown would keep, and llama-server's own takes 80-95 ms,
+    # which every switch would wait for. True: SIGTERM, then SIGKILL after engine_stop_timeout.
+    graceful_stop: bool = False
     slot_cache: SlotCache | None = None  # the default of every model (None: off)
     node_name: str = field(default_factory=default_node_name)  # X-Llmgw-Served-By, /api/state
     peering: Peering = field(default_factory=Peering)

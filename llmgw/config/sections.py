@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -47,6 +47,7 @@ _SERVER_KEYS = (
         "state_dir",
         "default_model",
         "list_aliases",
+        "graceful_stop",
         "cors_origins",
         "strict_context",
         "loading_feedback",
@@ -109,13 +110,12 @@ def _listen_address(node: Node, v6: bool) -> tuple[str, int]:
         node.fail(f"has an invalid port in {quote(text)} (must be 1..65535)")
     if not v6 and host == "localhost":
         return host, int(port_text)
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-            ipaddress.IPv6Address(host) if v6 else ipaddress.IPv4Address(host)
-        )
-    except ValueError:
+    family_id = socket.AF_INET6 if v6 else socket.AF_INET
+    try:  # the socket module, not ipaddress: the config is read before the gateway's other imports
+        address = socket.inet_ntop(family_id, socket.inet_pton(family_id, host))
+    except (OSError, ValueError):
         node.fail(bad)
-    return str(address), int(port_text)
+    return address, int(port_text)
 
 
 def _listen_family(node: Node, v6: bool) -> list[tuple[Node, tuple[str, int]]]:
@@ -172,6 +172,7 @@ def server_section(node: Node) -> ServerConfig:
         state_dir=state_dir.string() if state_dir.exists() else None,
         default_model=default_model.string() if default_model.exists() else None,
         list_aliases=node.get_bool("list_aliases", True),
+        graceful_stop=node.get_bool("graceful_stop", False),
         cors_origins=serving.cors_origins(node.child("cors_origins")),
         strict_context=node.get_bool("strict_context", False),
         loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
