@@ -121,12 +121,10 @@ def start_gateway(io_loop: Any, tmp_path: Path) -> Iterator[Callable[..., Awaita
     started: list[GatewayServer] = []
 
     async def start(models: list[FakeModel], port: int | None = None, **server: Any) -> Gateway:
-        """``port``: where it listens (a free one if None). A second gateway in one test gets its
-        own config file and state directory."""
+        """``port``: where it listens (a free one if None). A second gateway in one test gets a
+        config file of its own (and the same state directory, unless ``state_dir`` says otherwise)."""
         port = port or free_port()
         name = f"config-{len(started) + 1}" if started else "config"
-        if started:
-            server.setdefault("state_dir", str(tmp_path / f"state-{len(started) + 1}"))
         config = write_config(tmp_path / f"{name}.lua", models, port, **server)
         gateway = GatewayServer(config)
         started.append(gateway)

@@ -57,6 +57,17 @@ def served_by(resp: HTTPResponse) -> str:
 
 
 @pytest.fixture
+def start_node(start_gateway: StartGateway, tmp_path: Path) -> StartGateway:
+    """``start_gateway`` for one node of a pool: its own state directory, named after the node."""
+
+    async def start(models: list[Any], node_name: str, **server: Any) -> Gateway:
+        server.setdefault("state_dir", str(tmp_path / f"state-{node_name}"))
+        return await start_gateway(models, node_name=node_name, **server)
+
+    return start
+
+
+@pytest.fixture
 def fake_peers(io_loop: Any) -> Any:
     started: list[FakePeer] = []
 
@@ -74,10 +85,10 @@ def fake_peers(io_loop: Any) -> Any:
 # ----------------------------------------------------------------------------- two gateways
 
 
-async def test_a_model_only_a_peer_has_is_served_by_it(start_gateway: StartGateway, make_model, http) -> None:
+async def test_a_model_only_a_peer_has_is_served_by_it(start_node: StartGateway, make_model, http) -> None:
     m = make_model("m", [4096])
-    b = await start_gateway([m], node_name="b")
-    a = await start_gateway([], node_name="a", **peers(b=b.url))
+    b = await start_node([m], node_name="b")
+    a = await start_node([], node_name="a", **peers(b=b.url))
     await knows(a, "b", "m")
     models = json.loads((await get(http, a.url + "/v1/models")).body)["data"]
     assert [(e["id"], e["served_by"]) for e in models] == [("m", ["b"])]
@@ -102,13 +113,13 @@ async def test_a_model_only_a_peer_has_is_served_by_it(start_gateway: StartGatew
     assert "available: m" in json.loads(unknown.body)["error"]["message"]
 
 
-async def test_warm_first(start_gateway: StartGateway, make_model, http) -> None:
+async def test_warm_first(start_node: StartGateway, make_model, http) -> None:
     """Both serve m: a request to A goes to B while only B has it loaded; once A has it loaded too,
     A serves it itself."""
     mb, ma = make_model("m", [4096]), make_model("m", [4096])
     port_a, port_b = free_port(), free_port()
-    b = await start_gateway([mb], port=port_b, node_name="b", **peers(a=f"http://127.0.0.1:{port_a}"))
-    a = await start_gateway([ma], port=port_a, node_name="a", **peers(b=b.url))
+    b = await start_node([mb], port=port_b, node_name="b", **peers(a=f"http://127.0.0.1:{port_a}"))
+    a = await start_node([ma], port=port_a, node_name="a", **peers(b=b.url))
     assert (await post(http, b.url + "/load", {"model": "m"})).code == 200
     await knows(a, "b", "m", loaded=True)
     for words in (1, 2, 3):  # three conversations
@@ -129,11 +140,9 @@ async def test_warm_first(start_gateway: StartGateway, make_model, http) -> None
     assert [(e["id"], e["served_by"]) for e in models] == [("m", ["a", "b"])]
 
 
-async def test_a_cold_model_starts_locally_before_a_peer_starts_it(
-    start_gateway: StartGateway, make_model, http
-) -> None:
-    b = await start_gateway([make_model("m", [4096])], node_name="b")
-    a = await start_gateway([make_model("m", [4096])], node_name="a", **peers(b=b.url))
+async def test_a_cold_model_starts_locally_before_a_peer_starts_it(start_node: StartGateway, make_model, http) -> None:
+    b = await start_node([make_model("m", [4096])], node_name="b")
+    a = await start_node([make_model("m", [4096])], node_name="a", **peers(b=b.url))
     await knows(a, "b", "m", loaded=False)
     resp = await post(http, a.url + CHAT, chat_body("m"))
     assert served_by(resp) == "a"
@@ -144,10 +153,10 @@ async def test_a_cold_model_starts_locally_before_a_peer_starts_it(
 
 
 async def test_a_forwarded_request_is_never_forwarded_again(
-    start_gateway: StartGateway, make_model, fake_peers, http
+    start_node: StartGateway, make_model, fake_peers, http
 ) -> None:
     b = fake_peers("b")
-    a = await start_gateway([], node_name="a", **peers(b=b.url))
+    a = await start_node([], node_name="a", **peers(b=b.url))
     await knows(a, "b", "m")
     resp = await post(http, a.url + CHAT, chat_body("m"))
     assert resp.code == 200 and served_by(resp) == "b"
@@ -159,11 +168,11 @@ async def test_a_forwarded_request_is_never_forwarded_again(
 
 
 async def test_keys_go_where_they_belong_and_are_never_shown(
-    start_gateway: StartGateway, make_model, fake_peers, http, caplog: pytest.LogCaptureFixture
+    start_node: StartGateway, make_model, fake_peers, http, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     b = fake_peers("b", key="peer-secret-key")
-    a = await start_gateway(
+    a = await start_node(
         [], node_name="a", api_keys=["client-key"], **peers(b={"url": b.url, "api_key": "peer-secret-key"})
     )
     await knows(a, "b", "m")
@@ -192,11 +201,11 @@ async def test_keys_go_where_they_belong_and_are_never_shown(
 # ----------------------------------------------------------------------------- failover
 
 
-async def test_failover_before_the_first_byte(start_gateway: StartGateway, make_model, fake_peers, http) -> None:
+async def test_failover_before_the_first_byte(start_node: StartGateway, make_model, fake_peers, http) -> None:
     """B fails (5xx, a dropped connection) before answering: C serves; a peer's 503 (busy) goes
     on too, without counting against it."""
     b, c = fake_peers("b"), fake_peers("c")
-    a = await start_gateway([], node_name="a", **peers(b=b.url, c={"url": c.url, "weight": 0.5}))
+    a = await start_node([], node_name="a", **peers(b=b.url, c={"url": c.url, "weight": 0.5}))
     await knows(a, "b", "m")
     await knows(a, "c", "m")
     for words, mode in enumerate(("status:502", "drop", "status:503"), 1):
@@ -212,9 +221,9 @@ async def test_failover_before_the_first_byte(start_gateway: StartGateway, make_
     assert resp.code == 500 and served_by(resp) == "c", resp.body
 
 
-async def test_no_retry_after_the_first_byte(start_gateway: StartGateway, make_model, fake_peers, http) -> None:
+async def test_no_retry_after_the_first_byte(start_node: StartGateway, make_model, fake_peers, http) -> None:
     b, c = fake_peers("b", mode="stream_break"), fake_peers("c")
-    a = await start_gateway([], node_name="a", **peers(b=b.url, c={"url": c.url, "weight": 0.5}))
+    a = await start_node([], node_name="a", **peers(b=b.url, c={"url": c.url, "weight": 0.5}))
     await knows(a, "b", "m")
     await knows(a, "c", "m")
     resp = await post(http, a.url + CHAT, chat_body("m", stream=True))
@@ -225,10 +234,10 @@ async def test_no_retry_after_the_first_byte(start_gateway: StartGateway, make_m
     assert c.requests() == []  # ...and is never sent again elsewhere
 
 
-async def test_a_local_failure_goes_to_a_peer(start_gateway: StartGateway, make_model, fake_peers, http) -> None:
+async def test_a_local_failure_goes_to_a_peer(start_node: StartGateway, make_model, fake_peers, http) -> None:
     broken = make_model("m", [4096], extra_args=["--fake-exit-at-startup", "3"])
     b = fake_peers("b", loaded=False)
-    a = await start_gateway([broken], node_name="a", **peers(b=b.url))
+    a = await start_node([broken], node_name="a", **peers(b=b.url))
     await knows(a, "b", "m")
     resp = await post(http, a.url + CHAT, chat_body("m"))  # A starts it (a local start first): it fails
     assert resp.code == 200 and served_by(resp) == "b", resp.body
@@ -238,10 +247,10 @@ async def test_a_local_failure_goes_to_a_peer(start_gateway: StartGateway, make_
 
 
 async def test_a_silent_peer_trips_and_recovers(
-    start_gateway: StartGateway, make_model, fake_peers, http, capsys: pytest.CaptureFixture[str]
+    start_node: StartGateway, make_model, fake_peers, http, capsys: pytest.CaptureFixture[str]
 ) -> None:
     b = fake_peers("b")
-    a = await start_gateway([], node_name="a", **peers(b=b.url))
+    a = await start_node([], node_name="a", **peers(b=b.url))
     await knows(a, "b", "m")
     b.health = 500
     link = a.server.services.pool.links["b"]
@@ -275,12 +284,12 @@ async def test_a_silent_peer_trips_and_recovers(
 
 
 async def test_a_hung_peer_trips_and_its_requests_go_elsewhere(
-    start_gateway: StartGateway, make_model, fake_peers, http
+    start_node: StartGateway, make_model, fake_peers, http
 ) -> None:
     """B takes the request and never answers (nor its checks): when it trips, the request that
     had not begun to be answered goes to C."""
     b, c = fake_peers("b", mode="hang"), fake_peers("c")
-    a = await start_gateway([], node_name="a", **peers(b=b.url, c={"url": c.url, "weight": 0.5}))
+    a = await start_node([], node_name="a", **peers(b=b.url, c={"url": c.url, "weight": 0.5}))
     await knows(a, "b", "m")
     await knows(a, "c", "m")
     request = asyncio.ensure_future(post(http, a.url + CHAT, chat_body("m")))
@@ -290,14 +299,14 @@ async def test_a_hung_peer_trips_and_its_requests_go_elsewhere(
     assert resp.code == 200 and served_by(resp) == "c", resp.body
 
 
-async def test_a_plain_openai_server_as_a_peer(start_gateway: StartGateway, make_model, http) -> None:
+async def test_a_plain_openai_server_as_a_peer(start_node: StartGateway, make_model, http) -> None:
     """A llama-server (the fake) as a peer: its /v1/models and /health only; model names rewritten."""
     m = make_model("plain", [4096])
-    b = await start_gateway([m], node_name="b")  # only to run the fake engine
+    b = await start_node([m], node_name="b")  # only to run the fake engine
     assert (await post(http, b.url + "/load", {"model": "plain"})).code == 200
     engine_url = f"http://127.0.0.1:{m.port}"
     listed = json.loads((await get(http, engine_url + "/v1/models")).body)["data"][0]["id"]
-    a = await start_gateway([], node_name="a", **peers(box=engine_url))
+    a = await start_node([], node_name="a", **peers(box=engine_url))
     await knows(a, "box", listed)
     assert a.server.services.pool.links["box"].kind == "openai"
     body = chat_body(listed)
@@ -306,9 +315,9 @@ async def test_a_plain_openai_server_as_a_peer(start_gateway: StartGateway, make
     assert json.loads(resp.body)["model"] == listed
 
 
-async def test_reload_adds_and_removes_peers(start_gateway: StartGateway, make_model, fake_peers, http) -> None:
+async def test_reload_adds_and_removes_peers(start_node: StartGateway, make_model, fake_peers, http) -> None:
     b = fake_peers("b")
-    a = await start_gateway([make_model("local", [4096])], node_name="a")
+    a = await start_node([make_model("local", [4096])], node_name="a")
     assert not a.server.services.pool.links
     write_config(Path(a.config.path), [], a.port, node_name="a", **peers(b=b.url))
     await a.server.reload(ConfigLoader(a.config.path).load())
@@ -322,10 +331,10 @@ async def test_reload_adds_and_removes_peers(start_gateway: StartGateway, make_m
     assert served_by(await post(http, a.url + CHAT, chat_body("m"))) == "c"
 
 
-async def test_a_peers_changes_arrive_by_its_events(start_gateway: StartGateway, make_model, http) -> None:
+async def test_a_peers_changes_arrive_by_its_events(start_node: StartGateway, make_model, http) -> None:
     """Checked only every 30 s, B's changes still reach A at once: A follows B's /events."""
-    b = await start_gateway([make_model("m", [4096])], node_name="b")
-    a = await start_gateway([], node_name="a", peers={"b": {"url": b.url}}, peer_check_interval=30)
+    b = await start_node([make_model("m", [4096])], node_name="b")
+    a = await start_node([], node_name="a", peers={"b": {"url": b.url}}, peer_check_interval=30)
     await knows(a, "b", "m", loaded=False)
     assert (await post(http, b.url + "/load", {"model": "m"})).code == 200
     await knows(a, "b", "m", loaded=True)
@@ -339,11 +348,11 @@ async def test_a_peers_changes_arrive_by_its_events(start_gateway: StartGateway,
 
 
 async def test_a_shutdown_lets_forwarded_requests_finish(
-    start_gateway: StartGateway, make_model, fake_peers, http
+    start_node: StartGateway, make_model, fake_peers, http
 ) -> None:
     """Requests forwarded to a peer hold no engine here, and still get the shutdown's grace."""
     b = fake_peers("b", mode="hang")
-    a = await start_gateway([], node_name="a", **peers(b=b.url))
+    a = await start_node([], node_name="a", **peers(b=b.url))
     await knows(a, "b", "m")
     request = asyncio.ensure_future(post(http, a.url + CHAT, chat_body("m")))
     await wait_for(lambda: len(b.requests()) == 1, GUARD, "b got the request")
