@@ -9,10 +9,11 @@
   a model, this node's, the conversation key and its sticky lookup, the ranking) timed in-process
   at 3 and at 30 peers, each peer listing 20 models.
 * ``pool_sim``: 100 fake peers (in this process, each answering ``/health``, ``/api/state`` and
-  chat requests: 2 slots, a queue beyond them, 2 models warm at a time, a cold start costs
-  ``cold_start`` s and evicts the least recently used), a gateway with all of them as peers and
-  no models of its own, and clients sending requests for 20 models (popularity ~ 1/rank) through
-  it. It reports where requests went: served warm or after a cold start, the longest queue any
+  chat requests: 2 slots, a queue beyond them, up to 2 models warm at a time, 1 warm at the start
+  (so each model is warm on 5 nodes), a cold start costs ``cold_start`` s and evicts the least
+  recently used), a gateway with all of them as peers and no models of its own, and clients
+  sending requests for 20 models (popularity ~ 1/rank: the first model gets about a quarter of
+  them, more than its 5 warm nodes' 10 slots hold at 40 clients) through it. It reports where requests went: served warm or after a cold start, the longest queue any
   node saw, how evenly nodes were used.
 
 Targets: peer-added median <= 2 ms (issue 16, loopback); a decision at 30 peers <= 0.5 ms; in
@@ -71,7 +72,8 @@ class PoolSimParams:
     clients: int = 40
     service: float = 0.02  # seconds a request holds a slot
     cold_start: float = 0.3
-    warm_per_node: int = 2
+    warm_per_node: int = 2  # models a node keeps warm at most
+    warm_at_start: int = 1  # models each node has warm at the start (model i mod models on node i)
     slots: int = 2
     check_interval: float = 1.0
 
@@ -342,9 +344,9 @@ async def run_pool_sim(ctx: Ctx, params: PoolSimParams) -> dict[str, Any]:
     rng = random.Random(100)
     nodes = [SimNode(f"n{i:03d}", params) for i in range(params.nodes)]
     models = [f"m{k}" for k in range(params.models)]
-    for i, node in enumerate(nodes):  # each model warm on nodes / models * warm_per_node nodes at first
-        for j in range(params.warm_per_node):
-            node.warm[models[(i * params.warm_per_node + j) % params.models]] = None
+    for i, node in enumerate(nodes):  # at first each model is warm on nodes / models * warm_at_start nodes
+        for j in range(params.warm_at_start):
+            node.warm[models[(i * params.warm_at_start + j) % params.models]] = None
         node.start()
     peers = {node.name: {"url": f"http://{HOST}:{node.port}"} for node in nodes}
     gw = GatewayProc(

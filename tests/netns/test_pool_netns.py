@@ -130,10 +130,16 @@ def wait(condition: Callable[[], bool], what: str, timeout: float = GUARD) -> fl
     return time.monotonic() - began
 
 
-def knows(gw: Gateway, peer: str, loaded: str | None = None) -> None:
+def knows(gw: Gateway, peer: str, loaded: str | None = None, model: str = "m") -> None:
+    """Until ``gw`` has read ``peer``'s state: ``model`` listed (and ``loaded`` loaded)."""
+
     def seen() -> bool:
         view = peer_view(gw, peer)
-        return view["breaker"]["state"] == "closed" and (loaded is None or loaded in view["loaded"])
+        return (
+            view["breaker"]["state"] == "closed"
+            and model in view["models"]
+            and (loaded is None or loaded in view["loaded"])
+        )
 
     wait(seen, f"{gw.name} to see {peer}" + (f" with {loaded} loaded" if loaded else ""))
 
