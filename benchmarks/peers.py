@@ -13,8 +13,9 @@
   (so each model is warm on 5 nodes), a cold start costs ``cold_start`` s and evicts the least
   recently used), a gateway with all of them as peers and no models of its own, and clients
   sending requests for 20 models (popularity ~ 1/rank: the first model gets about a quarter of
-  them, more than its 5 warm nodes' 10 slots hold at 40 clients) through it. It reports where requests went: served warm or after a cold start, the longest queue any
-  node saw, how evenly nodes were used.
+  them, more than its 5 warm nodes' 10 slots hold at 40 clients) through it. It reports where
+  requests went: served warm or after a cold start, the longest queue any node saw, how evenly
+  nodes were used.
 
 Targets: peer-added median <= 2 ms (issue 16, loopback); a decision at 30 peers <= 0.5 ms; in
 the simulation at least 90 % of requests served warm and no node with more than ``spill_queue``
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from tornado import httpserver, web
+from tornado import httpserver, netutil, web
 
 from benchmarks.client import Response
 from benchmarks.common import Ctx, Results, Target, chat, words
@@ -70,7 +71,7 @@ class PoolSimParams:
     models: int = 20
     requests: int = 2000
     clients: int = 40
-    service: float = 0.02  # seconds a request holds a slot
+    service: float = 0.2  # seconds a request holds a slot (long: the nodes, not the gateway, are the bottleneck)
     cold_start: float = 0.3
     warm_per_node: int = 2  # models a node keeps warm at most
     warm_at_start: int = 1  # models each node has warm at the start (model i mod models on node i)
@@ -247,7 +248,7 @@ class SimNode:
     name: str
     params: PoolSimParams
     warm: collections.OrderedDict[str, None] = field(default_factory=collections.OrderedDict)
-    port: int = field(default_factory=free_port)
+    port: int = 0  # the OS picks one at start()
     in_flight: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
     queued: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
     served: int = 0
@@ -312,7 +313,9 @@ class SimNode:
     def start(self) -> None:
         app = web.Application([(r"/.*", _SimHandler, {"node": self})], log_function=lambda handler: None)
         self.server = httpserver.HTTPServer(app)
-        self.server.listen(self.port, HOST)
+        sockets = netutil.bind_sockets(0, HOST)  # a port of its own, no race with anyone's
+        self.port = sockets[0].getsockname()[1]
+        self.server.add_sockets(sockets)
 
     async def stop(self) -> None:
         if self.server is not None:

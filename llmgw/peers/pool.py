@@ -95,6 +95,10 @@ class PeerLink:
         """Requests of ``model`` sent to it since its state was read (the state counts the others)."""
         return sum(1 for sent in self.sent if sent.model == model and sent.at > self.state_at)
 
+    def ours(self, model: str) -> int:
+        """Requests of ``model`` this gateway sent it that still run."""
+        return sum(1 for sent in self.sent if sent.model == model)
+
     def view(self) -> dict[str, Any]:
         """As /running, /api/state and the page show it: never the key."""
         state = self.state
@@ -201,6 +205,7 @@ class PeerPool:
                     model=model,
                     weight=link.config.weight,
                     pending=link.pending(model.name),
+                    ours=link.ours(model.name),
                     available=link.breaker.allows,
                     draining=state.draining,
                 )

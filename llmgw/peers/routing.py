@@ -8,9 +8,9 @@ hands the request to the next; after it, never). The ranks, best first:
    least loaded first;
 2. **warm, short queue**: loaded, fewer than ``spill`` requests would wait there; least loaded
    first (this node wins ties);
-3. **loading**: an engine of it is starting; this node first;
+3. **loading**: an engine of it is starting, fewer than ``spill`` would wait for it; this node first;
 4. **start**: the node could start it now without stopping anything; this node first;
-5. **warm, long queue**: loaded, ``spill`` or more would wait; least loaded first;
+5. **busy**: loaded or loading, ``spill`` or more would wait; least loaded first;
 6. **start, evicting**: idle engines would make room for it; this node first;
 7. **wait**: it would queue behind busy engines (bounded by that node's ``queue_timeout``).
 
@@ -63,18 +63,28 @@ class Candidate:
     model: ModelState
     weight: float = 1.0
     pending: int = 0  # requests this gateway sent it since its state was read, still running
+    ours: int = 0  # every request this gateway sent it that still runs (its state may lag behind them)
     available: bool = True  # its breaker lets requests through (always, for this node)
     draining: bool = False
 
     @property
+    def busy(self) -> int:
+        """Requests it serves for the model: what it said plus what was sent since, never fewer than
+        this gateway knows it sent (a request sent while the state was read shows in neither)."""
+        return max(self.model.in_flight + self.pending, self.ours)
+
+    @property
     def waiting(self) -> int:
-        """Requests that would be ahead of this one in a queue there."""
+        """Requests that would be ahead of this one in a queue there: beyond its slots (while its
+        engine loads, every request waits for the load and the first ``slots`` then run at once)."""
         model = self.model
-        return max(model.in_flight + self.pending - model.slots, 0) + model.queued
+        if model.loaded:
+            return max(self.busy - model.slots, 0) + model.queued
+        return max(self.busy + model.queued - model.slots, 0)
 
     @property
     def load(self) -> float:
-        return (self.model.in_flight + self.pending + self.model.queued) / max(self.weight, 1e-9)
+        return (self.busy + self.model.queued) / max(self.weight, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -90,17 +100,17 @@ class Route:
 
 def rank(candidate: Candidate, spill: int) -> Rank:
     model = candidate.model
+    waiting = candidate.waiting
     if model.loaded:
-        waiting = candidate.waiting
-        if waiting == 0 and model.in_flight + candidate.pending < model.slots:
+        if waiting == 0 and candidate.busy < model.slots:
             return Rank.WARM
         if waiting < spill:
             return Rank.WARM_QUEUE
-    if model.loading:
+    elif model.loading and waiting < spill:
         return Rank.LOADING
-    if model.start is Start.FITS and not model.loaded:
+    if model.start is Start.FITS and not model.loaded and not model.loading:
         return Rank.START
-    if model.loaded:
+    if model.loaded or model.loading:
         return Rank.WARM_BUSY
     if model.start is Start.EVICTS:
         return Rank.START_EVICTING

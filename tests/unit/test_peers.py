@@ -209,6 +209,16 @@ def test_pending_requests_spread_equal_peers() -> None:
     b, c = Candidate("b", False, warm(slots=1)), Candidate("c", False, warm(slots=1))
     assert route([b, c]).first == "b"
     assert route([Candidate("b", False, warm(slots=1), pending=1), c]).first == "c"
+    # Sent while its state was read: in neither the state nor the pending count, still counted.
+    assert route([Candidate("b", False, warm(slots=1), ours=1), c]).first == "c"
+
+
+def test_a_loading_node_takes_what_it_can_hold() -> None:
+    loading = Candidate("b", False, ModelState("m", loading=True, slots=2, queued=4))
+    fresh = Candidate("c", False, cold())
+    assert route([loading, fresh], spill=2).nodes == ("c", "b")  # 2 would wait beyond its first 2 slots
+    light = Candidate("b", False, ModelState("m", loading=True, slots=2, queued=3))
+    assert route([light, fresh], spill=2).nodes == ("b", "c")  # 1 would
 
 
 def test_tripped_draining_and_forwarded() -> None:
@@ -290,6 +300,7 @@ _candidates = st.lists(
         model=_models,
         weight=st.sampled_from([0.5, 1.0, 3.0]),
         pending=st.integers(0, 3),
+        ours=st.integers(0, 3),
         available=st.booleans(),
         draining=st.booleans(),
     ),
