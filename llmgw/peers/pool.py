@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 _EVENTS_IDLE = 40.0  # an llmgw's /events sends a keep-alive every 15 s: silence this long is a broken stream
 _EVENTS_RETRY = 5.0  # seconds before a /events stream that ended is followed again
+_EVENTS_REFUSED = 300.0  # ... that was refused to our key (not an admin key on the peer)
 _DEBOUNCE = 0.05  # events in a burst (an engine ready, the queue moving on) read the state once
 
 
@@ -399,9 +400,11 @@ class PeerPool:
             connect_timeout=self.peering.check_timeout,
         )
         link.calls.add(call)  # a trip ends it too
+        refused = False
         try:
             status, _ = await call.head(self.peering.check_timeout)
             if status != 200:
+                refused = status in (401, 403)  # not an admin key there: the state is polled instead
                 return
             async for chunk in call.chunks(_EVENTS_IDLE):
                 if b"event: engine" in chunk or b"event: queue" in chunk or b"event: node" in chunk:
@@ -413,7 +416,7 @@ class PeerPool:
             link.calls.discard(call)
             call.abort()
             # A stream that ends at once (a peer without /events, a refusal) is not asked again for a while.
-            link.events_after = self._clock() + _EVENTS_RETRY
+            link.events_after = self._clock() + (_EVENTS_REFUSED if refused else _EVENTS_RETRY)
 
 
 def _short(exc: Exception) -> str:

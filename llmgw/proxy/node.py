@@ -3,6 +3,8 @@ routing decision, read from the scheduler (never asked of an engine)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llmgw import __version__
 from llmgw.config import LiveConfig, ModelConfig
 from llmgw.peers import ModelState, NodeState, Pool, Start
@@ -53,7 +55,8 @@ class LocalNode:
             start=Start(scheduler.could_start(model, capability)),
         )
 
-    def state(self) -> NodeState:
+    def state(self, sees: Callable[[ModelConfig], bool] | None = None) -> NodeState:
+        """``sees``: which models to list (those the asking key may use); None: every one."""
         config = self.live.current
         scheduler = self.manager.scheduler
         live = [r for r in scheduler.records if r.state is not EngineState.STOPPING]
@@ -64,7 +67,7 @@ class LocalNode:
             node=config.server.node_name,
             version=__version__,
             draining=self.draining,
-            models=tuple(self.model_state(model) for model in config.models),
+            models=tuple(self.model_state(model) for model in config.models if sees is None or sees(model)),
             engines=len(scheduler.records),
             max_engines=config.server.max_engines,
             memory=memory,

@@ -86,6 +86,7 @@ class GatewayServer:
             await server.close_all_connections()
         self._servers.clear()
         if services is not None:
+            services.keys.save()  # today's tokens, for the next start
             services.http.close()
             services.guard.stop()
         self._stopped.set()
@@ -106,12 +107,14 @@ class GatewayServer:
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
 
     async def _tick(self) -> None:
-        """Load progress once a second for watchers, while engines load."""
+        """Once a second: load progress for watchers, while engines load; the keys' usage to the
+        state file, when it changed (never a disk write on a request's way)."""
         services = self.services
         while True:
             await asyncio.sleep(1.0)
             if services.bus.watched:
                 services.status.tick()
+            services.keys.save()
 
 
 def _format_addr(addr: Any) -> str:

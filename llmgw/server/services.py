@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from llmgw.config import Config, LiveConfig
 from llmgw.events import EventBus
+from llmgw.keys import KeyGate
 from llmgw.peers import PeerPool
 from llmgw.proxy import LocalNode, Proxy, Router, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
@@ -27,6 +28,7 @@ from llmgw.upstream import EngineHTTPClient
 @dataclass(frozen=True)
 class Services:
     live: LiveConfig  # the configuration in force (a reload replaces it there)
+    keys: KeyGate  # who a request comes from, its limits and usage
     metrics: GatewayMetrics
     bus: EventBus  # /events
     activity: RequestLog  # requests in flight and answered
@@ -48,8 +50,9 @@ def build(config: Config) -> Services:
     must not be made at import time."""
     live = LiveConfig(config)
     state = StateStore(config.server.state_dir or default_state_dir())
+    keys = KeyGate(live, state)
     slot_cache = SlotCache(config)
-    metrics = GatewayMetrics(slot_cache)
+    metrics = GatewayMetrics(slot_cache, keys)
     bus = EventBus()
     activity = RequestLog(bus, metrics.observe_answer)
     engine_logs = EngineLogs(bus)
@@ -69,6 +72,7 @@ def build(config: Config) -> Services:
     views = Views(live, manager, status, int(time.time()), node, pool)
     return Services(
         live,
+        keys,
         metrics,
         bus,
         activity,

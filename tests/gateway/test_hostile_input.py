@@ -392,6 +392,49 @@ async def test_oversized_and_odd_headers(start_gateway: Any, make_model: Any) ->
     assert len(events_of(m, "request")) == 4
 
 
+ODD_AUTH: list[tuple[bytes, int]] = [
+    (b"Authorization: Bearer\r\n", 401),
+    (b"Authorization: Bearer \r\n", 401),
+    (b"Authorization: Bearer k1 k1\r\n", 401),
+    (b"Authorization: Bearer  k1\t\r\n", 200),  # white space around the key is not part of it
+    (b"Authorization: BEARER k1\r\n", 200),
+    (b"Authorization: Basic azE6\r\n", 401),
+    (b"Authorization: Basic azE6\r\nx-api-key: k1\r\n", 200),  # not a bearer token: x-api-key decides
+    (b"Authorization: Bearer wrong\r\nx-api-key: k1\r\n", 401),  # a bearer token decides
+    (b"Authorization: Bearer k1\r\nAuthorization: Bearer k1\r\n", 401),  # two: "k1,Bearer k1"
+    (b"x-api-key: k1\r\nx-api-key: k2\r\n", 401),
+    (b"Authorization: Bearer " + b"k" * 60_000 + b"\r\n", 401),
+    (b"Authorization: Bearer k1\x00\r\n", 400),  # Tornado refuses a NUL in a header
+    (b"Authorization: Bearer \xff\xfe\x80\r\n", 401),
+    (b"Authorization: Bearer \xc3\xa9\r\n", 401),
+    (b"x-api-key: \r\n", 401),
+    (b"Authorization: \r\n", 401),
+]
+
+
+@pytest.mark.parametrize(("header", "status"), ODD_AUTH, ids=[repr(h[:40]) for h, _ in ODD_AUTH])
+async def test_odd_authorization_headers_with_keys(start_gateway: Any, make_model: Any, header: bytes,
+                                                   status: int) -> None:
+    m = make_model("m", [2048])
+    keys = {"k1": {"key": "k1", "models": ["m"], "requests_per_minute": 1000}, "k2": {"key": "k2", "admin": True}}
+    gateway = await start_gateway([m], keys=keys)
+    body = json.dumps(chat_body("m", max_tokens=2)).encode()
+    for path, method in ((CHAT, b"POST"), ("/v1/models", b"GET"), ("/running", b"GET")):
+        (response,) = await exchange(gateway, request(body if method == b"POST" else b"", path, header, method))
+        expected = 403 if path == "/running" and status == 200 else status  # k1 is no admin
+        assert response.status == expected, (path, response)
+        if response.status in (401, 403):
+            assert response.error()["code"] in ("invalid_api_key", "permission_denied")
+            assert b"k1" not in response.body.replace(b"'k1'", b"")  # the name may show, the key never
+    assert len(events_of(m, "request")) == (1 if status == 200 else 0)
+    await assert_still_serves_with(gateway, b"Authorization: Bearer k1\r\n")
+
+
+async def assert_still_serves_with(gw: Gateway, header: bytes) -> None:
+    (response,) = await exchange(gw, request(json.dumps(chat_body("m", max_tokens=2)).encode(), CHAT, header))
+    assert response.status == 200, response
+
+
 FRAMING = {
     "Content-Length and chunked": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "two Content-Lengths": b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"scheduling"},
     {"runtime"},
     {"slotcache"},
+    {"keys"},
     {"upstream", "api"},
     {"config", "state", "events", "demo", "modelfile", "listen"},
     {"errors"},

@@ -16,6 +16,7 @@ from tornado.http1connection import HTTP1Connection
 from llmgw.api import ROUTES
 from llmgw.api.filters import apply_filters
 from llmgw.errors import BadRequest, GatewayError, clip, echo
+from llmgw.keys import Admission
 from llmgw.peers import HOP_HEADER, conversation_key
 from llmgw.proxy import ClientGone, PooledRequest, ProxyRequest, forwarded_body
 from llmgw.server.activity import RequestRecord
@@ -42,6 +43,7 @@ class ModelRouteHandler(GatewayHandler):
         self._size = 0
         self._too_large = False
         self._record: RequestRecord | None = None  # in the request history once its model is known
+        self._admission: Admission | None = None  # the key's limits let it in: given back at the end
 
     # ------------------------------------------------------------------ the body, within its limit
 
@@ -119,6 +121,8 @@ class ModelRouteHandler(GatewayHandler):
                 self.send_gateway_error(exc)
                 return
             logger.warning("[%s] error after the response started: %s", self.request_id, exc.message)
+        finally:
+            self._admitted_done()
         if not sink.finished and not sink.gone:
             await sink.finish()
 
@@ -137,14 +141,21 @@ class ModelRouteHandler(GatewayHandler):
                 raise BadRequest("'model' is required (this gateway has no server.default_model)")
         elif not isinstance(requested, str):
             raise BadRequest(f"'model' must be a string, got {echo(requested)}")
+        key = self.principal
         pooled = self.router.pooled and HOP_HEADER not in self.request.headers
         model = config.model(requested)
-        if pooled and self.views.peer_model(requested) and (model is None or not model.serves(endpoint.capability)):
+        if model is not None and not key.sees(model):
+            model = None
+        if (
+            pooled
+            and self.views.peer_model(requested, key)
+            and (model is None or not model.serves(endpoint.capability))
+        ):
             model = None  # only peers serve it (this route of it, at least)
         elif model is None:
-            raise self.views.not_found(requested)
+            raise self.views.not_found(requested, key)
         elif not model.serves(endpoint.capability):
-            serving = [m.name for m in config.models if m.serves(endpoint.capability)]
+            serving = [m.name for m in self.views.models_for(key) if m.serves(endpoint.capability)]
             raise BadRequest(
                 f"model {model.name!r} does not serve {endpoint.capability} requests "
                 f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
@@ -154,17 +165,20 @@ class ModelRouteHandler(GatewayHandler):
         forward, conversation = parsed.raw, None
         if pooled:  # before the filters change data: a peer applies its own
             forward = forwarded_body(data, parsed.raw, requested)
-            conversation = conversation_key(self.client_key(), data)
+            conversation = conversation_key(key.name or "", data)
+        self._admission = self.keys.admit(key)  # 429 past a limit, before any engine
+        stream = data.get("stream") is True
         record = self._record = self.activity.begin(
-            self.request_id, self.request.path, self.model_name, data.get("stream") is True
+            self.request_id, self.request.path, self.model_name, stream, key.name
         )
         local = None
         if model is not None:
             raw = parsed.raw
             if apply_filters(model, endpoint, data):
                 raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            path = self.request.path
             local = ProxyRequest(
-                endpoint, self.request.path, raw, data, model, requested, self.request_id, record.stats
+                endpoint, path, raw, data, model, requested, self.request_id, record.stats, key.priority
             )
             if not pooled:
                 return local
@@ -175,8 +189,17 @@ class ModelRouteHandler(GatewayHandler):
     def known_model(self, name: str) -> bool:
         return super().known_model(name) or self.views.peer_model(name)
 
+    def _admitted_done(self) -> None:
+        """The key's place back and the engine's token counts on its usage (once, however it ended)."""
+        if self._admission is not None:
+            if self._record is None:
+                self._admission.done()
+            else:
+                self._admission.done(self._record.stats.prompt_tokens, self._record.stats.generated_tokens)
+
     def on_finish(self) -> None:
         super().on_finish()
+        self._admitted_done()
         self.activity.end(
             self._record,
             request_id=self.request_id,
@@ -185,6 +208,7 @@ class ModelRouteHandler(GatewayHandler):
             status=self.get_status(),
             seconds=self.request.request_time(),
             client_left=self.sink.gone,
+            key=self.principal.name,
         )
 
     def on_connection_close(self) -> None:
