@@ -364,3 +364,18 @@ async def test_a_shutdown_lets_forwarded_requests_finish(
     resp = await asyncio.wait_for(request, GUARD)
     await asyncio.wait_for(stopping, GUARD)
     assert resp.code == 200, resp.body
+
+
+async def test_a_peer_key_sees_what_the_peer_lets_it(start_node: StartGateway, make_model, http) -> None:
+    """B gives A a key limited to m1, without admin rights: A routes m1 to B, never m2, and reads
+    B's state without following its /events (an admin route)."""
+    keys = {"from-a": {"key": "peer-key", "models": ["m1"]}, "ops": {"key": "ops-key", "admin": True}}
+    b = await start_node([make_model("m1", [4096]), make_model("m2", [4096])], node_name="b", keys=keys)
+    a = await start_node([], node_name="a", **peers(b={"url": b.url, "api_key": "peer-key"}))
+    await knows(a, "b", "m1")
+    state = json.loads((await get(http, b.url + "/api/state", headers={"Authorization": "Bearer peer-key"})).body)
+    assert [m["name"] for m in state["models"]] == ["m1"]
+    assert served_by(await post(http, a.url + CHAT, chat_body("m1"))) == "b"
+    assert_error(await post(http, a.url + CHAT, chat_body("m2")), 404, "model_not_found")
+    assert [e["id"] for e in json.loads((await get(http, a.url + "/v1/models")).body)["data"]] == ["m1"]
+    assert (await get(http, b.url + "/events", headers={"Authorization": "Bearer peer-key"})).code == 403

@@ -17,8 +17,8 @@ from tornado import web
 
 from llmgw.api import dialect_of, engine_error_body, error_body
 from llmgw.errors import EngineAnswered, GatewayError, clip
-from llmgw.peers import SERVED_BY_HEADER
 from llmgw.keys import OPEN, Principal
+from llmgw.peers import SERVED_BY_HEADER
 from llmgw.server.services import Services
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
