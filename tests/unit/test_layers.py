@@ -12,6 +12,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
     {"server", "ps"},
     {"proxy"},
+    {"peers"},
     {"scheduling"},
     {"runtime"},
     {"slotcache"},
