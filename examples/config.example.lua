@@ -38,7 +38,8 @@ server = {
   health_check_timeout = 5, -- one GET /health probe of an engine
   engine_startup_timeout = 120, -- from spawning an engine until it reports healthy
   engine_idle_timeout = 0, -- stop an engine idle for this long; 0 keeps it running
-  engine_stop_timeout = 15, -- SIGTERM, then SIGKILL after this grace
+  engine_stop_timeout = 15, -- SIGTERM, then SIGKILL after this grace (busy engines, or graceful_stop = true)
+  graceful_stop = false, -- false: an engine with no request in flight is killed at once (slots saved first)
   stream_idle_timeout = 120, -- a stream (or a count) with no byte from the engine for this long fails; 0 = never
 
   max_body_size = 64 * 1024 * 1024, -- largest accepted request body, in bytes
@@ -49,6 +50,16 @@ server = {
   -- Bearer tokens clients must send ("Authorization: Bearer KEY"). Empty or absent: no auth.
   -- Keep real keys out of the file, for example: api_keys = { os.getenv("LLMGW_API_KEY") },
   api_keys = {},
+  -- Keys by name, for a team (README "Keys"): key or key_file (read again on SIGHUP; relative to
+  -- this file's directory), and optionally models (allow-list), admin (load/unload, /metrics,
+  -- /running, /events, /api/..., the page), requests_per_minute, max_concurrent, tokens_per_day
+  -- (per UTC day), priority = "interactive" | "batch". Every key of api_keys is admin, all models.
+  -- keys = {
+  --   alice   = { key_file = "keys/alice", models = { "qwen3-8b" }, tokens_per_day = 2000000 },
+  --   nightly = { key = os.getenv("NIGHTLY_KEY"), priority = "batch", max_concurrent = 2 },
+  --   ops     = { key_file = "/etc/llmgw/ops.key", admin = true },
+  -- },
+  -- batch_overtakes = 4, -- interactive requests that may go ahead of one waiting batch request
 
   -- Placement: which engines may run at the same time.
   max_engines = 2, -- engines running at once (default 1: one model at a time, as in LLM-GW)
@@ -66,6 +77,21 @@ server = {
   -- --slot-save-path itself. max_mb: disk budget in MiB (default 4096), least recently used
   -- files go first. Off when absent; a model may set its own, or slot_cache = false.
   slot_cache = { dir = os.getenv("HOME") .. "/.cache/llmgw/slots", max_mb = 4096 },
+
+  -- Several machines (README, "Several machines"): other gateways requests may go to. Each
+  -- stays the only authority over its own engines; this one routes to where a model is warm.
+  -- node_name = "laptop", -- this node's name in X-Llmgw-Served-By and /api/state (default: host name)
+  -- peers = {
+  --   ["gpu-box"] = {
+  --     url = "http://192.168.1.20:7777", -- another llmgw, or any OpenAI-compatible server
+  --     api_key = os.getenv("GPU_BOX_KEY"), -- sent to it as Authorization: Bearer; never logged
+  --     models = { "qwen3-32b" }, -- optional: only these of its models (default: all it lists)
+  --     weight = 2, -- optional: its share of the load among equally good nodes (default 1)
+  --   },
+  -- },
+  -- peer_check_interval = 5, peer_check_timeout = 2, -- GET /health of each peer
+  -- peer_trip_after = 3, peer_recover_after = 3, peer_min_dwell = 30, -- each peer's breaker
+  -- spill_queue = 2, -- a node with this many waiting for a model is passed over
 
   -- Requests.
   default_model = "qwen3-8b", -- for requests that name no model (without it they get a 400)

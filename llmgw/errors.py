@@ -50,6 +50,21 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class RateLimited(GatewayError):
+    """A key's limit (requests per minute, tokens per day, requests in flight) says not now: 429
+    with Retry-After. OpenAI's shape: type ``requests`` or ``tokens``, code ``rate_limit_exceeded``."""
+
+    status = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float, tokens: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        if tokens:
+            self.error_type = "tokens"
+
+
 class ContextTooLarge(GatewayError):
     """llama-server's own type, with its ``n_prompt_tokens`` and ``n_ctx``, so clients that parse
     llama-server's error understand it, and OpenAI's code for clients that know that one."""
@@ -134,3 +149,23 @@ class EngineAnswered(GatewayError):
         self.body = body
         self.content_type = content_type or "application/json"
         self.code = None
+
+
+class NoNodeAvailable(GatewayError):
+    """Only peers serve the model, and none of them can take a request now (tripped, draining)."""
+
+    status = 503
+    error_type = "server_error"
+    code = "no_node_available"
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PeerUnavailable(GatewayError):
+    """Every node tried for a request failed before its answer began (the last was a peer)."""
+
+    status = 502
+    error_type = "server_error"
+    code = "peer_unavailable"

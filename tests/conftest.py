@@ -84,6 +84,9 @@ def write_config(path: Path, models: list[FakeModel], port: int, **server: Any) 
         "engine_idle_timeout": 0,
         "engine_stop_timeout": 5,
         "state_dir": str(path.parent / "state"),
+        # The fake engine records a graceful exit ("exit" event), which the lifecycle tests read;
+        # the default (idle engines killed at once) has tests of its own (test_engine_manager.py).
+        "graceful_stop": True,
         **server,
     }
     text = f"server = {lua(server_table)}\nmodels = {lua([m.table() for m in models])}\n"
@@ -117,9 +120,12 @@ def start_gateway(io_loop: Any, tmp_path: Path) -> Iterator[Callable[..., Awaita
     """``await start_gateway(models)`` in a test; stopped (engine included) at teardown."""
     started: list[GatewayServer] = []
 
-    async def start(models: list[FakeModel], **server: Any) -> Gateway:
-        port = free_port()
-        config = write_config(tmp_path / "config.lua", models, port, **server)
+    async def start(models: list[FakeModel], port: int | None = None, **server: Any) -> Gateway:
+        """``port``: where it listens (a free one if None). A second gateway in one test gets a
+        config file of its own (and the same state directory, unless ``state_dir`` says otherwise)."""
+        port = port or free_port()
+        name = f"config-{len(started) + 1}" if started else "config"
+        config = write_config(tmp_path / f"{name}.lua", models, port, **server)
         gateway = GatewayServer(config)
         started.append(gateway)
         await gateway.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmgw.config import Config, ModelConfig, ServerConfig, Timeouts, Variant
+from llmgw.config import Config, ModelConfig, Priority, ServerConfig, Timeouts, Variant
 from llmgw.errors import EngineStartError, GatewayError
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.placement import Placement
@@ -68,13 +68,20 @@ def model(
     return ModelConfig(name=name, engine="llama.cpp", variants=variants, pinned=pinned, exclusive=exclusive)
 
 
-def config(models: list[ModelConfig], *, max_engines: int = 1, budget: dict[str, float] | None = None) -> Config:
+def config(
+    models: list[ModelConfig],
+    *,
+    max_engines: int = 1,
+    budget: dict[str, float] | None = None,
+    batch_overtakes: int = ServerConfig.batch_overtakes,
+) -> Config:
     server = ServerConfig(
         listen=(("127.0.0.1", 7777),),
         timeouts=TIMEOUTS,
         queue_timeout=60.0,
         max_engines=max_engines,
         memory_budget=tuple(sorted((budget or {}).items())),
+        batch_overtakes=batch_overtakes,
     )
     return Config(path="test.lua", server=server, models=tuple(models))
 
@@ -121,8 +128,14 @@ class World:
                 pass
         return effects
 
-    def request(self, m: ModelConfig, min_ctx: int = 0, keep_alive: float | None = None) -> Ticket:
-        ticket, effects = self.scheduler.submit(m, min_ctx, self.now, keep_alive=keep_alive)
+    def request(
+        self,
+        m: ModelConfig,
+        min_ctx: int = 0,
+        priority: Priority = Priority.INTERACTIVE,
+        keep_alive: float | None = None,
+    ) -> Ticket:
+        ticket, effects = self.scheduler.submit(m, min_ctx, self.now, priority=priority, keep_alive=keep_alive)
         self.take(effects)
         return ticket
 

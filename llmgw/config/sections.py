@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from dataclasses import replace
 from urllib.parse import urlsplit
 
 from llmgw.config import budget as budget_keys
-from llmgw.config import caching, serving
+from llmgw.config import caching, peering, serving
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
@@ -32,25 +32,32 @@ _TIMEOUT_KEYS = frozenset(
         "stream_idle_timeout",
     }
 )
-_SERVER_KEYS = _TIMEOUT_KEYS | {
-    "listen_v4",
-    "listen_v6",
-    "max_body_size",
-    "queue_timeout",
-    "completion_reserve",
-    "shutdown_grace",
-    "api_keys",
-    "max_engines",
-    "memory_budget",
-    "state_dir",
-    "default_model",
-    "list_aliases",
-    "cors_origins",
-    "strict_context",
-    "loading_feedback",
-    "slot_cache",
-    "ollama_version",
-}
+_SERVER_KEYS = (
+    _TIMEOUT_KEYS
+    | {
+        "listen_v4",
+        "listen_v6",
+        "max_body_size",
+        "queue_timeout",
+        "completion_reserve",
+        "shutdown_grace",
+        "api_keys",
+        "keys",
+        "batch_overtakes",
+        "max_engines",
+        "memory_budget",
+        "state_dir",
+        "default_model",
+        "list_aliases",
+        "graceful_stop",
+        "cors_origins",
+        "strict_context",
+        "loading_feedback",
+        "slot_cache",
+        "ollama_version",
+    }
+    | peering.POOL_KEYS
+)
 _MODEL_KEYS = _TIMEOUT_KEYS | {
     "name",
     "engine",
@@ -107,13 +114,12 @@ def _listen_address(node: Node, v6: bool) -> tuple[str, int]:
         node.fail(f"has an invalid port in {quote(text)} (must be 1..65535)")
     if not v6 and host == "localhost":
         return host, int(port_text)
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-            ipaddress.IPv6Address(host) if v6 else ipaddress.IPv4Address(host)
-        )
-    except ValueError:
+    family_id = socket.AF_INET6 if v6 else socket.AF_INET
+    try:  # the socket module, not ipaddress: the config is read before the gateway's other imports
+        address = socket.inet_ntop(family_id, socket.inet_pton(family_id, host))
+    except (OSError, ValueError):
         node.fail(bad)
-    return str(address), int(port_text)
+    return address, int(port_text)
 
 
 def _listen_family(node: Node, v6: bool) -> list[tuple[Node, tuple[str, int]]]:
@@ -156,6 +162,7 @@ def server_section(node: Node) -> ServerConfig:
         api_keys = tuple(item.string(secret=True) for item in items)
     state_dir = node.child("state_dir")
     default_model = node.child("default_model")
+    name = peering.node_name(node.child("node_name"))
     return ServerConfig(
         listen=_listen(node),
         timeouts=_timeouts(node, DEFAULT_TIMEOUTS),
@@ -164,15 +171,19 @@ def server_section(node: Node) -> ServerConfig:
         completion_reserve=node.get_int("completion_reserve", 1, ServerConfig.completion_reserve),
         shutdown_grace=node.get_seconds("shutdown_grace", ServerConfig.shutdown_grace, allow_zero=True),
         api_keys=api_keys,
+        batch_overtakes=node.get_int("batch_overtakes", 0, ServerConfig.batch_overtakes),
         max_engines=node.get_int("max_engines", 1, ServerConfig.max_engines),
         memory_budget=budget_keys.memory_budget(node.child("memory_budget")),
         state_dir=state_dir.string() if state_dir.exists() else None,
         default_model=default_model.string() if default_model.exists() else None,
         list_aliases=node.get_bool("list_aliases", True),
+        graceful_stop=node.get_bool("graceful_stop", False),
         cors_origins=serving.cors_origins(node.child("cors_origins")),
         strict_context=node.get_bool("strict_context", False),
         loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
         slot_cache=caching.slot_cache(node.child("slot_cache"), None),
+        node_name=name,
+        peering=peering.peering(node, name),
         ollama_version=_ollama_version(node.child("ollama_version")),
     )
 
@@ -355,9 +366,12 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
 
 
 def models_section(node: Node, server: ServerConfig) -> tuple[ModelConfig, ...]:
-    what = "a non-empty list of model tables"
+    pooled = bool(server.peering.peers)  # a node with peers may serve nothing itself
+    if pooled and not node.exists():
+        return ()
+    what = "a list of model tables" if pooled else "a non-empty list of model tables"
     items = node.items(what)
-    if not items:
+    if not items and not pooled:
         node.fail(f"must be {what}, got an empty table")
     models: list[ModelConfig] = []
     first_index: dict[str, int] = {}
@@ -374,7 +388,7 @@ def models_section(node: Node, server: ServerConfig) -> tuple[ModelConfig, ...]:
     caching.check_shared_dirs(
         [(f"models[{i}] {quote(m.name)}", m.slot_cache) for i, m in enumerate(models, 1) if m.slot_cache is not None]
     )
-    if server.default_model is not None and server.default_model not in first_index:
+    if server.default_model is not None and server.default_model not in first_index and not pooled:
         raise ConfigError(
             f"server.default_model {quote(server.default_model)} is not a model name or alias "
             f"(models: {', '.join(quote(m.name) for m in models)})"

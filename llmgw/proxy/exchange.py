@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any, Protocol
 
-from llmgw.api import ModelRewriter, Sizing, engine_error_body, engine_error_status, stream_error_event
+from llmgw.api import ModelRewriter, Sizing, engine_error_body, engine_error_status
 from llmgw.api.endpoints import CHAT
-from llmgw.api.progress import Rewriter
-from llmgw.api.usage import worth_reading
 from llmgw.config import LiveConfig
 from llmgw.errors import ContextTooLarge, EngineUnavailable, GatewayError, TokenCountError
 from llmgw.proxy.counting import TokenCounter, prompt_source
 from llmgw.proxy.feedback import LoadingFeedback, ProgressOf
+from llmgw.proxy.relay import failed, read_all, relay
 from llmgw.proxy.sink import ClientSink, ProxyRequest
-from llmgw.proxy.sizing import Fit, Need, surely_fits
+from llmgw.proxy.sizing import CountBounds, Fit, Need, surely_fits
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 from llmgw.slotcache import Restored, SlotCache
@@ -46,9 +46,11 @@ _OVERFLOW_MARK = b"exceed_context_size_error"
 
 
 class CountObserver(Protocol):
-    """Told every exact count (the metrics)."""
+    """Told every exact count, and every count a learned bound made needless (the metrics)."""
 
     def observe_count(self, model: str, tokens: int) -> None: ...
+
+    def observe_skipped_count(self, model: str) -> None: ...
 
 
 class Proxy:
@@ -70,6 +72,7 @@ class Proxy:
         self.slot_cache = slot_cache
         self.progress = progress  # where a waiting request stands (loading feedback); None: no feedback
         self.counts = counts
+        self.bounds = CountBounds()
         self.active: set[UpstreamCall] = set()
 
     async def forward(self, request: ProxyRequest, sink: ClientSink) -> None:
@@ -98,6 +101,7 @@ class Exchange:
         self.min_ctx = request.min_ctx  # the context the next reservation asks for
         self.restarted = False  # an engine that died before counting was restarted (once)
         self.overflowed = False  # an engine's own overflow sent the request to a bigger variant (once)
+        self.bounded = False  # the engine got the request on a learned bound, without an exact count
 
     async def run(self) -> None:
         try:
@@ -142,7 +146,9 @@ class Exchange:
         context to go round again with."""
         request, endpoint = self.request, self.request.endpoint
         manager = self.proxy.manager
-        async with manager.reserve(request.model, self.min_ctx, endpoint.capability, request.keep_alive) as reservation:
+        async with manager.reserve(
+            request.model, self.min_ctx, endpoint.capability, request.priority, request.keep_alive
+        ) as reservation:
             if reservation.waiting and self.feedback is not None:
                 self.feedback.waiting(reservation.ticket)
             engine = await reservation.granted()
@@ -151,23 +157,27 @@ class Exchange:
             if endpoint.sizing is Sizing.ANY:
                 return await self._answer(engine, self._send(engine), Need(0))
             restoring = self._restoring(engine)
+            bound = None if restoring else self._bounded(engine)
+            if bound is not None:
+                self.bounded = True
+                if self.proxy.counts is not None:
+                    self.proxy.counts.observe_skipped_count(request.model.name)
+                return await self._answer(engine, self._send(engine), bound)
             early = _AfterCount(self, engine) if not restoring and self._speculate(engine) else None
             try:
                 need = await self.proxy.counter.measure(endpoint, engine, request.data, self.reserve)
                 bigger = self.fit.bigger(need, engine.n_ctx, engine.variant)
             except TokenCountError:
                 _abort(early)
-                # The engine may have just died (a crash is noticed a moment after its socket
-                # closes): then the next reservation restarts it, once, instead of failing the request.
-                if self.restarted or not await _has_exited(engine):
-                    raise
-                logger.warning("model %r: engine died before counting; restarting it", request.model.name)
-                self.restarted = True
-                return self.min_ctx
+                if await self._restart_dead(engine):
+                    return self.min_ctx
+                raise
             except BaseException:
                 _abort(early)
                 raise
             call = early.take() if early is not None else None
+            if endpoint.sizing is Sizing.GENERATE:
+                self.proxy.bounds.learn(self._bound_key(engine), len(request.body), need.prompt)
             if self.proxy.counts is not None:
                 self.proxy.counts.observe_count(request.model.name, need.prompt + min(need.budget, engine.n_ctx))
             if bigger is not None:
@@ -192,6 +202,37 @@ class Exchange:
             if restored is not None:
                 call.observe(restored.observe)
             return await self._answer(engine, call, need)
+
+    async def _restart_dead(self, engine: RunningEngine) -> bool:
+        """The engine failed before it saw the request (or counted it): if it died (a crash is
+        noticed a moment after its sockets close), the next reservation restarts it, once, instead
+        of failing the request; nothing reached the client yet, so the request can go again."""
+        if self.restarted or not await _has_exited(engine):
+            return False
+        logger.warning("model %r: engine died before answering; restarting it", engine.model.name)
+        self.restarted = True
+        return True
+
+    # ------------------------------------------------------------------ the count, when a bound decides
+
+    def _bound_key(self, engine: RunningEngine) -> tuple[str, str, str]:
+        return (engine.model.name, engine.variant.fingerprint, self.request.endpoint.name)
+
+    def _bounded(self, engine: RunningEngine) -> Need | None:
+        """The request's need by the learned bound, when that proves this engine holds it; None:
+        count exactly (nothing learned yet, the bound does not fit, or a bound already failed)."""
+        request, endpoint = self.request, self.request.endpoint
+        if endpoint.sizing is not Sizing.GENERATE or self.bounded:
+            return None
+        prompt = self.proxy.bounds.bound(self._bound_key(engine), len(request.body))
+        if prompt is None:
+            return None
+        need = Need(prompt, endpoint.budget(request.data, self.reserve))
+        try:
+            fits = self.fit.bigger(need, engine.n_ctx, engine.variant) is None
+        except GatewayError:  # the bound is too loose to decide: the exact count will
+            return None
+        return need if fits else None
 
     # ------------------------------------------------------------------ forward
 
@@ -233,11 +274,15 @@ class Exchange:
             except UpstreamError as exc:
                 if sink.gone:
                     return None
+                if exc.undelivered and await self._restart_dead(engine):
+                    return self.min_ctx
                 raise _engine_failed(model.name, exc) from exc
             if status < 400:
                 await self._relay(call, status, headers, engine.variant.timeouts.stream_idle)
                 return None
             body = await _read_all(call, model.name)
+            if self.bounded:
+                self._learn_from_overflow(body, engine)
             if self._overflowed(status, body, engine):
                 logger.warning(
                     "model %r: engine reported a context overflow at %d tokens (counted %d); "
@@ -258,6 +303,16 @@ class Exchange:
             sink.tie(None)
             call.abort()  # no-op when complete; closes the upstream on any early exit
 
+    def _learn_from_overflow(self, body: bytes, engine: RunningEngine) -> None:
+        """A bound that let too long a prompt through: the engine's own count raises it."""
+        try:
+            error = json.loads(body).get("error", {})
+        except (ValueError, AttributeError):
+            return
+        n_prompt = error.get("n_prompt_tokens") if isinstance(error, dict) else None
+        if isinstance(n_prompt, int) and not isinstance(n_prompt, bool):
+            self.proxy.bounds.learn(self._bound_key(engine), len(self.request.body), n_prompt)
+
     def _overflowed(self, status: int, body: bytes, engine: RunningEngine) -> bool:
         """The engine refused the prompt as too long for its context, and a bigger variant exists."""
         return status == 400 and not self.overflowed and _OVERFLOW_MARK in body and engine.n_ctx < self.fit.largest()
@@ -265,45 +320,27 @@ class Exchange:
     # ------------------------------------------------------------------ relay
 
     async def _relay(self, call: UpstreamCall, status: int, headers: Any, idle: float) -> None:
-        request, sink, feedback = self.request, self.sink, self.feedback
+        request, feedback = self.request, self.feedback
         translator = request.translate(request.stats) if request.translate is not None else None
-        rewriter: Rewriter = translator or ModelRewriter(request.requested)
-        stats = request.stats
         head = relay_headers(headers)
-        if translator is not None:
+        if translator is not None:  # another API's answer (the Ollama routes): its own content type
             head = [(k, v) for k, v in head if k.lower() != "content-type"]
             head.append(("Content-Type", translator.content_type))
-        if "text/event-stream" not in headers.get("Content-Type", "") or (translator is not None and translator.whole):
-            # JSON answers are small: read them whole so a failure can still be a clean 502.
-            body = await _read_all(call, request.model.name)
-            stats.feed(body)
-            answer = rewriter.body(body)
-            sink.start_response(status, head)
-            await sink.send_whole(answer)
-            return
-        if feedback is not None and feedback.started:  # our progress came first: the headers are out
-            opening, rewriter = feedback.relay(rewriter)
-            await sink.send(opening)
-        else:
-            sink.start_response(status, head)
-        try:
-            async for chunk in call.chunks(idle):
-                out = rewriter.chunk(chunk)
-                if out:
-                    if worth_reading(out):
-                        stats.feed(out)
-                    await sink.send(out)
-            rest = rewriter.flush()
-            if rest:
-                stats.feed(rest)
-                await sink.send(rest)
-        except UpstreamError as exc:
-            if sink.gone:
-                return
-            logger.warning("model %r: engine stream broke: %s", request.model.name, exc)
-            error = _engine_failed(request.model.name, exc, " mid-stream")
-            stats.stream_error = error.status
-            await sink.send(rewriter.flush() + stream_error_event(request.endpoint, error, request.dialect))
+        await relay(
+            call,
+            self.sink,
+            status,
+            headers.get("Content-Type", ""),
+            head,
+            idle=idle,
+            rewriter=translator or ModelRewriter(request.requested),
+            stats=request.stats,
+            endpoint=request.endpoint,
+            source=_engine_of(request.model.name),
+            opening=feedback.relay if feedback is not None and feedback.started else None,
+            dialect=request.dialect,
+            whole=translator is not None and translator.whole,
+        )
 
     # ------------------------------------------------------------------ the slot cache
 
@@ -360,16 +397,16 @@ def _abort(call: UpstreamCall | _AfterCount | None) -> None:
         call.abort()
 
 
-def _engine_failed(model_name: str, exc: UpstreamError, when: str = "") -> EngineUnavailable:
-    """``when``: "" or a suffix such as " mid-stream"."""
-    return EngineUnavailable(f"engine of model {model_name!r} failed{when}: {exc}")
+def _engine_of(model_name: str) -> str:
+    return f"engine of model {model_name!r}"
+
+
+def _engine_failed(model_name: str, exc: UpstreamError) -> EngineUnavailable:
+    return failed(_engine_of(model_name), exc)
 
 
 async def _read_all(call: UpstreamCall, model_name: str) -> bytes:
-    try:
-        return await call.read_body()
-    except UpstreamError as exc:
-        raise _engine_failed(model_name, exc) from exc
+    return await read_all(call, _engine_of(model_name))
 
 
 async def _has_exited(engine: RunningEngine, grace: float = 1.0) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from llmgw.api import Dialect, Endpoint
 from llmgw.api.progress import Translator
 from llmgw.api.usage import AnswerStats
-from llmgw.config import ModelConfig
+from llmgw.config import ModelConfig, Priority
 from llmgw.upstream import UpstreamCall
 
 
@@ -23,6 +23,10 @@ class ClientSink(Protocol):
 
     @property
     def gone(self) -> bool: ...
+
+    @property
+    def started(self) -> bool:
+        """Bytes of the answer went out: its status can no longer change, nor the node that serves it."""
 
     def tie(self, call: UpstreamCall | None) -> None:
         """Abort ``call`` as soon as the client disconnects (None: nothing to abort any more)."""
@@ -52,6 +56,7 @@ class ProxyRequest:
     requested: str  # the name the client used (a model name or an alias): answers carry it
     request_id: str
     stats: AnswerStats = field(default_factory=AnswerStats)  # tokens and tokens/s, read from the answer
+    priority: Priority = Priority.INTERACTIVE  # its key's: its place when it waits for an engine
     engine_path: str | None = None  # where the engine answers it, when not at ``path``
     dialect: Dialect | None = None  # the client's, when not the endpoint's
     min_ctx: int = 0  # context asked for by the client (Ollama's num_ctx), at most the largest variant's

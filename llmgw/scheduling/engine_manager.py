@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from llmgw.config import Config, ModelConfig, Variant
+from llmgw.config import Config, ModelConfig, Priority, Variant
 from llmgw.errors import EngineStartError, GatewayError, QueueTimeout
 from llmgw.runtime import RunningEngine, Runtime
 from llmgw.scheduling.memory import MemoryBook
@@ -136,18 +136,24 @@ class EngineManager:
         ``min_ctx`` 0 means "any variant": the running one, or the smallest if none runs.
         ``keep_alive`` (seconds; inf: for ever; 0: stop once idle) replaces the engine's idle timeout.
         """
-        async with self.reserve(model, min_ctx, capability, keep_alive) as reservation:
+        async with self.reserve(model, min_ctx, capability, keep_alive=keep_alive) as reservation:
             yield await reservation.granted()
 
     @contextlib.asynccontextmanager
     async def reserve(
-        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None, keep_alive: float | None = None
+        self,
+        model: ModelConfig,
+        min_ctx: int = 0,
+        capability: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+        keep_alive: float | None = None,
     ) -> AsyncIterator[Reservation]:
         """:meth:`lease` in two steps: the request joins the scheduler at once, and the caller
         sees whether it waits (loading feedback) before it awaits the engine. Leaving the block
-        gives the engine back, or withdraws the request if it was never granted."""
+        gives the engine back, or withdraws the request if it was never granted. ``priority``
+        places it in the queue (the scheduler's Priority rule)."""
         loop = asyncio.get_running_loop()
-        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability, keep_alive)
+        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability, priority, keep_alive)
         future: asyncio.Future[EngineRecord[RunningEngine]] = loop.create_future()
         self._waiters[ticket.id] = future
         self._apply(effects)
@@ -280,7 +286,7 @@ class EngineManager:
                 self._gone[effect.record.id] = asyncio.Event()
                 self._spawn(self._start(effect.record))
             elif isinstance(effect, Stop):
-                self._spawn(self._stop(effect.record, effect.reason, effect.kill))
+                self._spawn(self._stop(effect.record, effect.reason, effect.hung))
             elif isinstance(effect, Gone):
                 event = self._gone.pop(effect.record.id, None)
                 if event is not None:
@@ -315,11 +321,14 @@ class EngineManager:
         self._apply(self.scheduler.started(record.id, engine, engine.n_ctx, self._now()))
         await self._measure(record)
 
-    async def _stop(self, record: EngineRecord[RunningEngine], reason: str, kill: bool = False) -> None:
+    async def _stop(self, record: EngineRecord[RunningEngine], reason: str, hung: bool = False) -> None:
+        """Stop an engine. One with no request in flight is killed at once (``graceful_stop`` off):
+        nothing in it is worth llama-server's own shutdown, which every switch would wait for."""
         logger.info("stopping engine of model %r (variant %d): %s", record.model.name, record.variant.index, reason)
+        kill = not self.config.server.graceful_stop and not record.busy
         try:
             if record.handle is not None:
-                await self.runtime.stop(record.handle, kill)
+                await self.runtime.stop(record.handle, kill=kill, hung=hung)
         except Exception:
             logger.exception("stopping the engine of model %r failed", record.model.name)
         finally:

@@ -10,9 +10,10 @@ The rules (placement.py says which engines may run together):
 
 * A request whose model runs with enough context is granted at once, next to any others
   (llama-server has parallel slots), unless that engine is *draining* (below).
-* Otherwise it queues. Queued requests are planned in arrival order: one that needs a start
-  picks the engines that must stop to make room, marks them draining, stops the idle ones at
-  once and the busy ones when their last request ends, then starts its engine. A draining
+* Otherwise it queues. Queued requests are planned in queue order (arrival order, but see
+  Priority): one that needs a start picks the engines that must stop to make room, marks them
+  draining, stops the idle ones at once and the busy ones when their last request ends, then
+  starts its engine. A draining
   engine takes no requests that arrived after the decision, so steady traffic cannot starve
   a start; requests to every other engine carry on untouched.
 * A start that cannot be planned while other engines are still starting holds later starts
@@ -21,6 +22,17 @@ The rules (placement.py says which engines may run together):
   bigger variant, waiting only for that engine's own requests. A running variant that is big
   enough is kept, never swapped for a smaller one.
 * No engine is started twice: a model with an engine starting waits for it.
+* An engine that becomes ready first serves the requests waiting for it, before anything else
+  is decided: no start is wasted on an engine stopped before its request had it.
+* Priority: the queue is walked in *queue order*, which is arrival order except that an
+  interactive request goes ahead of the batch requests waiting when it arrives (its key's
+  ``priority``; requests without a key are interactive). The bound that keeps batch requests
+  from starving: each batch request lets at most ``server.batch_overtakes`` (N, default 4)
+  interactive requests that arrived after it go ahead of it; once N have, every later one
+  queues behind it. A place is decided when a request arrives and never changes, so a batch
+  request is never walked after more than the requests ahead of it when it came plus N.
+  (It governs who gets a start or a switch; a request whose engine runs is granted at once,
+  whatever its priority.) N = 0 is arrival order.
 * An idle engine stops after its variant's ``engine_idle_timeout``, or after the ``keep_alive``
   of the latest request granted it that set one (Ollama's: seconds, for ever, or 0: as soon as
   its requests are done).
@@ -35,7 +47,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar, Union
 
-from llmgw.config import Config, ModelConfig, Variant
+from llmgw.config import Config, ModelConfig, Priority, Variant
 from llmgw.errors import ContextTooLarge, GatewayError, ModelNotFound, ShuttingDown
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.placement import Placed, Placement
@@ -131,9 +143,11 @@ class Ticket:
     min_ctx: int
     arrived: float
     capability: str | None = None  # the route family it needs served (None: any)
+    priority: Priority = Priority.INTERACTIVE
     keep_alive: float | None = None  # what its engine's idle timeout becomes once granted (None: unchanged)
     phase: Phase = Phase.QUEUED
     blocked_by: str = ""  # why it cannot be planned, for the queue-timeout message
+    overtaken: int = 0  # batch: interactive requests that arrived later and went ahead of it
 
 
 @dataclass(frozen=True)
@@ -145,7 +159,7 @@ class Start(Generic[H]):
 class Stop(Generic[H]):
     record: EngineRecord[H]
     reason: str
-    kill: bool = False  # no grace period: the engine no longer answers
+    hung: bool = False  # it no longer answers: killed at once, nothing asked of it first
 
 
 @dataclass(frozen=True)
@@ -213,6 +227,23 @@ class Scheduler(Generic[H]):
     def in_flight(self) -> int:
         return sum(record.in_flight for record in self.records)
 
+    def could_start(self, model: ModelConfig, capability: str | None = None) -> str:
+        """Could an engine of ``model`` start now (its smallest variant serving ``capability``)?
+        "fits" beside what runs, "evicts" only idle engines, "waits" (busy or pinned engines
+        are in the way, or its own engine is still there). What a pool's peers read of this node."""
+        try:
+            variant = self.variant_for(model, 0, capability)
+        except ContextTooLarge:
+            return "waits"
+        live = [r for r in self.records if r.state is not EngineState.STOPPING and r.unload_from is None]
+        if any(r.model.name == model.name for r in live):
+            return "waits"
+        wish = _Planned(model, variant, self.memory.need(model, variant), 0)
+        if self.placement.fits_beside(live, wish):
+            return "fits"
+        victims = self.placement.victims(wish, live)
+        return "evicts" if victims is not None and not any(v.busy for v in victims) else "waits"
+
     def phase(self, ticket_id: int) -> Phase | None:
         """What a queued request waits for; None once it has left the queue."""
         return next((t.phase for t in self.queue if t.id == ticket_id), None)
@@ -225,12 +256,13 @@ class Scheduler(Generic[H]):
         min_ctx: int,
         now: float,
         capability: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
         keep_alive: float | None = None,
     ) -> tuple[Ticket, list[Effect[H]]]:
         """A request wants an engine of ``model`` with at least ``min_ctx`` context (0: any), of a
         variant serving ``capability`` (None: any); ``keep_alive`` (seconds, inf, 0) replaces the
         idle timeout of the engine it is granted."""
-        ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability, keep_alive)
+        ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability, priority, keep_alive=keep_alive)
         if self.closed:
             return ticket, [Fail(ticket, ShuttingDown("the gateway is shutting down"))]
         largest = self.largest_context(model, capability)
@@ -239,8 +271,23 @@ class Scheduler(Generic[H]):
         record = self._serving(ticket)
         if record is not None:
             return ticket, [self._grant(ticket, record, now)]
-        self.queue.append(ticket)
+        self._enqueue(ticket)
         return ticket, self._pump(now)
+
+    def _enqueue(self, ticket: Ticket) -> None:
+        """Its place in the queue, for good: a batch request at the end; an interactive one before
+        the batch requests at the end that have let fewer than ``batch_overtakes`` go ahead."""
+        place = len(self.queue)
+        if ticket.priority is Priority.INTERACTIVE:
+            bound = self.config.server.batch_overtakes
+            while place > 0:
+                ahead = self.queue[place - 1]
+                if ahead.priority is not Priority.BATCH or ahead.overtaken >= bound:
+                    break
+                place -= 1
+            for passed in self.queue[place:]:
+                passed.overtaken += 1
+        self.queue.insert(place, ticket)
 
     def cancel(self, ticket_id: int, now: float) -> list[Effect[H]]:
         """The request stopped waiting (client gone, queue timeout): what it had decided is undone."""
@@ -272,7 +319,14 @@ class Scheduler(Generic[H]):
         self._learned_ctx[(record.model.name, record.variant.fingerprint)] = n_ctx
         if self.closed:
             return [self._stop(record, "the gateway is shutting down")]
-        return self._pump(now)
+        # Its own requests first: a request ahead of them in the queue could otherwise pick this
+        # engine, idle, to stop for its own start.
+        effects: list[Effect[H]] = []
+        for ticket in list(self.queue):
+            if self._serving(ticket) is record:
+                self.queue.remove(ticket)
+                effects.append(self._grant(ticket, record, now))
+        return effects + self._pump(now)
 
     def start_failed(self, record_id: int, error: GatewayError, now: float) -> list[Effect[H]]:
         """Requests queued for exactly this engine share its error (retrying a broken engine once per
@@ -311,7 +365,7 @@ class Scheduler(Generic[H]):
         record = self.record(record_id)
         if record is None or record.state is not EngineState.READY:
             return []
-        return [self._stop(record, "not answering (hung)", kill=True), *self._pump(now)]
+        return [self._stop(record, "not answering (hung)", hung=True), *self._pump(now)]
 
     def measured(self, record_id: int, now: float) -> list[Effect[H]]:
         """The memory book learned a new figure for this engine's variant."""
@@ -422,11 +476,11 @@ class Scheduler(Generic[H]):
             record.keep_alive = ticket.keep_alive  # the latest request's wins, as in Ollama
         return Grant(ticket, record)
 
-    def _stop(self, record: EngineRecord[H], reason: str, kill: bool = False) -> Stop[H]:
+    def _stop(self, record: EngineRecord[H], reason: str, hung: bool = False) -> Stop[H]:
         record.state = EngineState.STOPPING
         record.evict_for = None
         record.stop_reason = reason
-        return Stop(record, reason, kill)
+        return Stop(record, reason, hung)
 
     def _wanted_variant(self, ticket: Ticket) -> Variant | None:
         try:
@@ -435,7 +489,7 @@ class Scheduler(Generic[H]):
             return None
 
     def _pump(self, now: float) -> list[Effect[H]]:
-        """Walk the queue in arrival order: grant, plan starts, stop what is in the way."""
+        """Walk the queue in queue order: grant, plan starts, stop what is in the way."""
         walk = self._begin_walk()
         effects: list[Effect[H]] = []
         for ticket in list(self.queue):
@@ -450,7 +504,7 @@ class Scheduler(Generic[H]):
         return effects
 
     def _begin_walk(self) -> _Walk:
-        """Evictions are decided afresh on every walk, in arrival order: forget the last ones (but
+        """Evictions are decided afresh on every walk, in queue order: forget the last ones (but
         remember who they were for, so a request keeps the victims it already picked)."""
         walk = _Walk(live=[r for r in self.records if r.state is not EngineState.STOPPING and r.unload_from is None])
         for record in self.records:

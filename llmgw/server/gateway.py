@@ -7,8 +7,9 @@ import logging
 import socket
 from typing import Any
 
-from tornado import httpserver, netutil
+from tornado import httpserver
 
+from llmgw import listen
 from llmgw.config import Config
 from llmgw.server.app import make_app
 from llmgw.server.services import Services, build
@@ -34,25 +35,25 @@ class GatewayServer:
         assert self._services is not None, "the gateway is not started"
         return self._services
 
-    async def start(self) -> None:
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve on ``sockets`` (opened early by ``python -m llmgw``), else on the configured addresses."""
         config = self._config
+        sockets = listen.bind(config.server.listen) if sockets is None else sockets
         services = self._services = build(config)
         services.guard.start()
+        services.pool.start()
         app = make_app(services)
         self._ticker = asyncio.ensure_future(self._tick())
-        for host, port in config.server.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sockets = netutil.bind_sockets(port, address=host, family=family)
+        for sock in sockets:
             server = httpserver.HTTPServer(
                 app,
                 max_body_size=config.server.max_body_bytes,
                 idle_connection_timeout=3600,
                 xheaders=False,
             )
-            server.add_sockets(sockets)
+            server.add_sockets([sock])
             self._servers.append(server)
-            for sock in sockets:
-                logger.info("listening on %s", _format_addr(sock.getsockname()))
+            logger.info("listening on %s", _format_addr(sock.getsockname()))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish for ``grace`` seconds, stop the engines."""
@@ -64,20 +65,28 @@ class GatewayServer:
             self._ticker = None
         services = self._services
         if services is not None:
+            # Peers that follow /events hear it before the stream ends, and stop sending requests.
+            services.node.draining = True
+            services.bus.publish("node", draining=True)
+            await asyncio.sleep(0)
             services.bus.close()
+            await services.pool.stop()
             manager = services.manager
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            while manager.in_flight and loop.time() < deadline:
+            # Requests forwarded to peers hold no engine here: their upstream calls are counted too.
+            active = services.proxy.active
+            while (manager.in_flight or active) and loop.time() < deadline:
                 await asyncio.sleep(0.02)
-            if manager.in_flight:
-                logger.warning("shutdown: aborting %d request(s) still in flight", manager.in_flight)
+            if manager.in_flight or active:
+                logger.warning("shutdown: aborting %d request(s) still in flight", max(manager.in_flight, len(active)))
                 services.proxy.abort_all()
             await manager.shutdown()
         for server in self._servers:
             await server.close_all_connections()
         self._servers.clear()
         if services is not None:
+            services.keys.save()  # today's tokens, for the next start
             services.http.close()
             services.guard.stop()
         self._stopped.set()
@@ -93,16 +102,19 @@ class GatewayServer:
             logger.warning("reload: listen addresses changed; restart the gateway to apply them")
         services.live.current = config
         services.slot_cache.configure(config)
+        services.pool.configure(config.server.peering, config.server.node_name)
         await services.manager.adopt_config(config)
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
 
     async def _tick(self) -> None:
-        """Load progress once a second for watchers, while engines load."""
+        """Once a second: load progress for watchers, while engines load; the keys' usage to the
+        state file, when it changed (never a disk write on a request's way)."""
         services = self.services
         while True:
             await asyncio.sleep(1.0)
             if services.bus.watched:
                 services.status.tick()
+            services.keys.save()
 
 
 def _format_addr(addr: Any) -> str:

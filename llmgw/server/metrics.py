@@ -11,6 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from llmgw.api.usage import AnswerStats
+from llmgw.keys import KeyGate
 from llmgw.scheduling.scheduler import EngineRecord, Ticket
 from llmgw.slotcache import SlotCache
 
@@ -18,8 +19,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class GatewayMetrics:
-    def __init__(self, slot_cache: SlotCache | None = None) -> None:
-        """``slot_cache``: its own counters are read at each scrape."""
+    def __init__(self, slot_cache: SlotCache | None = None, keys: KeyGate | None = None) -> None:
+        """``slot_cache``, ``keys``: their own counters are read at each scrape."""
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "llmgw_requests", "HTTP requests served", ["route", "model", "status"], registry=self.registry
@@ -54,6 +55,12 @@ class GatewayMetrics:
         )
         self.queued = Gauge(
             "llmgw_queued_requests", "Requests waiting for an engine", ["model"], registry=self.registry
+        )
+        self.counts_skipped = Counter(
+            "llmgw_counts_skipped",
+            "Requests sent without an exact count: a bound learned from earlier counts proved they fit",
+            ["model"],
+            registry=self.registry,
         )
         self.tokens_counted = Counter(
             "llmgw_tokens_counted",
@@ -92,6 +99,10 @@ class GatewayMetrics:
         )
         if slot_cache is not None:
             self.registry.register(_SlotCacheCollector(slot_cache))
+        self.peers = _PeerCollector()
+        self.registry.register(self.peers)
+        if keys is not None:
+            self.registry.register(_KeyCollector(keys))
 
     def observe_answer(self, model: str, stats: AnswerStats) -> None:
         if stats.prompt_tokens:
@@ -119,6 +130,9 @@ class GatewayMetrics:
     def observe_count(self, model: str, tokens: int) -> None:
         self.tokens_counted.labels(model=model).inc(tokens)
 
+    def observe_skipped_count(self, model: str) -> None:
+        self.counts_skipped.labels(model=model).inc()
+
     def refresh(self, models: Iterable[str], engines: Iterable[EngineRecord[Any]], queue: Iterable[Ticket]) -> None:
         """Set the gauges from the scheduler's state, every configured model included (0 when idle)."""
         names = list(models)
@@ -134,6 +148,10 @@ class GatewayMetrics:
                 self.engine_memory.labels(model=record.model.name, pool=pool).set(mib)
         for ticket in queue:
             self.queued.labels(model=ticket.model.name).inc()
+
+    def refresh_peers(self, views: list[dict[str, Any]]) -> None:
+        """The peers as the pool shows them (names only: never a key or a URL)."""
+        self.peers.views = views
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -184,3 +202,75 @@ class _SlotCacheCollector(Collector):
             files.add_metric([model], count)
             size.add_metric([model], total)
         yield from (restores, saves, evictions, restored, reused, saved, files, size)
+
+
+_BREAKER_STATES = ("closed", "open", "recovering")
+
+
+class _PeerCollector(Collector):
+    """Each peer's breaker and what was sent to it, from the pool's views at the last scrape."""
+
+    def __init__(self) -> None:
+        self.views: list[dict[str, Any]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("llmgw_peer_up", "1 while a peer's breaker lets requests through", labels=["peer"])
+        breaker = GaugeMetricFamily(
+            "llmgw_peer_breaker", "A peer's breaker state (1 for the state it is in)", labels=["peer", "state"]
+        )
+        trips = CounterMetricFamily("llmgw_peer_trips", "Times a peer's breaker tripped", labels=["peer"])
+        forwarded = CounterMetricFamily("llmgw_peer_forwarded", "Requests sent to a peer", labels=["peer"])
+        failures = CounterMetricFamily(
+            "llmgw_peer_failures", "Checks and requests that failed on a peer's side", labels=["peer"]
+        )
+        sent = GaugeMetricFamily("llmgw_peer_in_flight", "Requests sent to a peer, still running", labels=["peer"])
+        for view in self.views:
+            name = str(view["name"])
+            state = view["breaker"]["state"]
+            up.add_metric([name], 1 if state == "closed" else 0)
+            for each in _BREAKER_STATES:
+                breaker.add_metric([name, each], 1 if state == each else 0)
+            trips.add_metric([name], view["breaker"]["trips"])
+            forwarded.add_metric([name], view["forwarded"])
+            failures.add_metric([name], view["failures"])
+            sent.add_metric([name], view["sent"])
+        yield from (up, breaker, trips, forwarded, failures, sent)
+
+
+class _KeyCollector(Collector):
+    """Each configured key's usage, labelled by its name (never the key), read when /metrics is scraped."""
+
+    def __init__(self, keys: KeyGate) -> None:
+        self.keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("llmgw_key_requests", "Model requests admitted, per API key", labels=["key"])
+        prompt = CounterMetricFamily(
+            "llmgw_key_prompt_tokens", "Prompt tokens the engines reported, per API key", labels=["key"]
+        )
+        generated = CounterMetricFamily(
+            "llmgw_key_generated_tokens", "Generated tokens the engines reported, per API key", labels=["key"]
+        )
+        refused = CounterMetricFamily(
+            "llmgw_key_rate_limited",
+            "Requests refused with 429, per API key and limit (requests_per_minute, tokens_per_day, max_concurrent)",
+            labels=["key", "limit"],
+        )
+        today = GaugeMetricFamily(
+            "llmgw_key_tokens_today", "Prompt + generated tokens since 00:00 UTC, per API key", labels=["key"]
+        )
+        budget = GaugeMetricFamily("llmgw_key_tokens_per_day", "The key's tokens_per_day budget", labels=["key"])
+        in_flight = GaugeMetricFamily("llmgw_key_in_flight", "Model requests in flight, per API key", labels=["key"])
+        for row in self.keys.view():
+            name = row["key"]
+            usage = self.keys.usage.of(name)
+            requests.add_metric([name], usage.requests)
+            prompt.add_metric([name], usage.prompt_tokens)
+            generated.add_metric([name], usage.generated_tokens)
+            for limit in ("requests_per_minute", "tokens_per_day", "max_concurrent"):
+                refused.add_metric([name, limit], usage.refused.get(limit, 0))
+            today.add_metric([name], row["tokens_today"])
+            if row["tokens_per_day"] is not None:
+                budget.add_metric([name], row["tokens_per_day"])
+            in_flight.add_metric([name], row["in_flight"])
+        yield from (requests, prompt, generated, refused, today, budget, in_flight)

@@ -21,6 +21,7 @@ from llmgw.api.ollama.requests import Action, Kind, Translated
 from llmgw.api.ollama.wire import NEVER_NS, tagged, timestamp
 from llmgw.config import LiveConfig, ModelConfig
 from llmgw.errors import BadRequest, ModelNotFound, clip
+from llmgw.keys import Principal
 from llmgw.modelfile import ModelFile, ModelFiles
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
@@ -50,21 +51,25 @@ class Ollama:
 
     # ------------------------------------------------------------------ names
 
-    def model(self, name: str, embed_route: bool = False) -> ModelConfig:
-        """The model ``name`` names (``name:latest`` included); Ollama's 404 otherwise."""
+    def model(self, name: str, key: Principal, embed_route: bool = False) -> ModelConfig:
+        """The model ``name`` names (``name:latest`` included), if ``key`` may use it; Ollama's 404
+        otherwise (the same for a model that is not the key's)."""
         model = self.live.current.model(name)
-        if model is None:
+        if model is None or not key.sees(model):
             shown = clip(name)  # never the whole of a hostile name
             if embed_route:  # Ollama's own wording differs between routes; clients show it
                 raise ModelNotFound(f'model "{shown}" not found, try pulling it first')
             raise ModelNotFound(f"model '{shown}' not found")
         return model
 
-    def listed(self) -> list[tuple[ModelConfig, str]]:
-        """(model, name) for every name /api/tags lists: models, and aliases unless list_aliases is off."""
+    def listed(self, key: Principal) -> list[tuple[ModelConfig, str]]:
+        """(model, name) for every name /api/tags lists: the key's models, and their aliases unless
+        list_aliases is off."""
         config = self.live.current
         names = []
         for model in config.models:
+            if not key.sees(model):
+                continue
             names.append((model, model.name))
             if config.server.list_aliases:
                 names.extend((model, alias) for alias in model.aliases)
@@ -100,18 +105,18 @@ class Ollama:
             "details": models.details(info, projector),
         }
 
-    async def tags(self) -> dict[str, Any]:
-        listed = self.listed()
+    async def tags(self, key: Principal) -> dict[str, Any]:
+        listed = self.listed(key)
         entries = await asyncio.gather(*(self._entry(model, name) for model, name in listed))
         return {"models": list(entries)}
 
-    async def show(self, data: dict[str, Any]) -> dict[str, Any]:
+    async def show(self, data: dict[str, Any], key: Principal) -> dict[str, Any]:
         name = data.get("model") or data.get("name")
         if not name:
             raise BadRequest("model is required")
         if not isinstance(name, str):
             raise BadRequest("model must be a string")
-        model = self.model(name)
+        model = self.model(name, key)
         info = await self._file(model)
         context = self.manager.largest_context(model)
         return {
@@ -125,10 +130,14 @@ class Ollama:
             "modified_at": self._modified(info),
         }
 
-    async def ps(self) -> dict[str, Any]:
+    async def ps(self, key: Principal) -> dict[str, Any]:
         now = asyncio.get_running_loop().time()
         wall = time.time()
-        running = [record for record in self.manager.engines if record.ready and record.handle is not None]
+        running = [
+            record
+            for record in self.manager.engines
+            if record.ready and record.handle is not None and key.sees(record.model)
+        ]
         entries = []
         for record in running:
             info = await self._file(record.model)
@@ -172,10 +181,10 @@ class Ollama:
 
     # ------------------------------------------------------------------ model requests
 
-    def prepare(self, kind: Kind, data: dict[str, Any]) -> Prepared:
+    def prepare(self, kind: Kind, data: dict[str, Any], key: Principal) -> Prepared:
         """Translate the request and find its model; raises BadRequest or ModelNotFound."""
         call = requests.TRANSLATE[kind](data)
-        model = self.model(call.model, embed_route=kind in (Kind.EMBED, Kind.EMBEDDINGS))
+        model = self.model(call.model, key, embed_route=kind in (Kind.EMBED, Kind.EMBEDDINGS))
         if not model.serves(call.endpoint.capability):
             raise BadRequest(f'"{clip(call.model)}" does not support {call.capability_name}')
         min_ctx = min(call.num_ctx, self.manager.largest_context(model, call.endpoint.capability))

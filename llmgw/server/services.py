@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from llmgw.config import Config, LiveConfig
 from llmgw.events import EventBus
+from llmgw.keys import KeyGate
 from llmgw.modelfile import ModelFiles
-from llmgw.proxy import Proxy, TokenCounter
+from llmgw.peers import PeerPool
+from llmgw.proxy import LocalNode, Proxy, Router, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
 from llmgw.server.activity import EngineLogs, RequestLog
@@ -28,6 +30,7 @@ from llmgw.upstream import EngineHTTPClient
 @dataclass(frozen=True)
 class Services:
     live: LiveConfig  # the configuration in force (a reload replaces it there)
+    keys: KeyGate  # who a request comes from, its limits and usage
     metrics: GatewayMetrics
     bus: EventBus  # /events
     activity: RequestLog  # requests in flight and answered
@@ -38,6 +41,9 @@ class Services:
     manager: EngineManager  # which engines run, and who uses them
     status: StatusTracker  # engine and queue events, load progress
     proxy: Proxy  # the request path
+    node: LocalNode  # this node as its peers see it (/api/state)
+    pool: PeerPool  # the peers, their breakers and states
+    router: Router  # where a request goes, on a node with peers
     views: Views  # what the read-only routes show
     ollama: Ollama  # Ollama's native API (/api/...)
 
@@ -47,8 +53,9 @@ def build(config: Config) -> Services:
     must not be made at import time."""
     live = LiveConfig(config)
     state = StateStore(config.server.state_dir or default_state_dir())
+    keys = KeyGate(live, state)
     slot_cache = SlotCache(config)
-    metrics = GatewayMetrics(slot_cache)
+    metrics = GatewayMetrics(slot_cache, keys)
     bus = EventBus()
     activity = RequestLog(bus, metrics.observe_answer)
     engine_logs = EngineLogs(bus)
@@ -62,9 +69,28 @@ def build(config: Config) -> Services:
     )
     manager = EngineManager(config, runtime, state, scheduler, hooks)
     proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
+    node = LocalNode(live, manager)
+    pool = PeerPool(config.server.peering, http, config.server.node_name, status.peer_changed)
+    router = Router(live, proxy, pool, node)
     started = int(time.time())
-    views = Views(live, manager, status, started)
+    views = Views(live, manager, status, started, node, pool)
     ollama = Ollama(live, manager, ModelFiles(), started)
     return Services(
-        live, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views, ollama
+        live,
+        keys,
+        metrics,
+        bus,
+        activity,
+        engine_logs,
+        guard,
+        http,
+        slot_cache,
+        manager,
+        status,
+        proxy,
+        node,
+        pool,
+        router,
+        views,
+        ollama,
     )

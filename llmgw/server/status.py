@@ -108,6 +108,10 @@ class StatusTracker:
             if self.bus.watched:
                 self.bus.publish("queue", queue=self.queue_view(now))
 
+    def peer_changed(self, name: str, state: str) -> None:
+        """A peer's breaker tripped or closed: the page and the watchers hear it."""
+        self.bus.publish("peer", name=name, state=state)
+
     def spawned(self, model: ModelConfig, variant: Variant, pid: int) -> None:
         """The runtime spawned an engine process: its record is now loading."""
         for record in self.scheduler.records:
@@ -211,6 +215,7 @@ class StatusTracker:
                 "position": position,
                 "model": ticket.model.name,
                 "min_context": ticket.min_ctx,
+                "priority": ticket.priority.value,
                 "phase": ticket.phase.value,
                 "waiting": round(now - ticket.arrived, 1),
                 **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),

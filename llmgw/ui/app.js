@@ -6,7 +6,7 @@
 const KEY = "llmgw-api-key";
 const ACTIVITY_ROWS = 100;
 const LOG_LINES = 500;
-const state = { models: [], running: { engines: [], queue: [] }, requests: new Map(), logModel: "" };
+const state = { models: [], running: { engines: [], queue: [] }, keys: [], requests: new Map(), logModel: "" };
 
 // ----------------------------------------------------------------------------- HTTP
 
@@ -70,11 +70,15 @@ function mib(memory) {
 
 async function refresh() {
   try {
-    const [models, running] = await Promise.all([json("/v1/models"), json("/running")]);
+    const [models, running, history] = await Promise.all(
+      [json("/v1/models"), json("/running"), json("/api/requests?limit=1")]);
     state.models = models.data.filter((m) => !m.alias_of);
     state.running = running;
+    state.keys = history.keys || [];
     renderModels();
+    renderPeers();
     renderQueue();
+    renderKeys();
     renderLogChoices();
     showError("");
   } catch (err) {
@@ -100,6 +104,9 @@ function statusCell(model) {
   return td;
 }
 
+// A model this node serves itself (its name comes first in served_by when peers serve it too).
+function isLocal(model) { return !model.served_by || model.served_by[0] === state.running.node; }
+
 function renderModels() {
   const engines = new Map(state.running.engines.map((e) => [e.model, e]));
   const rows = state.models.map((model) => {
@@ -108,7 +115,9 @@ function renderModels() {
     const loaded = status.value !== "unloaded";
     const name = el("td", {}, el("strong", { text: model.id }));
     if (model.aliases && model.aliases.length) name.append(el("span", { class: "muted", text: " " + model.aliases.join(", ") }));
-    const action = loaded
+    if (model.served_by) name.append(el("span", { class: "muted served-by", text: " on " + model.served_by.join(", ") }));
+    // Only this node's models are loaded or unloaded from here: a peer decides for its own.
+    const action = !isLocal(model) ? null : loaded
       ? el("button", { class: "unload", type: "button", text: "Unload", "data-model": model.id })
       : el("button", { class: "load", type: "button", text: "Load", "data-model": model.id });
     return el("tr", { "data-model": model.id },
@@ -124,16 +133,57 @@ function renderModels() {
   fill(document.querySelector("#models tbody"), rows);
 }
 
+function renderPeers() {
+  const peers = state.running.peers || [];
+  document.getElementById("peers-section").hidden = !peers.length;
+  document.getElementById("node-name").textContent = state.running.node ? "(this node: " + state.running.node + ")" : "";
+  fill(document.querySelector("#peers tbody"), peers.map((p) => el("tr", { "data-peer": p.name },
+    el("td", {}, el("strong", { text: p.name })),
+    el("td", {}, el("span", { class: "badge breaker-" + p.breaker.state, text: p.breaker.state + (p.draining ? ", draining" : "") })),
+    el("td", { class: "muted", text: p.url }),
+    el("td", { text: p.models.join(", ") }),
+    el("td", { text: p.loaded.join(", ") }),
+    el("td", { class: "num", text: String(p.in_flight) }),
+    el("td", { class: "num", text: String(p.queued) }),
+    el("td", { class: "num", text: String(p.forwarded) }),
+    el("td", { class: "num", text: String(p.failures) }),
+    el("td", { class: "muted", text: p.breaker.last_error || (p.key_refused ? "refused our api_key" : "") }))));
+}
+
 function renderQueue() {
   const queue = state.running.queue || [];
   document.getElementById("queue-count").textContent = queue.length ? "(" + queue.length + ")" : "(empty)";
   fill(document.querySelector("#queue tbody"), queue.map((t, i) => el("tr", {},
     el("td", { class: "num", text: String(i + 1) }),
-    el("td", { text: t.model }),
+    el("td", { text: t.model + (t.priority === "batch" ? " (batch)" : "") }),
     el("td", { text: t.phase }),
     el("td", { text: seconds(t.waiting) }),
     el("td", { class: "num", text: String(t.min_context) }),
     el("td", { text: t.blocked_by || "" }))));
+}
+
+function limits(k) {
+  const parts = [];
+  if (k.requests_per_minute != null) parts.push(k.requests_per_minute + "/min");
+  if (k.max_concurrent != null) parts.push(k.max_concurrent + " at once");
+  if (k.admin) parts.push("admin");
+  return parts.join(", ");
+}
+
+// Each key by its name (the key itself is never sent to the page): usage and limits.
+function renderKeys() {
+  document.getElementById("keys-section").hidden = state.keys.length === 0;
+  fill(document.querySelector("#keys tbody"), state.keys.map((k) => el("tr", { "data-key": k.key },
+    el("td", {}, el("strong", { text: k.key })),
+    el("td", { text: k.priority }),
+    el("td", { text: k.models ? k.models.join(", ") : "all" }),
+    el("td", { class: "num", text: String(k.requests) }),
+    el("td", { class: "num", text: String(k.prompt_tokens) }),
+    el("td", { class: "num", text: String(k.generated_tokens) }),
+    el("td", { class: "num", text: k.tokens_today + (k.tokens_per_day != null ? " / " + k.tokens_per_day : "") }),
+    el("td", { class: k.rate_limited ? "num status-error" : "num", text: String(k.rate_limited) }),
+    el("td", { class: "num", text: String(k.in_flight) }),
+    el("td", { class: "muted", text: limits(k) }))));
 }
 
 async function act(kind, model, button) {
@@ -158,6 +208,7 @@ function requestRow(r) {
   return el("tr", { class: done ? "" : "in-flight", "data-id": r.id },
     el("td", { text: when }),
     el("td", { class: "muted", text: r.id.slice(0, 12) }),
+    el("td", { text: r.key || "" }),
     el("td", { text: r.model }),
     el("td", { text: r.route }),
     el("td", { class: done && r.status >= 400 ? "status-error" : "", text: status }),
@@ -184,7 +235,9 @@ async function loadActivity() {
     state.requests.clear();
     for (const r of history.requests.slice().reverse()) remember(r);
     for (const r of history.in_flight) remember(r);
+    state.keys = history.keys || [];
     renderActivity();
+    renderKeys();
   } catch (err) { /* shown by refresh() */ }
 }
 
@@ -192,7 +245,7 @@ async function loadActivity() {
 
 function renderLogChoices() {
   const select = document.getElementById("log-model");
-  const names = state.models.map((m) => m.id);
+  const names = state.models.filter(isLocal).map((m) => m.id);
   if (!state.logModel && names.length) { state.logModel = names[0]; loadLog(); }
   if ([...select.options].map((o) => o.value).join() !== names.join()) {
     select.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
@@ -228,7 +281,7 @@ function setConn(text) {
 
 function handle(kind, data) {
   if (kind === "hello" || kind === "dropped") { refresh(); loadActivity(); loadLog(); }
-  else if (kind === "engine" || kind === "queue") refreshSoon();
+  else if (kind === "engine" || kind === "queue" || kind === "peer") refreshSoon();
   else if (kind === "request_start" || kind === "request_end") {
     remember(data);  // an end replaces its start (same id and start time)
     renderActivity();
@@ -241,6 +294,7 @@ async function events() {
   for (;;) {
     try {
       const resp = await api("/events?logs=1", { headers: { Accept: "text/event-stream" } });
+      if (resp.status === 403) { setConn("down"); return; }  // not an admin key: refresh() says so
       if (!resp.ok || !resp.body) throw new Error("events: " + resp.status);
       setConn("live");
       const reader = resp.body.getReader();

@@ -12,11 +12,13 @@ LAYERS: list[set[str]] = [
     {"__main__"},
     {"server", "ps"},
     {"proxy"},
+    {"peers"},
     {"scheduling"},
     {"runtime"},
     {"slotcache"},
+    {"keys"},
     {"upstream", "api"},
-    {"config", "state", "events", "demo", "modelfile"},
+    {"config", "state", "events", "demo", "modelfile", "listen"},
     {"errors"},
 ]
 LEVEL = {room: level for level, rooms in enumerate(LAYERS) for room in rooms}

@@ -18,7 +18,9 @@ from llmgw.api import ROUTES, Endpoint
 from llmgw.api.filters import apply_filters
 from llmgw.config import ModelConfig
 from llmgw.errors import BadRequest, GatewayError, clip, echo
-from llmgw.proxy import ClientGone, ProxyRequest
+from llmgw.keys import Admission
+from llmgw.peers import HOP_HEADER, conversation_key
+from llmgw.proxy import ClientGone, PooledRequest, ProxyRequest, forwarded_body
 from llmgw.server.activity import RequestRecord
 from llmgw.server.handlers.base import GatewayHandler, problem
 from llmgw.server.json_body import parse_json_object
@@ -35,6 +37,7 @@ class ModelRouteHandler(GatewayHandler):
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.proxy = services.proxy
+        self.router = services.router
         self.views = services.views
         self.activity = services.activity
         self.sink = TornadoSink(self)
@@ -42,6 +45,7 @@ class ModelRouteHandler(GatewayHandler):
         self._size = 0
         self._too_large = False
         self._record: RequestRecord | None = None  # in the request history once its model is known
+        self._admission: Admission | None = None  # the key's limits let it in: given back at the end
 
     # ------------------------------------------------------------------ the body, within its limit
 
@@ -115,15 +119,23 @@ class ModelRouteHandler(GatewayHandler):
                 self.send_gateway_error(exc)
                 return
             logger.warning("[%s] error after the response started: %s", self.request_id, exc.message)
+        finally:
+            self._admitted_done()
         if not sink.finished and not sink.gone:
             await sink.finish()
 
     async def serve(self, body: bytes) -> None:
         """Answer the request whose body is ``body``; raises GatewayError while nothing was sent."""
-        await self.proxy.forward(self._proxy_request(body), self.sink)
+        request = self._proxy_request(body)
+        if isinstance(request, PooledRequest):
+            await self.router.forward(request, self.sink)
+        else:
+            await self.proxy.forward(request, self.sink)
 
-    def _proxy_request(self, body: bytes) -> ProxyRequest:
-        """Parse and check the request, find its model, apply the model's filters."""
+    def _proxy_request(self, body: bytes) -> ProxyRequest | PooledRequest:
+        """Parse and check the request, find its model, apply the model's filters. On a node with
+        peers (and for a request no peer forwarded here), the request is routed: it may go to a
+        peer, which gets it as the client sent it."""
         endpoint = ROUTES[self.request.path]
         parsed = parse_json_object(body)
         data = parsed.data
@@ -135,35 +147,83 @@ class ModelRouteHandler(GatewayHandler):
                 raise BadRequest("'model' is required (this gateway has no server.default_model)")
         elif not isinstance(requested, str):
             raise BadRequest(f"'model' must be a string, got {echo(requested)}")
-        model = self.views.model(requested)
-        self.model_name = model.name
-        if not model.serves(endpoint.capability):
-            serving = [m.name for m in config.models if m.serves(endpoint.capability)]
+        key = self.principal
+        pooled = self.router.pooled and HOP_HEADER not in self.request.headers
+        model = config.model(requested)
+        if model is not None and not key.sees(model):
+            model = None
+        if (
+            pooled
+            and self.views.peer_model(requested, key)
+            and (model is None or not model.serves(endpoint.capability))
+        ):
+            model = None  # only peers serve it (this route of it, at least)
+        elif model is None:
+            raise self.views.not_found(requested, key)
+        elif not model.serves(endpoint.capability):
+            serving = [m.name for m in self.views.models_for(key) if m.serves(endpoint.capability)]
             raise BadRequest(
                 f"model {model.name!r} does not serve {endpoint.capability} requests "
                 f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
             )
-        return self.checked_request(endpoint, model, requested, data, parsed.raw)
-
-    def checked_request(
-        self, endpoint: Endpoint, model: ModelConfig, requested: str, data: dict[str, Any], raw: bytes | None = None,
-        stream: bool | None = None, **translated: Any,
-    ) -> ProxyRequest:  # fmt: skip
-        """The request as the path takes it: its fields checked, the model's filters applied, in the
-        history. ``raw``: the body as it came (None: ``data`` serialised); ``stream``: what the
-        history shows (default: the body's ``stream``); ``translated``: ProxyRequest's fields for a
-        request translated from another API."""
+        self.model_name = model.name if model is not None else requested
         endpoint.check(data)
-        if apply_filters(model, endpoint, data) or raw is None:
-            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        streaming = data.get("stream") is True if stream is None else stream
-        self._record = self.activity.begin(self.request_id, self.request.path, model.name, streaming)
-        return ProxyRequest(
-            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats, **translated
+        forward, conversation = parsed.raw, None
+        if pooled:  # before the filters change data: a peer applies its own
+            forward = forwarded_body(data, parsed.raw, requested)
+            conversation = conversation_key(key.name or "", data)
+        self._admission = self.keys.admit(key)  # 429 past a limit, before any engine
+        stream = data.get("stream") is True
+        record = self._record = self.activity.begin(
+            self.request_id, self.request.path, self.model_name, stream, key.name
         )
+        local = None
+        if model is not None:
+            raw = parsed.raw
+            if apply_filters(model, endpoint, data):
+                raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            path = self.request.path
+            local = ProxyRequest(
+                endpoint, path, raw, data, model, requested, self.request_id, record.stats, key.priority
+            )
+            if not pooled:
+                return local
+        return PooledRequest(
+            requested, endpoint, self.request.path, forward, data, self.request_id, record.stats, conversation, local
+        )
+
+    def local_request(
+        self, endpoint: Endpoint, model: ModelConfig, requested: str, data: dict[str, Any], *, stream: bool,
+        **translated: Any,
+    ) -> ProxyRequest:  # fmt: skip
+        """A request translated from another API (the Ollama routes), served by this node's engines:
+        its fields checked, the key's limits applied, the model's filters applied, in the history.
+        ``stream``: what the history shows; ``translated``: ProxyRequest's fields for it."""
+        key = self.principal
+        endpoint.check(data)
+        self._admission = self.keys.admit(key)  # 429 past a limit, before any engine
+        self._record = self.activity.begin(self.request_id, self.request.path, model.name, stream, key.name)
+        apply_filters(model, endpoint, data)
+        raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        return ProxyRequest(
+            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats,
+            key.priority, **translated,
+        )  # fmt: skip
+
+    def known_model(self, name: str) -> bool:
+        return super().known_model(name) or self.views.peer_model(name)
+
+    def _admitted_done(self) -> None:
+        """The key's place back and the engine's token counts on its usage (once, however it ended)."""
+        if self._admission is not None:
+            if self._record is None:
+                self._admission.done()
+            else:
+                self._admission.done(self._record.stats.prompt_tokens, self._record.stats.generated_tokens)
 
     def on_finish(self) -> None:
         super().on_finish()
+        self._admitted_done()
         self.activity.end(
             self._record,
             request_id=self.request_id,
@@ -172,6 +232,7 @@ class ModelRouteHandler(GatewayHandler):
             status=self.get_status(),
             seconds=self.request.request_time(),
             client_left=self.sink.gone,
+            key=self.principal.name,
         )
 
     def on_connection_close(self) -> None:

@@ -72,20 +72,20 @@ class VersionHandler(OllamaHandler):
 
 class TagsHandler(OllamaHandler):
     async def get(self) -> None:
-        self.answer(await self.ollama.tags())
+        self.answer(await self.ollama.tags(self.principal))
 
     head = get
 
 
 class PsHandler(OllamaHandler):
     async def get(self) -> None:
-        self.answer(await self.ollama.ps())
+        self.answer(await self.ollama.ps(self.principal))
 
 
 class ShowHandler(OllamaHandler):
     async def post(self) -> None:
         try:
-            self.answer(await self.ollama.show(_body(self.request.body)))
+            self.answer(await self.ollama.show(_body(self.request.body), self.principal))
         except GatewayError as exc:
             self.send_gateway_error(exc)
 
@@ -116,7 +116,7 @@ class UnsupportedHandler(OllamaHandler):
             name = data.get("model") or data.get("name")
             if not isinstance(name, str) or not name:
                 raise BadRequest("model is required")
-            self.model_name = self.ollama.model(name).name
+            self.model_name = self.ollama.model(name, self.principal).name
         except GatewayError as exc:
             if exc.status == 404:
                 exc.message += (
@@ -138,15 +138,17 @@ class OllamaModelHandler(ModelRouteHandler):
         self.arrived = time.monotonic_ns()
 
     async def serve(self, body: bytes) -> None:
-        prepared = self.ollama.prepare(self.kind, _body(body))
+        """Served by this node's own engines: peers are not asked (see the README's Ollama section)."""
+        prepared = self.ollama.prepare(self.kind, _body(body), self.principal)
         call, model = prepared.call, prepared.model
         self.model_name = model.name
         if call.action is not Action.FORWARD:
+            self._admission = self.keys.admit(self.principal)  # a load counts against the key's limits too
             answer = await self.ollama.load(prepared, self.arrived)
             self.set_header("Content-Type", JSON)
             await self.sink.send_whole(document(answer))
             return
-        request = self.checked_request(
+        request = self.local_request(
             call.endpoint, model, call.model, call.body, stream=call.stream,
             engine_path=call.engine_path, dialect=Dialect.OLLAMA, min_ctx=prepared.min_ctx,
             keep_alive=call.keep_alive, translate=functools.partial(answers.translator, call, self.arrived),
