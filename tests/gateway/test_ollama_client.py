@@ -420,3 +420,25 @@ async def test_tagged_names_work_on_the_openai_routes_too(start_gateway, make_mo
         resp = await post(http, gw.url + "/v1/chat/completions", {"model": name, "messages": HI})
         assert resp.code == 200 and json.loads(resp.body)["model"] == name
     assert (await post(http, gw.url + "/v1/chat/completions", {"model": "m:7b", "messages": HI})).code == 404
+
+
+async def test_keys_scope_the_ollama_routes(start_gateway, make_model, http) -> None:
+    a, b = make_model("a", [2048], extra_args=["--fake-tokens", "1"]), make_model("b", [2048])
+    keys = {"alice": {"key": "alice-key", "models": ["a"]}, "slow": {"key": "slow-key", "requests_per_minute": 1}}
+    gw = await start_gateway([a, b], keys=keys)
+    alice = ollama.AsyncClient(host=gw.url, headers={"Authorization": "Bearer alice-key"})
+    assert [m.model for m in (await alice.list()).models] == ["a:latest"]
+    assert (await alice.chat(model="a", messages=HI)).message.content == "tok0"
+    for call in (lambda: alice.show("b"), lambda: alice.chat(model="b", messages=HI), lambda: alice.chat(model="b")):
+        with pytest.raises(ollama.ResponseError) as caught:
+            await call()
+        assert caught.value.status_code == 404 and caught.value.error == "model 'b' not found"  # as unknown
+    assert b.read_events() == []
+    assert [m.model for m in (await alice.ps()).models] == ["a:latest"]
+    slow = ollama.AsyncClient(host=gw.url, headers={"Authorization": "Bearer slow-key"})
+    await slow.chat(model="a", messages=HI)
+    with pytest.raises(ollama.ResponseError) as caught:
+        await slow.chat(model="a", messages=HI)
+    assert caught.value.status_code == 429 and isinstance(caught.value.error, str)
+    nobody = await get(http, gw.url + "/api/tags")
+    assert nobody.code == 401 and isinstance(json.loads(nobody.body)["error"], str)
