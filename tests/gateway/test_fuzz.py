@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tornado.httpclient import AsyncHTTPClient
 
 from conftest import FakeModel, Gateway, chat_body
+from llmgw.api.endpoints import Dialect, dialect_of
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -77,7 +78,7 @@ def _assert_clean(status: int, body: bytes, path: str = "/v1/chat/completions") 
     assert status != 599, "no answer"
     assert status < 500, (path, status, body[:300])
     assert b"Traceback" not in body
-    if status >= 400 and path.startswith("/api/"):  # Ollama's shape: the error a string
+    if status >= 400 and dialect_of(path) is Dialect.OLLAMA:  # Ollama's shape: the error a string
         error = json.loads(body)["error"]
         assert isinstance(error, str) and error and len(error) <= 1000, body[:300]
     elif status >= 400:
@@ -339,6 +340,8 @@ KEYED_ROUTES = [
     ("GET", "/v1/models/beta"), ("GET", "/running"), ("GET", "/metrics"), ("GET", "/api/requests"),
     ("GET", "/api/logs"), ("POST", "/load"), ("POST", "/unload"), ("GET", "/props"), ("GET", "/slots"),
 ]  # fmt: skip
+OLLAMA_KEYED_ROUTES = [("GET", "/api/tags"), ("GET", "/api/ps"), ("POST", "/api/chat"), ("POST", "/api/show"),
+                       ("POST", "/api/embed"), ("POST", "/api/generate"), ("POST", "/api/pull")]  # fmt: skip
 
 
 @FUZZ
@@ -353,6 +356,25 @@ def test_odd_keys_on_every_route(io_loop: Any, keyed_gateway: Gateway, route: tu
                                  auth: str | None, x_api_key: str | None, model: Any) -> None:
     """Any Authorization or x-api-key, any model, on the model routes and the operations routes
     of a gateway with keys (allow-lists, limits, admin): 2xx or 4xx in the route's shape, never 5xx."""
+    _odd_key(io_loop, keyed_gateway, route, scheme, auth, x_api_key, model)
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(OLLAMA_KEYED_ROUTES),
+    scheme=st.sampled_from(["Bearer ", "bearer ", "Basic ", "", "Token "]),
+    auth=st.none() | header_values,
+    x_api_key=st.none() | header_values,
+    model=st.sampled_from(["alpha", "alpha:latest", "beta", "nope"]) | json_values,
+)
+def test_odd_keys_on_the_ollama_routes(io_loop: Any, keyed_gateway: Gateway, route: tuple[str, str], scheme: str,
+                                       auth: str | None, x_api_key: str | None, model: Any) -> None:
+    """The same on Ollama's routes: 2xx or 4xx in Ollama's shape, never 5xx."""
+    _odd_key(io_loop, keyed_gateway, route, scheme, auth, x_api_key, model)
+
+
+def _odd_key(io_loop: Any, gateway: Gateway, route: tuple[str, str], scheme: str, auth: str | None,
+             x_api_key: str | None, model: Any) -> None:
     method, path = route
     headers = {"Content-Type": "application/json"}
     if auth is not None:
@@ -362,8 +384,8 @@ def test_odd_keys_on_every_route(io_loop: Any, keyed_gateway: Gateway, route: tu
     body = None
     if method == "POST":
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
-                           "input": "a b"}).encode()  # fmt: skip
-    status, answer = _request(io_loop, keyed_gateway, method, path, body, headers)
+                           "input": "a b", "prompt": "a b", "stream": False}).encode()  # fmt: skip
+    status, answer = _request(io_loop, gateway, method, path, body, headers)
     if status < 400:
         return
     if status == 503 and path in ("/props", "/slots"):
