@@ -220,7 +220,11 @@ class EngineHTTPClient(AsyncHTTPClient):
                     except ExchangeError as exc:
                         if current.aborted:
                             raise EngineConnectionError("aborted by gateway") from None
-                        if exc.stale and plan.retry and attempt == 1:
+                        # A request is sent again only where it surely was not read: on a connection
+                        # the engine closed after a stream (Connection.after_stream), or when safe
+                        # to repeat (counting).
+                        retry = plan.retry or (conn is not None and conn.after_stream)
+                        if exc.stale and retry and attempt == 1:
                             logger.debug("%s: pooled connection was closed by the engine; retrying", request.url)
                             headers = httputil.HTTPHeaders()
                             continue

@@ -47,6 +47,11 @@ class Connection(asyncio.Protocol):
         self.closed = False  # EOF, reset or closed by us: never reused
         self.error: BaseException | None = None
         self.uses = 0  # exchanges started on it
+        # Its last answer was an event stream. llama-server 0.10068 closes the connection after
+        # every stream although the stream's head announces keep-alive (measured: a request sent
+        # on it at once, or 0.5 s later, meets a closed socket, the request unread), so a request
+        # that finds it closed before any byte of an answer may be sent again on a new one.
+        self.after_stream = False
         self.expires = 0.0  # while idle in the pool: monotonic time after which it is not reused
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -215,17 +220,10 @@ def parse_head(raw: bytes) -> Head:
 
 
 def _keep_alive(head: Head) -> float | None:
-    """Seconds the engine keeps this connection open after the answer; None: it closes it.
-
-    llama-server (0.10068) closes the connection after every event stream although the stream's
-    head announces ``Keep-Alive: timeout=5`` (measured: a request sent on it at once, or 0.5 s
-    later, meets a closed socket). A forward is never sent twice, so such a pooled connection
-    failed the next forward (a 502): it is not kept."""
+    """Seconds the engine keeps this connection open after the answer; None: it closes it."""
     connection = ",".join(head.values("Connection")).lower()
     tokens = {token.strip() for token in connection.split(",")}
     if "close" in tokens or (head.version == "HTTP/1.0" and "keep-alive" not in tokens):
-        return None
-    if any("text/event-stream" in value.lower() for value in head.values("Content-Type")):
         return None
     for value in head.values("Keep-Alive"):
         for param in value.split(","):
@@ -440,6 +438,7 @@ async def exchange(
                 raise ExchangeError("the engine closed the connection before the end of its answer") from None
             data = conn.take()
         keep = None if body.to_close or conn.buffer else _keep_alive(head)
+        conn.after_stream = any("text/event-stream" in value.lower() for value in head.values("Content-Type"))
         return head, b"".join(parts), keep
     except ExchangeError as exc:
         conn.close(abort=True)
