@@ -1,4 +1,5 @@
-"""A minimal HTTP/1.1 client on raw asyncio sockets, with per-event timing of SSE streams.
+"""A minimal HTTP/1.1 client on raw asyncio sockets, with per-event timing of SSE streams (and of
+NDJSON streams, Ollama's: one JSON object per line, the last with ``"done":true``).
 
 The same client talks to the gateway and to the engines, so its own (small) cost is the
 same on both sides of every comparison. One :class:`Connection` is one keep-alive TCP
@@ -33,9 +34,9 @@ class Response:
     t_send: float
     t_head: float = 0.0
     t_end: float = 0.0
-    # SSE streams only
-    events: int = 0  # data events other than [DONE]
-    done: bool = False  # saw "data: [DONE]"
+    # SSE and NDJSON streams only
+    events: int = 0  # data events other than [DONE] (NDJSON: lines)
+    done: bool = False  # saw "data: [DONE]" (NDJSON: a line with "done":true)
     t_first_event: float | None = None
     t_first_content: float | None = None  # first event carrying generated text
     event_times: list[float] = field(default_factory=list)
@@ -86,6 +87,30 @@ class _SSE:
             if resp.t_first_content is None and _CONTENT.search(event):
                 resp.t_first_content = t
         self.pending = pending[start:]
+
+
+class _NDJSON(_SSE):
+    """Ollama's streams: one object per line; the last says ``"done":true``."""
+
+    __slots__ = ()
+
+    def feed(self, data: bytes, t: float) -> None:
+        if self.keep:
+            self.parts.append(data)
+        pending = self.pending + data if self.pending else data
+        resp = self.resp
+        *lines, self.pending = pending.split(b"\n")
+        for line in lines:
+            if not line:
+                continue
+            resp.events += 1
+            resp.event_times.append(t)
+            if resp.t_first_event is None:
+                resp.t_first_event = t
+            if resp.t_first_content is None and _CONTENT.search(line):
+                resp.t_first_content = t
+            if b'"done":true' in line:
+                resp.done = True
 
 
 class Connection:
@@ -165,9 +190,11 @@ class Connection:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
         resp = Response(status, headers, b"", t_send, t_head)
-        sse = "text/event-stream" in headers.get("content-type", "")
+        ndjson = "application/x-ndjson" in headers.get("content-type", "")
+        sse = ndjson or "text/event-stream" in headers.get("content-type", "")
+        stream = _NDJSON if ndjson else _SSE
         if headers.get("transfer-encoding", "").lower() == "chunked":
-            sink = _SSE(resp, keep_body or not sse)
+            sink = stream(resp, keep_body or not sse)
             if sse:
                 await self._read_chunked(reader, sink.feed)
             else:
@@ -176,7 +203,7 @@ class Connection:
         elif "content-length" in headers:
             resp.body = await reader.readexactly(int(headers["content-length"]))
             if sse:
-                sink = _SSE(resp, False)
+                sink = stream(resp, False)
                 sink.feed(resp.body, now())
         else:
             resp.body = await reader.read()  # until close

@@ -8,7 +8,12 @@ Each iteration sends, in a rotating order, one of each probe below on keep-alive
 * ``count``: what the gateway adds per request to count the prompt exactly: one direct
   ``POST /v1/chat/completions/input_tokens``, on a keep-alive connection (as the gateway's
   engine client sends it) and on a new connection each time (as it did before pooling);
-* ``health``: ``GET /health`` (the gateway's own floor: Tornado, no engine involved).
+* ``health``: ``GET /health`` (the gateway's own floor: Tornado, no engine involved);
+* ``ollama_nonstream`` and ``ollama_stream_ttft``: the same small chat through the gateway's
+  Ollama route (``POST /api/chat``, ``"stream": false`` and NDJSON), against the same direct
+  OpenAI-route request: what an Ollama client pays beyond talking to llama-server, next to what
+  an OpenAI client pays (the translation both ways, and the engine's stream read whole for one
+  object).
 
 Added = gateway - direct, for the median and for the p99 of each repeat. A final block of
 gateway-only requests measures the gateway's CPU time per request.
@@ -37,6 +42,7 @@ from benchmarks.stats import fmt, mid, ms, spread, summary, table, target
 NAMES = ("overhead",)
 NEEDS_REAL: tuple[str, ...] = ()
 PATH = "/v1/chat/completions"
+OLLAMA_PATH = "/api/chat"
 COUNT_PATH = "/v1/chat/completions/input_tokens"
 COUNT_THREAD = "--fake-count-process"  # the fake counts beside its generation, as llama-server
 TARGET_ADDED_MS = 0.8  # issue 17, with a fake engine that counts on its own thread
@@ -76,6 +82,8 @@ async def run(ctx: Ctx, name: str, params: OverheadParams) -> dict[str, Any]:
     gw = GatewayProc(ctx.workdir, [ModelSpec("O", [spec])], name="gw-overhead", profile=ctx.profile_path("overhead"))
     small = chat("O", "Hello there, how are you?", max_tokens=8)
     streamed = dict(small, stream=True)
+    ollama_small = {"model": "O", "messages": small["messages"], "stream": False, "options": {"num_predict": 8}}
+    ollama_streamed = dict(ollama_small, stream=True)
     count_body = {"messages": small["messages"]}
     await gw.start()
     repeats: list[dict[str, Any]] = []
@@ -90,6 +98,8 @@ async def run(ctx: Ctx, name: str, params: OverheadParams) -> dict[str, Any]:
             ("count", "direct"): Connection(HOST, spec.port),
             ("health", "gateway"): gw.connection(),
             ("health", "direct"): Connection(HOST, spec.port),
+            ("ollama_nonstream", "gateway"): gw.connection(),
+            ("ollama_stream_ttft", "gateway"): gw.connection(),
         }
 
         async def probe(name: str, path: str) -> float:
@@ -100,6 +110,13 @@ async def run(ctx: Ctx, name: str, params: OverheadParams) -> dict[str, Any]:
                 return _check(await conn.request("POST", PATH, streamed, timeout=30), True)
             if name == "count":
                 return _check(await conn.request("POST", COUNT_PATH, count_body, timeout=30), False)
+            if name == "ollama_nonstream":
+                resp = await conn.request("POST", OLLAMA_PATH, ollama_small, timeout=30)
+                if resp.status == 200 and resp.json().get("done") is not True:
+                    raise RuntimeError(f"an Ollama answer without done: {resp.body[:200]!r}")
+                return _check(resp, False)
+            if name == "ollama_stream_ttft":
+                return _check(await conn.request("POST", OLLAMA_PATH, ollama_streamed, timeout=30), True)
             return _check(await conn.request("GET", "/health", timeout=30), False)
 
         async def count_new_connection() -> float:
@@ -150,6 +167,17 @@ async def run(ctx: Ctx, name: str, params: OverheadParams) -> dict[str, Any]:
     for name in ("nonstream", "stream_ttft", "health"):
         result[f"added_{name}_ms"] = {
             stat: spread([rep[f"{name}/gateway"][stat] - rep[f"{name}/direct"][stat] for rep in repeats], 4)
+            for stat in ("median", "p99")
+        }
+    # The Ollama route against the same direct request (the engine has no Ollama API), and against
+    # the OpenAI route through the gateway: what the translation adds.
+    for name, direct in (("ollama_nonstream", "nonstream"), ("ollama_stream_ttft", "stream_ttft")):
+        result[f"added_{name}_ms"] = {
+            stat: spread([rep[f"{name}/gateway"][stat] - rep[f"{direct}/direct"][stat] for rep in repeats], 4)
+            for stat in ("median", "p99")
+        }
+        result[f"{name}_vs_openai_ms"] = {
+            stat: spread([rep[f"{name}/gateway"][stat] - rep[f"{direct}/gateway"][stat] for rep in repeats], 4)
             for stat in ("median", "p99")
         }
     result["count_direct_ms"] = result["probes"]["count/direct"]
@@ -224,6 +252,25 @@ def section(results: Results) -> str:
                 fmt(a["p99"], 3),
             ]
         )
+    for name, direct, label in (
+        ("ollama_nonstream", "nonstream", "Ollama /api/chat, not streamed (direct: the /v1 request)"),
+        ("ollama_stream_ttft", "stream_ttft", "Ollama /api/chat, NDJSON: time to first token (direct: /v1)"),
+    ):
+        if f"added_{name}_ms" not in ov:  # a run from before the Ollama routes
+            continue
+        d, g = p[f"{direct}/direct"], p[f"{name}/gateway"]
+        a = ov[f"added_{name}_ms"]
+        rows.append(
+            [
+                label,
+                fmt(d["median"], 3),
+                fmt(g["median"], 3),
+                f"**{fmt(a['median'], 3)}**",
+                fmt(d["p99"], 3),
+                fmt(g["p99"], 3),
+                fmt(a["p99"], 3),
+            ]
+        )
     rows.append(
         [
             "exact count: direct input_tokens call, keep-alive",
@@ -264,6 +311,18 @@ def section(results: Results) -> str:
         )
         + f"\nGateway CPU per small request: **{ov['gateway_cpu_ms_per_request']} ms** "
         f"({ov['gateway_requests_per_s_sequential']} sequential requests/s through the gateway, one client).\n"
+        + _ollama_note(ov)
+    )
+
+
+def _ollama_note(ov: dict[str, Any]) -> str:
+    if "ollama_nonstream_vs_openai_ms" not in ov:
+        return ""
+    return (
+        "\nThe Ollama route over the OpenAI route, both through the gateway (median): "
+        f"{fmt(ov['ollama_nonstream_vs_openai_ms']['median'], 3)} ms not streamed (the engine's stream is read "
+        f"whole and folded into one object), {fmt(ov['ollama_stream_ttft_vs_openai_ms']['median'], 3)} ms to the "
+        "first token streamed (SSE translated to NDJSON).\n"
     )
 
 
@@ -273,6 +332,10 @@ def headlines(results: Results) -> dict[str, float | None]:
     for name in ("nonstream", "stream_ttft", "health"):
         out[f"overhead.added_{name}_median_ms"] = ov[f"added_{name}_ms"]["median"]["median"]
         out[f"overhead.added_{name}_p99_ms"] = ov[f"added_{name}_ms"]["p99"]["median"]
+    for name in ("ollama_nonstream", "ollama_stream_ttft"):
+        if f"added_{name}_ms" in ov:
+            out[f"overhead.added_{name}_median_ms"] = ov[f"added_{name}_ms"]["median"]["median"]
+            out[f"overhead.{name}_vs_openai_median_ms"] = ov[f"{name}_vs_openai_ms"]["median"]["median"]
     out["overhead.gateway_cpu_ms_per_request"] = ov["gateway_cpu_ms_per_request"]
     return out
 

@@ -109,6 +109,11 @@ def test_overhead_shape(smoke_results: dict[str, Any]) -> None:
             if probe is not None:
                 assert probe["median"]["median"] > 0
     assert ov["added_nonstream_ms"]["median"]["median"] is not None
+    # The Ollama route beside the OpenAI one, in the same run (every answer checked: done, first token).
+    for name in ("ollama_nonstream", "ollama_stream_ttft"):
+        assert ov["probes"][f"{name}/gateway"]["median"]["median"] > 0
+        assert isinstance(ov[f"added_{name}_ms"]["median"]["median"], float)
+        assert isinstance(ov[f"{name}_vs_openai_ms"]["median"]["median"], float)
     # The fake engine counts in a process of its own, and the result says so.
     assert ov["count_thread"] and "--fake-count-process" in ov["fake_flags"]
     # A CPU-time figure: its value belongs to the benchmark report, the test checks that it is there.
