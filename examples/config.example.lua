@@ -96,6 +96,9 @@ server = {
   -- Requests.
   default_model = "qwen3-8b", -- for requests that name no model (without it they get a 400)
   list_aliases = true, -- /v1/models lists each alias as a model of its own (false: only in "aliases")
+  -- What GET /api/version says to Ollama clients (README, "Ollama clients"): dotted numbers only;
+  -- GitHub Copilot Chat needs at least 0.6.4.
+  ollama_version = "0.12.0",
   cors_origins = { "http://localhost:3000" }, -- browser origins allowed; "*" (the default) allows any
   -- A request whose completion budget (max_tokens...) fits no variant runs on the largest variant,
   -- provided the prompt plus completion_reserve fits, and stops when its context is full (as

@@ -1015,3 +1015,20 @@ def test_a_variants_slot_context_follows_its_parallel_slots(
 ) -> None:
     variant = Variant(1, "/bin/llama-server", ("-c", "8192", *args), 8192, "http://127.0.0.1:1", DEFAULT_TIMEOUTS)
     assert (variant.parallel, variant.slot_context) == (parallel, per_slot)
+
+
+def test_ollama_version_defaults_and_must_be_dotted_numbers(tmp_path: Path) -> None:
+    assert load_text(tmp_path, config_text(base_config())).server.ollama_version == "0.12.0"
+    cfg = load_text(tmp_path, config_text(with_value(base_config(), ("server", "ollama_version"), "0.13.2")))
+    assert cfg.server.ollama_version == "0.13.2"
+    for bad in ("v0.12", "0.12.0+local", "latest", "1"):
+        message = load_error(tmp_path, config_text(with_value(base_config(), ("server", "ollama_version"), bad)))
+        assert "ollama_version must be a version of dotted numbers" in message, message
+
+
+def test_latest_is_ollamas_default_tag_on_every_name(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, config_text(with_value(base_config(), ("models", 0, "aliases"), ["alias"])))
+    model = cfg.models[0]
+    for name in (model.name, f"{model.name}:latest", f"{model.name}:LATEST", "alias", "alias:latest"):
+        assert cfg.model(name) is model, name
+    assert cfg.model(f"{model.name}:7b") is None and cfg.model(":latest") is None
