@@ -82,6 +82,8 @@ async def test_liveness_version_and_heads(start_gateway, make_model, http: Async
     version = await get(http, gw.url + "/api/version")  # public, as a liveness probe
     assert version.code == 200 and json.loads(version.body) == {"version": "0.13.1"}
     assert (await http.fetch(gw.url + "/api/version", method="HEAD", raise_error=False)).code == 200
+    head = await get(http, gw.url + "/api/tags", method="HEAD", headers={"Authorization": "Bearer k"})
+    assert head.code == 200 and head.body == b""
     tags = await get(http, gw.url + "/api/tags")  # the rest needs the key, answered in Ollama's shape
     assert tags.code == 401 and isinstance(json.loads(tags.body)["error"], str)
     keyed = ollama.AsyncClient(host=gw.url, headers={"Authorization": "Bearer k"})
@@ -148,7 +150,7 @@ async def test_show_errors(start_gateway, make_model, http: AsyncHTTPClient) -> 
 # ----------------------------------------------------------------------------- chat and generate
 
 
-async def test_chat_not_streamed_and_streamed(start_gateway, make_model) -> None:
+async def test_chat_not_streamed_and_streamed(start_gateway, make_model, http) -> None:
     gw = await start_gateway([make_model("m", [2048], extra_args=["--fake-tokens", "4"])])
     c = client(gw)
     one = await c.chat(model="m:latest", messages=HI, stream=False)
@@ -169,6 +171,11 @@ async def test_chat_not_streamed_and_streamed(start_gateway, make_model) -> None
 
     limited = await c.chat(model="m", messages=HI, options={"num_predict": 2, "temperature": 0, "seed": 1, "stop": "x"})
     assert limited.message.content == "tok0 tok1" and limited.done_reason == "length" and limited.eval_count == 2
+    # The history (and a key's usage) has the engine's token counts, streamed or not.
+    history = json.loads((await get(http, gw.url + "/api/requests")).body)["requests"]
+    assert [(r["route"], r["stream"], r["prompt_tokens"], r["generated_tokens"]) for r in history[:3]] == [
+        ("/api/chat", False, 5, 2), ("/api/chat", True, 5, 4), ("/api/chat", False, 5, 4),
+    ]  # fmt: skip
 
 
 async def test_streams_are_ndjson_by_default_and_one_object_when_not(start_gateway, make_model, http) -> None:
