@@ -394,6 +394,10 @@ async def test_model_management_is_the_configs(start_gateway, make_model, http) 
         assert caught.value.status_code == 501 and "Lua configuration" in caught.value.error
     blob = await http.fetch(gw.url + "/api/blobs/sha256:00", method="HEAD", raise_error=False)
     assert blob.code == 501 and blob.body == b""
+    upload = await post(http, gw.url + "/api/blobs/sha256:00", b"x" * 1_000_000)  # refused before it is read
+    assert upload.code == 501 and isinstance(json.loads(upload.body)["error"], str)
+    pulled = await post(http, gw.url + "/api/pull", {"model": "m", "stream": False})
+    assert pulled.code == 200 and json.loads(pulled.body) == {"status": "success"}
 
 
 async def test_an_engine_failing_mid_stream_ends_the_stream_with_an_error_line(start_gateway, make_model) -> None:

@@ -90,8 +90,29 @@ class ShowHandler(OllamaHandler):
             self.send_gateway_error(exc)
 
 
+@web.stream_request_body
 class UnsupportedHandler(OllamaHandler):
-    """Model management: the models are the Lua configuration's."""
+    """Model management: the models are the Lua configuration's. Refused before the body is read
+    (a blob upload may be gigabytes); a pull's small body is read within max_body_size."""
+
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not self.answered and not (self.request.path == "/api/pull" and self.request.method == "POST"):
+            self._refuse()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.answered:
+            return
+        self._size += len(chunk)
+        if self._size > self.live.current.server.max_body_bytes:
+            self.send_gateway_error(problem(413, "request body over the limit (max_body_size)"))
+            return
+        self._chunks.append(chunk)
 
     def _refuse(self, *args: Any) -> None:
         path = self.request.path.split("/blobs/")[0] + ("/blobs" if "/blobs/" in self.request.path else "")
@@ -102,17 +123,18 @@ class UnsupportedHandler(OllamaHandler):
         self.send_gateway_error(problem(501, message))
 
     def post(self, *args: Any) -> None:
-        if self.request.path == "/api/pull":
+        if not self.answered:
             self._pull()
-            return
-        self._refuse()
 
-    delete = head = _refuse
+    def delete(self, *args: Any) -> None:
+        pass  # refused in prepare()
+
+    head = delete
 
     def _pull(self) -> None:
         """A pull of a model the gateway serves succeeds at once; of any other, 404."""
         try:
-            data = _body(self.request.body)
+            data = _body(b"".join(self._chunks))
             name = data.get("model") or data.get("name")
             if not isinstance(name, str) or not name:
                 raise BadRequest("model is required")
