@@ -12,8 +12,7 @@ Each iteration sends, in a rotating order, one of each probe below on keep-alive
 * ``ollama_nonstream`` and ``ollama_stream_ttft``: the same small chat through the gateway's
   Ollama route (``POST /api/chat``, ``"stream": false`` and NDJSON), against the same direct
   OpenAI-route request: what an Ollama client pays beyond talking to llama-server, next to what
-  an OpenAI client pays (the translation both ways, and the engine's stream read whole for one
-  object).
+  an OpenAI client pays (the translation both ways).
 
 Added = gateway - direct, for the median and for the p99 of each repeat. A final block of
 gateway-only requests measures the gateway's CPU time per request.
@@ -320,9 +319,9 @@ def _ollama_note(ov: dict[str, Any]) -> str:
         return ""
     return (
         "\nThe Ollama route over the OpenAI route, both through the gateway (median): "
-        f"{fmt(ov['ollama_nonstream_vs_openai_ms']['median'], 3)} ms not streamed (the engine's stream is read "
-        f"whole and folded into one object), {fmt(ov['ollama_stream_ttft_vs_openai_ms']['median'], 3)} ms to the "
-        "first token streamed (SSE translated to NDJSON).\n"
+        f"{fmt(ov['ollama_nonstream_vs_openai_ms']['median'], 3)} ms not streamed (the engine's object translated), "
+        f"{fmt(ov['ollama_stream_ttft_vs_openai_ms']['median'], 3)} ms to the first token streamed (SSE translated "
+        "to NDJSON).\n"
     )
 
 

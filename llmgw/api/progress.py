@@ -103,16 +103,12 @@ class Rewriter(Protocol):
 
 
 class Translator(Rewriter, Protocol):
-    """A Rewriter that turns the engine's answer into another API's (the Ollama routes). It names
-    the answer's content type, and whether the engine's answer is read whole first (``whole``: a
-    client that wants one object keeps a clean error status if the engine fails). ``body`` may
-    raise a GatewayError: an answer it cannot translate, answered with that error's status."""
+    """A Rewriter that turns the engine's answer into another API's (the Ollama routes), and names
+    the answer's content type. ``body`` may raise a GatewayError: a whole answer it cannot
+    translate (or an error inside it), answered with that error's status."""
 
     @property
     def content_type(self) -> str: ...
-
-    @property
-    def whole(self) -> bool: ...
 
 
 class ProgressStream:

@@ -339,7 +339,6 @@ class Exchange:
             source=_engine_of(request.model.name),
             opening=feedback.relay if feedback is not None and feedback.started else None,
             dialect=request.dialect,
-            whole=translator is not None and translator.whole,
         )
 
     # ------------------------------------------------------------------ the slot cache

@@ -3,8 +3,7 @@
 
 A JSON answer is read whole (so a failure can still be a clean 502) and sent with its length; a
 stream goes chunk by chunk through the rewriter, its usage read on the way, and a stream that
-breaks ends with the dialect's error event. A translated answer (the Ollama routes) may ask for
-the engine's stream to be read whole too (``whole``: its client wants one object).
+breaks ends with the dialect's error event.
 """
 
 from __future__ import annotations
@@ -40,11 +39,10 @@ async def relay(
     source: str,
     opening: Opening | None = None,
     dialect: Dialect | None = None,
-    whole: bool = False,
 ) -> None:
     """``headers``: those the client gets; ``source``: what answers, for messages ("engine of
     model 'm'", "peer 'gpu-box'"); ``dialect``: the client's when not the endpoint's."""
-    if "text/event-stream" not in content_type or whole:
+    if "text/event-stream" not in content_type:
         body = await read_all(call, source)
         stats.feed(body)
         answer = rewriter.body(body)  # a translator may refuse it (a GatewayError): nothing is sent yet

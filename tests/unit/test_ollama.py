@@ -48,7 +48,7 @@ def test_timestamps_and_names() -> None:
 # ----------------------------------------------------------------------------- requests
 
 
-def test_chat_becomes_a_streamed_chat_completion_with_llama_server_fields() -> None:
+def test_chat_becomes_a_chat_completion_with_llama_server_fields() -> None:
     call = requests.chat(
         {
             "model": "m:latest",
@@ -69,7 +69,7 @@ def test_chat_becomes_a_streamed_chat_completion_with_llama_server_fields() -> N
     assert call.body == {
         "model": "m:latest",
         "messages": [{"role": "user", "content": "hi"}],
-        "stream": True,  # always: the answer translation folds it when the client wants one object
+        "stream": False,  # the engine answers one object when the client wants one
         "n_predict": 7,
         "temperature": 0.0,
         "top_k": 3,
@@ -242,17 +242,45 @@ def test_a_chat_stream_becomes_ndjson_lines(pieces: int) -> None:
     assert stats.prompt_tokens == 5 and stats.generated_tokens == 2
 
 
-def test_a_chat_stream_folds_into_one_object() -> None:
-    out, _ = translate(Kind.CHAT, False, STREAM)
+WHOLE = json.dumps(
+    {
+        "choices": [
+            {
+                "finish_reason": "tool_calls",
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Hello",
+                    "reasoning_content": "hm",
+                    "tool_calls": [
+                        {"type": "function", "id": "c1", "function": {"name": "f", "arguments": '{"a": 1}'}}
+                    ],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 9},
+        "timings": TIMINGS,
+    }
+).encode()
+
+
+def test_a_whole_chat_answer_becomes_one_object() -> None:
+    out, _ = translate(Kind.CHAT, False, WHOLE)
     answer = json.loads(out)
     assert answer["message"]["content"] == "Hello" and answer["message"]["thinking"] == "hm"
-    assert answer["message"]["tool_calls"][0]["function"]["arguments"] == {"a": 1}
-    assert answer["done"] is True and answer["eval_count"] == 2
+    assert answer["message"]["tool_calls"] == [
+        {"id": "c1", "function": {"index": 0, "name": "f", "arguments": {"a": 1}}}
+    ]
+    assert answer["done"] is True and answer["done_reason"] == "stop" and answer["eval_count"] == 2  # timings win
+    length = json.loads(WHOLE.replace(b'"tool_calls",', b'"length",'))
+    assert json.loads(translate(Kind.GENERATE, False, json.dumps(length).encode())[0])["done_reason"] == "length"
 
 
 def test_thinking_is_dropped_when_think_is_false() -> None:
-    out, _ = translate(Kind.CHAT, False, STREAM, think=False)
+    out, _ = translate(Kind.CHAT, False, WHOLE, think=False)
     assert "thinking" not in json.loads(out)["message"]
+    out, _ = translate(Kind.CHAT, True, STREAM, think=False)
+    assert all("thinking" not in json.loads(line)["message"] for line in out.splitlines())
 
 
 def test_generate_answers_carry_response_and_usage_after_the_finish() -> None:
@@ -282,14 +310,15 @@ def test_engine_errors_and_broken_streams() -> None:
     failing = sse(chunk({"content": "a"}), {"error": {"code": 500, "message": "boom", "type": "server_error"}})
     out, stats = translate(Kind.CHAT, True, failing)
     assert json.loads(out.splitlines()[-1]) == {"error": "boom"} and stats.stream_error == 500
-    with pytest.raises(GatewayError) as caught:
-        translate(Kind.CHAT, False, failing)
-    assert caught.value.message == "boom" and caught.value.status == 500
+    with pytest.raises(GatewayError) as caught:  # not streamed: the error keeps its status
+        translate(Kind.CHAT, False, b'{"error": {"code": 400, "message": "boom", "type": "invalid_request_error"}}')
+    assert caught.value.message == "boom" and caught.value.status == 400
     cut = sse(chunk({"content": "a"}))  # no finish: the relay adds the error line
     out, _ = translate(Kind.CHAT, True, cut)
     assert [json.loads(line)["done"] for line in out.splitlines()] == [False]
-    with pytest.raises(GatewayError):
-        translate(Kind.CHAT, False, cut)
+    for broken in (WHOLE[: len(WHOLE) // 2], b"[1]", b'{"choices": []}'):
+        with pytest.raises(GatewayError):
+            translate(Kind.CHAT, False, broken)
     bad_args = sse(chunk({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{oops"}}]}, "tool_calls"))
     out, _ = translate(Kind.CHAT, True, bad_args + sse(b"[DONE]"))
     assert "invalid tool call arguments" in json.loads(out.splitlines()[-1])["error"]

@@ -6,8 +6,9 @@ answer.
   events) as NDJSON chunks (``message`` for /api/chat, ``response`` for /api/generate), with
   ``thinking`` from ``reasoning_content``, tool calls gathered and sent once with their
   ``arguments`` as objects, and a last ``done: true`` line whose durations (ns) and counts come
-  from the engine's ``timings``. When the client asked for ``"stream": false`` the stream is read
-  whole and folded into one object.
+  from the engine's ``timings``. When the client asked for ``"stream": false`` the engine was
+  asked for one object too (one JSON document to read, however long the answer), which becomes
+  Ollama's one object.
 * :class:`EmbeddingAnswer`: ``/v1/embeddings`` as /api/embed's ``embeddings`` (cut to
   ``dimensions``) or /api/embeddings' single ``embedding``.
 
@@ -81,7 +82,6 @@ class GenerationAnswer:
         self._stats = stats
         self._clock = _Clock(arrived_ns)
         self.content_type = NDJSON if call.stream else JSON
-        self.whole = not call.stream  # one object: read the engine's stream whole, so a failure keeps its status
         self._pending = b""
         self._content: list[str] = []
         self._thinking: list[str] = []
@@ -110,13 +110,26 @@ class GenerationAnswer:
         return out
 
     def body(self, data: bytes) -> bytes:
-        """The whole stream, read before anything was sent: one object (or a GatewayError)."""
+        """The engine's whole answer (the request was not streamed), read before anything was
+        sent: one object, or a GatewayError (an answer that is not one, an error inside it)."""
         self._stream = False
-        out = self._events(data)
-        if self._ended:
-            return out
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise EngineUnavailable(f"the engine's answer for model {self._model!r} is not a JSON object")
+        if answer.get("error") is not None:
+            self._failed(answer["error"])  # raises
+        if isinstance(answer.get("timings"), dict):
+            self._timings = answer["timings"]
+        if isinstance(answer.get("usage"), dict):
+            self._usage = answer["usage"]
+        content, thinking = (self._openai_message if self._openai else self._native_delta)(answer)
+        self._content.append(content)
+        self._thinking.append(thinking if self._keep_thinking else "")
         if self._finish is None:
-            raise EngineUnavailable(f"the engine's answer for model {self._model!r} ended before it was complete")
+            self._finish = "stop"
         return self._last()
 
     # ------------------------------------------------------------------ events
@@ -183,6 +196,23 @@ class GenerationAnswer:
         if isinstance(choice.get("finish_reason"), str):
             self._finish = choice["finish_reason"]
         return _text(delta.get("content")), _text(delta.get("reasoning_content"))
+
+    def _openai_message(self, answer: dict[str, Any]) -> tuple[str, str]:
+        """A whole chat completion: its message, tool calls and finish reason."""
+        choices = answer.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise EngineUnavailable(f"the engine's answer for model {self._model!r} has no choice")
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            message = {}
+        calls = message.get("tool_calls")
+        for index, call in enumerate(calls if isinstance(calls, list) else []):
+            if isinstance(call, dict):
+                self._gather_call({"index": index, **call})
+        if isinstance(choice.get("finish_reason"), str):
+            self._finish = choice["finish_reason"]
+        return _text(message.get("content")), _text(message.get("reasoning_content"))
 
     def _native_delta(self, event: dict[str, Any]) -> tuple[str, str]:
         if event.get("stop") is True:
@@ -297,7 +327,6 @@ class EmbeddingAnswer:
     """/api/embed (``embeddings``) and /api/embeddings (``embedding``) from ``/v1/embeddings``."""
 
     content_type = JSON
-    whole = True
 
     def __init__(self, call: Translated, arrived_ns: int, stats: AnswerStats) -> None:
         self._model = call.model

@@ -4,8 +4,8 @@
 
 The translated body is what the gateway counts, sizes and forwards, exactly as if it had come
 in on the matching llama.cpp route: the counting and the variant choice see what the engine
-will see. The engine is always asked to stream; the answer translation (``answers.py``) folds the
-stream into one object when the client asked for ``"stream": false``.
+will see. The engine streams when the client does (NDJSON, translated line by line by
+``answers.py``), else answers one object, which becomes Ollama's one object.
 
 Validation follows Ollama's texts where its clients show them (``model is required``, ``option
 "temperature" must be of type float32``, ``invalid format: ...``); every malformed field is a
@@ -354,7 +354,7 @@ def chat(data: dict[str, Any]) -> Translated:
     opts = options(data.get("options"))
     think, think_fields = _think(data.get("think"))
     chat_messages = messages(data.get("messages"))
-    body: dict[str, Any] = {"model": model, "messages": chat_messages, "stream": True, **opts.fields}
+    body: dict[str, Any] = {"model": model, "messages": chat_messages, "stream": stream, **opts.fields}
     tools = _tools(data.get("tools"))
     if tools:
         body["tools"] = tools
@@ -392,14 +392,14 @@ def generate(data: dict[str, Any]) -> Translated:
     images = data.get("images")
     common = (model, action)
     if suffix:
-        body = {"model": model, "input_prefix": prompt, "input_suffix": suffix, "prompt": "", "stream": True}
+        body = {"model": model, "input_prefix": prompt, "input_suffix": suffix, "prompt": "", "stream": stream}
         body.update(opts.fields)
         body.update(_format(data.get("format"), chat=False))
         return Translated(Kind.GENERATE, *common, INFILL, "/infill", body, stream, keep_alive, opts.num_ctx, think)
     if raw:
         if images:
             raise BadRequest("images are not supported with raw")
-        body = {"model": model, "prompt": prompt, "stream": True, "cache_prompt": True}
+        body = {"model": model, "prompt": prompt, "stream": stream, "cache_prompt": True}
         body.update(opts.fields)
         body.update(_format(data.get("format"), chat=False))
         return Translated(
@@ -407,7 +407,7 @@ def generate(data: dict[str, Any]) -> Translated:
         )
     chat_messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     chat_messages.append({"role": "user", "content": _content(prompt, images, "request")})
-    body = {"model": model, "messages": chat_messages, "stream": True, **opts.fields, **fmt_chat, **think_fields}
+    body = {"model": model, "messages": chat_messages, "stream": stream, **opts.fields, **fmt_chat, **think_fields}
     return Translated(
         Kind.GENERATE, *common, CHAT, "/v1/chat/completions", body, stream, keep_alive, opts.num_ctx, think
     )
