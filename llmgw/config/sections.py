@@ -8,7 +8,7 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 from llmgw.config import budget as budget_keys
-from llmgw.config import caching, serving
+from llmgw.config import caching, rpc, serving
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
@@ -32,45 +32,55 @@ _TIMEOUT_KEYS = frozenset(
         "stream_idle_timeout",
     }
 )
-_SERVER_KEYS = _TIMEOUT_KEYS | {
-    "listen_v4",
-    "listen_v6",
-    "max_body_size",
-    "queue_timeout",
-    "completion_reserve",
-    "shutdown_grace",
-    "api_keys",
-    "max_engines",
-    "memory_budget",
-    "state_dir",
-    "default_model",
-    "list_aliases",
-    "cors_origins",
-    "strict_context",
-    "loading_feedback",
-    "slot_cache",
-}
-_MODEL_KEYS = _TIMEOUT_KEYS | {
-    "name",
-    "engine",
-    "connect",
-    "completion_reserve",
-    "tokenization",
-    "variants",
-    "pinned",
-    "exclusive",
-    "devices",
-    "aliases",
-    "endpoints",
-    "set",
-    "strip",
-    "completion_limit",
-    "strict_context",
-    "loading_feedback",
-    "slot_cache",
-}
+_SERVER_KEYS = (
+    _TIMEOUT_KEYS
+    | {
+        "listen_v4",
+        "listen_v6",
+        "max_body_size",
+        "queue_timeout",
+        "completion_reserve",
+        "shutdown_grace",
+        "api_keys",
+        "max_engines",
+        "memory_budget",
+        "state_dir",
+        "default_model",
+        "list_aliases",
+        "cors_origins",
+        "strict_context",
+        "loading_feedback",
+        "slot_cache",
+    }
+    | rpc.SERVER_KEYS
+)
+_MODEL_KEYS = (
+    _TIMEOUT_KEYS
+    | rpc.VARIANT_KEYS
+    | {
+        "name",
+        "engine",
+        "connect",
+        "completion_reserve",
+        "tokenization",
+        "variants",
+        "pinned",
+        "exclusive",
+        "devices",
+        "aliases",
+        "endpoints",
+        "set",
+        "strip",
+        "completion_limit",
+        "strict_context",
+        "loading_feedback",
+        "slot_cache",
+    }
+)
 _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: accepted silently
-_VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
+_VARIANT_KEYS = (
+    _TIMEOUT_KEYS | rpc.VARIANT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
+)
 _TOKENIZATION_KEYS = frozenset({"binary", "base_args", "extra_args", "extra_tokens_per_message", "extra_tokens"})
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
@@ -154,6 +164,7 @@ def server_section(node: Node) -> ServerConfig:
         api_keys = tuple(item.string(secret=True) for item in items)
     state_dir = node.child("state_dir")
     default_model = node.child("default_model")
+    budget = budget_keys.memory_budget(node.child("memory_budget"))
     return ServerConfig(
         listen=_listen(node),
         timeouts=_timeouts(node, DEFAULT_TIMEOUTS),
@@ -163,7 +174,7 @@ def server_section(node: Node) -> ServerConfig:
         shutdown_grace=node.get_seconds("shutdown_grace", ServerConfig.shutdown_grace, allow_zero=True),
         api_keys=api_keys,
         max_engines=node.get_int("max_engines", 1, ServerConfig.max_engines),
-        memory_budget=budget_keys.memory_budget(node.child("memory_budget")),
+        memory_budget=budget,
         state_dir=state_dir.string() if state_dir.exists() else None,
         default_model=default_model.string() if default_model.exists() else None,
         list_aliases=node.get_bool("list_aliases", True),
@@ -171,6 +182,7 @@ def server_section(node: Node) -> ServerConfig:
         strict_context=node.get_bool("strict_context", False),
         loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
         slot_cache=caching.slot_cache(node.child("slot_cache"), None),
+        rpc_workers=rpc.rpc_workers(node.child("rpc_workers"), budget),
     )
 
 
@@ -244,8 +256,11 @@ def _variant(
     model_connect: str | None,
     base: Timeouts,
     model_devices: tuple[str, ...] | None,
-    budget: tuple[tuple[str, float], ...],
+    server: ServerConfig,
+    inherited: rpc.RpcKeys,
 ) -> Variant:
+    """``inherited``: the model's RPC keys, which the variant's own replace."""
+    budget = server.memory_budget
     node.table("a variant table")
     node.warn_unknown(node.label, _VARIANT_KEYS)
     connect_node = node.child("connect")
@@ -257,18 +272,26 @@ def _variant(
         connect_node.fail("is required (set connect on the variant or on its model)")
     env_node = node.child("env")
     chosen = budget_keys.devices(node.child("devices"), budget)
+    args = _args(node.child("args"))
+    keys = rpc.keys(node, inherited, server.rpc_workers)
+    rpc.check_variant(node, args, keys)
+    # A worker that declares memory is a pool of its own, which only its variants count in.
     pools = budget_keys.variant_pools(chosen if chosen is not None else model_devices, budget)
+    pools += tuple(worker.name for worker in keys.workers if worker.memory is not None)
     return Variant(
         index=index,
         binary=node.child("binary").string(),
-        args=_args(node.child("args")),
+        args=args,
         context=node.child("context").integer(1),
         connect=connect,
         timeouts=_timeouts(node, base),
         env=_env(env_node) if env_node.exists() else (),
         pools=pools,
-        memory=budget_keys.declared_memory(node.child("memory"), pools, budget),
+        memory=budget_keys.declared_memory(node.child("memory"), pools, server.pools),
         endpoints=serving.endpoints(node.child("endpoints")),
+        rpc=keys.workers,
+        tensor_split=keys.split,
+        local_devices=keys.local,
     )
 
 
@@ -296,8 +319,9 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
     items = variants_node.items("a non-empty list of variant tables")
     if not items:
         variants_node.fail("must be a non-empty list of variant tables, got an empty table")
+    inherited = rpc.keys(model, rpc.RpcKeys(), server.rpc_workers)
     variants = [
-        _variant(item, index, model_connect, timeouts, model_devices, server.memory_budget)
+        _variant(item, index, model_connect, timeouts, model_devices, server, inherited)
         for index, item in enumerate(items, 1)
     ]
     by_context: dict[int, Variant] = {}

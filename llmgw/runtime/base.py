@@ -19,10 +19,12 @@ from llmgw.upstream.client import EngineClient
 
 @dataclass(frozen=True)
 class Usage:
-    """Memory an engine was seen using: RSS of its process tree, GPU memory per device index (MiB)."""
+    """Memory an engine was seen using: RSS of its process tree, GPU memory per device index (MiB),
+    and what each RPC worker it uses holds for it (the worker's RSS plus GPU, as its agent reports)."""
 
     rss_mib: float
     gpu_mib: Mapping[int, float] = field(default_factory=dict)
+    remote: Mapping[str, float] = field(default_factory=dict)  # worker name -> MiB
 
 
 class ProcessView(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Coroutine
 from typing import Any
 
 from tornado import httpserver, netutil
@@ -23,6 +24,7 @@ class GatewayServer:
         self._servers: list[httpserver.HTTPServer] = []
         self._stopped = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> Config:
@@ -40,6 +42,7 @@ class GatewayServer:
         services.guard.start()
         app = make_app(services)
         self._ticker = asyncio.ensure_future(self._tick())
+        self._in_background(services.manager.learn_estimates())
         for host, port in config.server.listen:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sockets = netutil.bind_sockets(port, address=host, family=family)
@@ -62,6 +65,8 @@ class GatewayServer:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        for task in list(self._background):
+            task.cancel()
         services = self._services
         if services is not None:
             services.bus.close()
@@ -94,7 +99,14 @@ class GatewayServer:
         services.live.current = config
         services.slot_cache.configure(config)
         await services.manager.adopt_config(config)
+        self._in_background(services.manager.learn_estimates())
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Work the gateway does not wait for (reading model files for the memory estimate)."""
+        task = asyncio.ensure_future(_logged(work))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _tick(self) -> None:
         """Load progress once a second for watchers, while engines load."""
@@ -103,6 +115,15 @@ class GatewayServer:
             await asyncio.sleep(1.0)
             if services.bus.watched:
                 services.status.tick()
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("background work failed")
 
 
 def _format_addr(addr: Any) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from llmgw.config import Config, LiveConfig
 from llmgw.events import EventBus
+from llmgw.modelfile import ModelFiles
 from llmgw.proxy import Proxy, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
@@ -37,6 +38,7 @@ class Services:
     status: StatusTracker  # engine and queue events, load progress
     proxy: Proxy  # the request path
     views: Views  # what the read-only routes show
+    files: ModelFiles  # what each model's GGUF header says (the memory estimate), read once per change
 
 
 def build(config: Config) -> Services:
@@ -57,7 +59,10 @@ def build(config: Config) -> Services:
     hooks = ManagerHooks(
         engine_started=metrics.observe_start, engine_stopped=metrics.observe_stop, changed=status.changed
     )
-    manager = EngineManager(config, runtime, state, scheduler, hooks)
+    files = ModelFiles()
+    manager = EngineManager(config, runtime, state, scheduler, hooks, files)
     proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
     views = Views(live, manager, status, int(time.time()))
-    return Services(live, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views)
+    return Services(
+        live, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views, files
+    )
