@@ -1,4 +1,5 @@
-"""Entry point: ``python -m llmgw --config config.lua``; ``python -m llmgw ps``: what a gateway has loaded."""
+"""Entry point: ``python -m llmgw --config config.lua``; ``python -m llmgw ps``: what a gateway has loaded;
+``python -m llmgw agent --config agent.lua``: on a host lending its devices to gateways over RPC."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ logger = logging.getLogger("llmgw")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="llmgw", description=__doc__, epilog="python -m llmgw ps --help: what a running gateway has loaded"
+        prog="llmgw",
+        description=__doc__,
+        epilog="python -m llmgw ps --help: what a running gateway has loaded; "
+        "python -m llmgw agent --help: on a host lending its devices over llama.cpp RPC",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--config", help="Lua configuration file")
@@ -75,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["ps"]:  # a subcommand of its own: the gateway's own options stay as they were
         return ps.main(given[1:])
+    if given[:1] == ["agent"]:  # on a host lending its devices over RPC; imported only then
+        from llmgw.agent.main import main as agent_main
+
+        return agent_main(given[1:])
     args = parse_args(argv)
     if args.demo:
         try:

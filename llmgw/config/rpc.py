@@ -43,18 +43,18 @@ def rpc_workers(node: Node, budget: tuple[tuple[str, float], ...]) -> tuple[RpcW
         entry.warn_unknown(entry.label, _WORKER_KEYS)
         if name in pools or _RESERVED_POOLS.fullmatch(name):
             node.fail(f"names a worker {quote(name)}, which is also a memory pool's name: rename the worker")
-        address = _address(entry.child("address"))
-        if address in addresses:
-            entry.child("address").fail(f"repeats the address of rpc_workers.{addresses[address]}")
-        addresses[address] = name
+        at = address(entry.child("address"))
+        if at in addresses:
+            entry.child("address").fail(f"repeats the address of rpc_workers.{addresses[at]}")
+        addresses[at] = name
         key = entry.child("api_key")
         memory = entry.child("memory")
         agent = entry.child("agent")
         workers.append(
             RpcWorker(
                 name=name,
-                address=address,
-                devices=_device_names(entry.child("devices")) or ("CPU",),
+                address=at,
+                devices=device_names(entry.child("devices")) or ("CPU",),
                 agent=_agent_url(agent) if agent.exists() else None,
                 api_key=key.string(secret=True) if key.exists() else None,
                 memory=memory.positive_number() if memory.exists() else None,
@@ -65,7 +65,7 @@ def rpc_workers(node: Node, budget: tuple[tuple[str, float], ...]) -> tuple[RpcW
     return tuple(workers)
 
 
-def _address(node: Node) -> str:
+def address(node: Node) -> str:
     """``host:port`` as llama-server's ``--rpc`` takes it: a host name or IPv4 address (its
     endpoint parser refuses IPv6) and a port."""
     text = node.string()
@@ -104,7 +104,7 @@ def _agent_url(node: Node) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _device_names(node: Node) -> tuple[str, ...]:
+def device_names(node: Node) -> tuple[str, ...]:
     """llama.cpp device names (``CPU``, ``CUDA0``, ``Vulkan1``...); () when absent."""
     if not node.exists():
         return ()
@@ -133,7 +133,7 @@ def keys(node: Node, inherited: RpcKeys, known: tuple[RpcWorker, ...]) -> RpcKey
     return RpcKeys(
         workers=_workers(node.child("rpc"), inherited.workers, known),
         split=_tensor_split(node.child("tensor_split"), inherited.split),
-        local=_device_names(node.child("local_devices")) if node.child("local_devices").exists() else inherited.local,
+        local=device_names(node.child("local_devices")) if node.child("local_devices").exists() else inherited.local,
     )
 
 

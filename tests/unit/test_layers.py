@@ -13,6 +13,7 @@ LAYERS: list[set[str]] = [
     {"server", "ps"},
     {"proxy"},
     {"scheduling"},
+    {"agent"},  # python -m llmgw agent: none of the gateway's request path, scheduling or server
     {"runtime"},
     {"slotcache"},
     {"upstream", "api"},
