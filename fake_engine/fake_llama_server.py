@@ -42,6 +42,7 @@ import tornado.web
 
 if __package__:
     from . import fake_llama_shapes as shapes
+    from . import fake_rpc
     from .fake_llama_tokenize import (
         BOS_ID,
         count_messages_tokens,
@@ -56,6 +57,7 @@ if __package__:
     )
 else:  # run as a script: python fake_engine/fake_llama_server.py
     import fake_llama_shapes as shapes  # type: ignore[import-not-found,no-redef]
+    import fake_rpc  # type: ignore[import-not-found,no-redef]
     from fake_llama_tokenize import (  # type: ignore[import-not-found,no-redef]
         BOS_ID,
         count_messages_tokens,
@@ -129,6 +131,9 @@ class Options:
     fake_slot_bytes_per_token: int = 64
     fake_slot_refuse_restore: bool = False
     fake_slot_disk_full: bool = False
+    rpc: str | None = None  # --rpc host:port,...: fake_rpc workers to connect to
+    device: str | None = None
+    fake_build: str = "fake000"  # the commit --version prints
 
     @property
     def n_ctx(self) -> int:
@@ -193,6 +198,10 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any] | None]] = {
     "--fake-slot-bytes-per-token": ("fake_slot_bytes_per_token", int),
     "--fake-slot-refuse-restore": ("fake_slot_refuse_restore", None),
     "--fake-slot-disk-full": ("fake_slot_disk_full", None),
+    "--rpc": ("rpc", str),
+    "--device": ("device", str),
+    "-dev": ("device", str),
+    "--fake-build": ("fake_build", str),
 }
 
 
@@ -306,6 +315,8 @@ class Metrics:
 
 class Engine:
     """State shared by all handlers of one fake server."""
+
+    rpc: fake_rpc.Links | None = None  # the workers of --rpc
 
     def __init__(self, options: Options, port: int) -> None:
         self.options = options
@@ -986,6 +997,8 @@ class GenerationHandler(BaseHandler):
         return Plan(request, [run], fmt, shapes.generation_settings(request, run))
 
     async def post(self) -> None:
+        if self.engine.rpc is not None:
+            self.engine.rpc.check()  # a worker gone: abort, as llama-server does at its next generation
         body = self.json_body()
         plan = self.plan(body)
         request = plan.request
@@ -1420,6 +1433,12 @@ async def serve(options: Options, sockets: list[socket.socket]) -> int:
     # Written, not just allocated, so the pages count in the process's RSS like loaded weights.
     ballast = b"\x01" * (max(0, options.fake_memory_mb) << 20)
     engine = Engine(options, port)
+    if options.rpc:
+        links = fake_rpc.connect(options.rpc, options.device)
+        if isinstance(links, str):
+            log(links)
+            return 1
+        engine.rpc = links
     server = tornado.httpserver.HTTPServer(make_app(engine))
     server.add_sockets(sockets)
     engine.events.emit("start", pid=os.getpid(), port=port, n_ctx=engine.n_ctx)
@@ -1443,8 +1462,14 @@ async def serve(options: Options, sockets: list[socket.socket]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in args:  # as llama-server: the build on stderr, then exit
+        build = parse_args([a for a in args if a != "--version"]).fake_build
+        log(f"version: 1 ({build})")
+        log("built with fake_llama_server.py")
+        return 0
     try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
+        options = parse_args(args)
     except UsageError as exc:
         log(str(exc))
         return 1

@@ -55,6 +55,7 @@ class RunningEngine:
     client: EngineClient
     n_ctx: int  # context per request as the engine reports it (may differ from variant.context)
     started_at: float = field(default_factory=time.time)
+    workers: Mapping[str, int | None] = field(default_factory=dict)  # RPC worker -> its pid at the start
 
 
 class Runtime(Protocol):

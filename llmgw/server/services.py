@@ -14,6 +14,7 @@ from llmgw.events import EventBus
 from llmgw.modelfile import ModelFiles
 from llmgw.proxy import Proxy, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
+from llmgw.runtime.rpc import RpcWorkers
 from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
 from llmgw.server.activity import EngineLogs, RequestLog
 from llmgw.server.metrics import GatewayMetrics
@@ -55,7 +56,14 @@ def build(config: Config) -> Services:
     http = EngineHTTPClient.create()
     scheduler = new_scheduler(config, state)
     status = StatusTracker(scheduler, bus, state)
-    runtime = ProcessRuntime(http, guard, slot_cache=slot_cache, on_spawned=status.spawned, on_output=engine_logs.add)
+    runtime = ProcessRuntime(
+        http,
+        guard,
+        slot_cache=slot_cache,
+        on_spawned=status.spawned,
+        on_output=engine_logs.add,
+        rpc=RpcWorkers(live),
+    )
     hooks = ManagerHooks(
         engine_started=metrics.observe_start, engine_stopped=metrics.observe_stop, changed=status.changed
     )
