@@ -38,7 +38,8 @@ server = {
   health_check_timeout = 5, -- one GET /health probe of an engine
   engine_startup_timeout = 120, -- from spawning an engine until it reports healthy
   engine_idle_timeout = 0, -- stop an engine idle for this long; 0 keeps it running
-  engine_stop_timeout = 15, -- SIGTERM, then SIGKILL after this grace
+  engine_stop_timeout = 15, -- SIGTERM, then SIGKILL after this grace (busy engines, or graceful_stop = true)
+  graceful_stop = false, -- false: an engine with no request in flight is killed at once (slots saved first)
   stream_idle_timeout = 120, -- a stream (or a count) with no byte from the engine for this long fails; 0 = never
 
   max_body_size = 64 * 1024 * 1024, -- largest accepted request body, in bytes

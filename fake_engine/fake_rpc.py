@@ -22,7 +22,9 @@ import threading
 from collections.abc import Sequence
 
 PROTOCOL = "4.0.3"
-_CRASH = "/tmp/llama-cpp-src/ggml/src/ggml-rpc/ggml-rpc.cpp:498: Remote RPC server crashed or returned malformed response"
+_CRASH = (
+    "/tmp/llama-cpp-src/ggml/src/ggml-rpc/ggml-rpc.cpp:498: Remote RPC server crashed or returned malformed response"
+)
 
 
 # ----------------------------------------------------------------------------- the coordinator's side

@@ -1,19 +1,22 @@
 """Entry point: ``python -m llmgw --config config.lua``; ``python -m llmgw ps``: what a gateway has loaded;
-``python -m llmgw agent --config agent.lua``: on a host lending its devices to gateways over RPC."""
+``python -m llmgw agent --config agent.lua``: on a host lending its devices to gateways over RPC.
+
+A launch reads the configuration and opens its listening sockets first, then imports the rest
+(Tornado, the services: most of the start-up time): clients that connect meanwhile are served
+once the gateway is up instead of being refused. Subcommands import only what they use.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
+import socket
 import sys
+from typing import TYPE_CHECKING
 
-from llmgw import ps
-from llmgw.config import ConfigError, ConfigLoader
-from llmgw.demo import DemoUnavailable, demo_config_path, demo_environment
-from llmgw.server import GatewayServer
+if TYPE_CHECKING:
+    from llmgw.config import Config
 
 logger = logging.getLogger("llmgw")
 
@@ -35,8 +38,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(config_path: str) -> int:
-    config = ConfigLoader(config_path).load()
+async def serve(config_path: str, config: Config, sockets: list[socket.socket]) -> int:
+    import asyncio
+    import signal
+
+    from llmgw.config import ConfigError, ConfigLoader
+    from llmgw.server import GatewayServer
+
     gateway = GatewayServer(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -64,7 +72,7 @@ async def serve(config_path: str) -> int:
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
-        await gateway.start()
+        await gateway.start(sockets)
         logger.info("llmgw ready: %d model(s): %s", len(config.models), ", ".join(config.model_names()))
         await stop.wait()
     finally:
@@ -78,6 +86,8 @@ async def serve(config_path: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     if given[:1] == ["ps"]:  # a subcommand of its own: the gateway's own options stay as they were
+        from llmgw import ps
+
         return ps.main(given[1:])
     if given[:1] == ["agent"]:  # on a host lending its devices over RPC; imported only then
         from llmgw.agent.main import main as agent_main
@@ -85,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return agent_main(given[1:])
     args = parse_args(argv)
     if args.demo:
+        from llmgw.demo import DemoUnavailable, demo_config_path, demo_environment
+
         try:
             os.environ.update(demo_environment())
         except DemoUnavailable as exc:
@@ -101,21 +113,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    from llmgw import listen
+    from llmgw.config import ConfigError, ConfigLoader
+
+    try:
+        config = ConfigLoader(args.config).load()
+    except ConfigError as exc:
+        print(f"llmgw: invalid config: {exc}", file=sys.stderr)
+        return 2
     if args.check_config:
-        try:
-            print(ConfigLoader(args.config).load().summary())
-        except ConfigError as exc:
-            print(f"llmgw: invalid config: {exc}", file=sys.stderr)
-            return 2
+        print(config.summary())
         return 0
     try:
-        return asyncio.run(serve(args.config))
+        sockets = listen.bind(config.server.listen)
+    except OSError as exc:
+        print(f"llmgw: cannot start: {exc}", file=sys.stderr)
+        return 1
+    import asyncio
+
+    try:
+        return asyncio.run(serve(args.config, config, sockets))
     except ConfigError as exc:
         print(f"llmgw: invalid config: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"llmgw: cannot start: {exc}", file=sys.stderr)
         return 1
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 if __name__ == "__main__":

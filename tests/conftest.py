@@ -84,6 +84,9 @@ def write_config(path: Path, models: list[FakeModel], port: int, **server: Any) 
         "engine_idle_timeout": 0,
         "engine_stop_timeout": 5,
         "state_dir": str(path.parent / "state"),
+        # The fake engine records a graceful exit ("exit" event), which the lifecycle tests read;
+        # the default (idle engines killed at once) has tests of its own (test_engine_manager.py).
+        "graceful_stop": True,
         **server,
     }
     text = f"server = {lua(server_table)}\nmodels = {lua([m.table() for m in models])}\n"

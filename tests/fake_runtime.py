@@ -78,10 +78,10 @@ class FakeRuntime:
     async def responsive(self, engine: RunningEngine, timeout: float) -> bool:
         return engine.process.is_running and engine.model.name not in self.frozen
 
-    async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
-        if kill:
+    async def stop(self, engine: RunningEngine, kill: bool = False, hung: bool = False) -> None:
+        if hung:
             self.killed.append(engine.model.name)
-        if self.in_use.get(id(engine)) and engine.process.is_running and not kill:  # only a hung one is killed
+        if self.in_use.get(id(engine)) and engine.process.is_running and not hung:  # only a hung one is killed
             self.violations.append(f"{engine.model.name} stopped with {self.in_use[id(engine)]} request(s) on it")
         self.stops.append(engine.model.name)
         await asyncio.sleep(0)

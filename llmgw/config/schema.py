@@ -220,6 +220,10 @@ class ServerConfig:
     # on the largest variant until its context is full.
     strict_context: bool = False
     loading_feedback: str = "comments"  # one of FEEDBACK_MODES
+    # False: an engine with no request in flight is stopped with SIGKILL at once (its slots saved
+    # first): it holds nothing a graceful shutdown would keep, and llama-server's own takes 80-95 ms,
+    # which every switch would wait for. True: SIGTERM, then SIGKILL after engine_stop_timeout.
+    graceful_stop: bool = False
     slot_cache: SlotCache | None = None  # the default of every model (None: off)
     rpc_workers: tuple[RpcWorker, ...] = ()  # hosts lending devices over llama.cpp RPC
 

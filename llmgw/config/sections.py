@@ -32,55 +32,49 @@ _TIMEOUT_KEYS = frozenset(
         "stream_idle_timeout",
     }
 )
-_SERVER_KEYS = (
-    _TIMEOUT_KEYS
-    | {
-        "listen_v4",
-        "listen_v6",
-        "max_body_size",
-        "queue_timeout",
-        "completion_reserve",
-        "shutdown_grace",
-        "api_keys",
-        "max_engines",
-        "memory_budget",
-        "state_dir",
-        "default_model",
-        "list_aliases",
-        "cors_origins",
-        "strict_context",
-        "loading_feedback",
-        "slot_cache",
-    }
-    | rpc.SERVER_KEYS
-)
-_MODEL_KEYS = (
-    _TIMEOUT_KEYS
-    | rpc.VARIANT_KEYS
-    | {
-        "name",
-        "engine",
-        "connect",
-        "completion_reserve",
-        "tokenization",
-        "variants",
-        "pinned",
-        "exclusive",
-        "devices",
-        "aliases",
-        "endpoints",
-        "set",
-        "strip",
-        "completion_limit",
-        "strict_context",
-        "loading_feedback",
-        "slot_cache",
-    }
-)
+_SERVER_KEYS = _TIMEOUT_KEYS | {
+    "listen_v4",
+    "listen_v6",
+    "max_body_size",
+    "queue_timeout",
+    "completion_reserve",
+    "shutdown_grace",
+    "api_keys",
+    "max_engines",
+    "memory_budget",
+    "state_dir",
+    "default_model",
+    "list_aliases",
+    "graceful_stop",
+    "cors_origins",
+    "strict_context",
+    "loading_feedback",
+    "slot_cache",
+    *rpc.SERVER_KEYS,
+}
+_MODEL_KEYS = _TIMEOUT_KEYS | {
+    "name",
+    "engine",
+    "connect",
+    "completion_reserve",
+    "tokenization",
+    "variants",
+    "pinned",
+    "exclusive",
+    "devices",
+    "aliases",
+    "endpoints",
+    "set",
+    "strip",
+    "completion_limit",
+    "strict_context",
+    "loading_feedback",
+    "slot_cache",
+    *rpc.VARIANT_KEYS,
+}
 _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: accepted silently
-_VARIANT_KEYS = (
-    _TIMEOUT_KEYS | rpc.VARIANT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
-)
+_VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
+_VARIANT_KEYS |= rpc.VARIANT_KEYS
 _TOKENIZATION_KEYS = frozenset({"binary", "base_args", "extra_args", "extra_tokens_per_message", "extra_tokens"})
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
@@ -178,6 +172,7 @@ def server_section(node: Node) -> ServerConfig:
         state_dir=state_dir.string() if state_dir.exists() else None,
         default_model=default_model.string() if default_model.exists() else None,
         list_aliases=node.get_bool("list_aliases", True),
+        graceful_stop=node.get_bool("graceful_stop", False),
         cors_origins=serving.cors_origins(node.child("cors_origins")),
         strict_context=node.get_bool("strict_context", False),
         loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any, Protocol
 
@@ -34,7 +35,7 @@ from llmgw.errors import ContextTooLarge, EngineUnavailable, GatewayError, Token
 from llmgw.proxy.counting import TokenCounter, prompt_source
 from llmgw.proxy.feedback import LoadingFeedback, ProgressOf
 from llmgw.proxy.sink import ClientSink, ProxyRequest
-from llmgw.proxy.sizing import Fit, Need, surely_fits
+from llmgw.proxy.sizing import CountBounds, Fit, Need, surely_fits
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 from llmgw.slotcache import Restored, SlotCache
@@ -46,9 +47,11 @@ _OVERFLOW_MARK = b"exceed_context_size_error"
 
 
 class CountObserver(Protocol):
-    """Told every exact count (the metrics)."""
+    """Told every exact count, and every count a learned bound made needless (the metrics)."""
 
     def observe_count(self, model: str, tokens: int) -> None: ...
+
+    def observe_skipped_count(self, model: str) -> None: ...
 
 
 class Proxy:
@@ -70,6 +73,7 @@ class Proxy:
         self.slot_cache = slot_cache
         self.progress = progress  # where a waiting request stands (loading feedback); None: no feedback
         self.counts = counts
+        self.bounds = CountBounds()
         self.active: set[UpstreamCall] = set()
 
     async def forward(self, request: ProxyRequest, sink: ClientSink) -> None:
@@ -98,6 +102,7 @@ class Exchange:
         self.min_ctx = 0  # the context the next reservation asks for
         self.restarted = False  # an engine that died before counting was restarted (once)
         self.overflowed = False  # an engine's own overflow sent the request to a bigger variant (once)
+        self.bounded = False  # the engine got the request on a learned bound, without an exact count
 
     async def run(self) -> None:
         try:
@@ -151,23 +156,27 @@ class Exchange:
             if endpoint.sizing is Sizing.ANY:
                 return await self._answer(engine, self._send(engine), Need(0))
             restoring = self._restoring(engine)
+            bound = None if restoring else self._bounded(engine)
+            if bound is not None:
+                self.bounded = True
+                if self.proxy.counts is not None:
+                    self.proxy.counts.observe_skipped_count(request.model.name)
+                return await self._answer(engine, self._send(engine), bound)
             early = _AfterCount(self, engine) if not restoring and self._speculate(engine) else None
             try:
                 need = await self.proxy.counter.measure(endpoint, engine, request.data, self.reserve)
                 bigger = self.fit.bigger(need, engine.n_ctx, engine.variant)
             except TokenCountError:
                 _abort(early)
-                # The engine may have just died (a crash is noticed a moment after its socket
-                # closes): then the next reservation restarts it, once, instead of failing the request.
-                if self.restarted or not await _has_exited(engine):
-                    raise
-                logger.warning("model %r: engine died before counting; restarting it", request.model.name)
-                self.restarted = True
-                return self.min_ctx
+                if await self._restart_dead(engine):
+                    return self.min_ctx
+                raise
             except BaseException:
                 _abort(early)
                 raise
             call = early.take() if early is not None else None
+            if endpoint.sizing is Sizing.GENERATE:
+                self.proxy.bounds.learn(self._bound_key(engine), len(request.body), need.prompt)
             if self.proxy.counts is not None:
                 self.proxy.counts.observe_count(request.model.name, need.prompt + min(need.budget, engine.n_ctx))
             if bigger is not None:
@@ -192,6 +201,37 @@ class Exchange:
             if restored is not None:
                 call.observe(restored.observe)
             return await self._answer(engine, call, need)
+
+    async def _restart_dead(self, engine: RunningEngine) -> bool:
+        """The engine failed before it saw the request (or counted it): if it died (a crash is
+        noticed a moment after its sockets close), the next reservation restarts it, once, instead
+        of failing the request; nothing reached the client yet, so the request can go again."""
+        if self.restarted or not await _has_exited(engine):
+            return False
+        logger.warning("model %r: engine died before answering; restarting it", engine.model.name)
+        self.restarted = True
+        return True
+
+    # ------------------------------------------------------------------ the count, when a bound decides
+
+    def _bound_key(self, engine: RunningEngine) -> tuple[str, str, str]:
+        return (engine.model.name, engine.variant.fingerprint, self.request.endpoint.name)
+
+    def _bounded(self, engine: RunningEngine) -> Need | None:
+        """The request's need by the learned bound, when that proves this engine holds it; None:
+        count exactly (nothing learned yet, the bound does not fit, or a bound already failed)."""
+        request, endpoint = self.request, self.request.endpoint
+        if endpoint.sizing is not Sizing.GENERATE or self.bounded:
+            return None
+        prompt = self.proxy.bounds.bound(self._bound_key(engine), len(request.body))
+        if prompt is None:
+            return None
+        need = Need(prompt, endpoint.budget(request.data, self.reserve))
+        try:
+            fits = self.fit.bigger(need, engine.n_ctx, engine.variant) is None
+        except GatewayError:  # the bound is too loose to decide: the exact count will
+            return None
+        return need if fits else None
 
     # ------------------------------------------------------------------ forward
 
@@ -233,11 +273,15 @@ class Exchange:
             except UpstreamError as exc:
                 if sink.gone:
                     return None
+                if exc.undelivered and await self._restart_dead(engine):
+                    return self.min_ctx
                 raise _engine_failed(model.name, exc) from exc
             if status < 400:
                 await self._relay(call, status, headers, engine.variant.timeouts.stream_idle)
                 return None
             body = await _read_all(call, model.name)
+            if self.bounded:
+                self._learn_from_overflow(body, engine)
             if self._overflowed(status, body, engine):
                 logger.warning(
                     "model %r: engine reported a context overflow at %d tokens (counted %d); "
@@ -257,6 +301,16 @@ class Exchange:
         finally:
             sink.tie(None)
             call.abort()  # no-op when complete; closes the upstream on any early exit
+
+    def _learn_from_overflow(self, body: bytes, engine: RunningEngine) -> None:
+        """A bound that let too long a prompt through: the engine's own count raises it."""
+        try:
+            error = json.loads(body).get("error", {})
+        except (ValueError, AttributeError):
+            return
+        n_prompt = error.get("n_prompt_tokens") if isinstance(error, dict) else None
+        if isinstance(n_prompt, int) and not isinstance(n_prompt, bool):
+            self.proxy.bounds.learn(self._bound_key(engine), len(self.request.body), n_prompt)
 
     def _overflowed(self, status: int, body: bytes, engine: RunningEngine) -> bool:
         """The engine refused the prompt as too long for its context, and a bigger variant exists."""

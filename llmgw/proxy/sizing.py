@@ -76,6 +76,36 @@ def batch_capacity(n_ctx: int, variant: Variant) -> int:
     return min(n_ctx, physical_batch(variant.args))
 
 
+class CountBounds:
+    """A bound on a request's prompt tokens, learned from exact counts, so the count can be skipped.
+
+    A token is at least one byte of text, and a request's JSON body holds its text (escaped, so
+    no shorter) plus keys and punctuation a template does not render: the body's bytes bound
+    the prompt, but for what the template adds that is not in the body (role markers, a system
+    preamble, BOS). That part is learned per model, variant and route: the most an exact count
+    ever exceeded its body's bytes (usually it falls far short), plus a margin. Until a first exact
+    count there is no bound. A bound that proves wrong costs one retry (the engine reports the
+    overflow, which is learned too), never a failure.
+    """
+
+    MARGIN = 16  # tokens beyond the largest excess seen (BOS/EOS and the like)
+
+    def __init__(self) -> None:
+        self._excess: dict[tuple[str, str, str], int] = {}
+
+    def learn(self, key: tuple[str, str, str], body_bytes: int, prompt_tokens: int) -> None:
+        """An exact count (or the engine's own figure) of a request of ``body_bytes`` bytes."""
+        excess = prompt_tokens - body_bytes
+        known = self._excess.get(key)
+        if known is None or excess > known:
+            self._excess[key] = excess
+
+    def bound(self, key: tuple[str, str, str], body_bytes: int) -> int | None:
+        """At least the prompt tokens of a request of ``body_bytes`` bytes; None: nothing learned yet."""
+        excess = self._excess.get(key)
+        return None if excess is None else body_bytes + max(excess, 0) + self.MARGIN
+
+
 def surely_fits(body_bytes: int, budget: int, n_ctx: int) -> bool:
     """A text prompt takes at least a byte per token: a body this small fits whatever the count says."""
     return body_bytes + budget <= n_ctx

@@ -67,8 +67,10 @@ class Runtime(Protocol):
         called if the engine later exits without being stopped.
         """
 
-    async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
-        """Stop the engine (``kill``: at once, without a grace period); returns once it is gone."""
+    async def stop(self, engine: RunningEngine, kill: bool = False, hung: bool = False) -> None:
+        """Stop the engine; returns once it is gone. ``kill``: SIGKILL at once, without a grace
+        period (after its slots are saved); ``hung``: it no longer answers, so nothing is asked of
+        it first either."""
 
     async def responsive(self, engine: RunningEngine, timeout: float) -> bool:
         """True when the engine answers HTTP at all within ``timeout`` (any status: a busy or flapping

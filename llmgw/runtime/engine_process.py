@@ -11,14 +11,17 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
+from typing import Any
 
 from llmgw.runtime.guard import ProcessGuard
 
@@ -38,8 +41,12 @@ class EngineStatus(StrEnum):
     CRASHED = "crashed"
 
 
+_SETPRIV = shutil.which("setpriv")  # util-linux: sets the parent-death signal, then execs the engine
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGKILL the engine when the gateway dies, however it dies."""
+    """Ask the kernel to SIGKILL the engine when the gateway dies, however it dies (where setpriv is
+    missing: a preexec_fn makes Python fork the whole gateway instead of a cheap vfork)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -76,6 +83,7 @@ class EngineProcess:
         self._guard = guard
         self._on_line = on_line  # every output line, for watchers (GET /events?logs=1)
         self.output_event = asyncio.Event()  # set whenever a line arrives (readiness probes react to it)
+        self.lines_seen = 0
         self.exited = asyncio.Event()
         self.start_time: float | None = None
         self.returncode: int | None = None
@@ -85,17 +93,27 @@ class EngineProcess:
         env = None
         if self._env:
             env = {**os.environ, **self._env}
+        # The parent-death signal (Linux): set by setpriv, which then execs the engine in the same
+        # process, so the gateway spawns with vfork (about 1 ms) instead of forking itself in full.
+        argv, preexec = [self.binary_path, *self.args], None
+        if sys.platform.startswith("linux"):
+            if _SETPRIV is not None:
+                argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+            else:
+                preexec = _die_with_parent
         try:
+            if _SETPRIV is not None and shutil.which(self.binary_path) is None:
+                # setpriv would start and then fail to exec: report it as a failed spawn, as before.
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.binary_path)
             self._proc = await asyncio.create_subprocess_exec(
-                self.binary_path,
-                *self.args,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=self.work_dir,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=preexec,
             )
         except OSError as exc:
             self._status = EngineStatus.CRASHED
@@ -147,16 +165,16 @@ class EngineProcess:
         self._out_log.log(level, "[%s] %s", self.name, line)
         if self._on_line is not None:
             self._on_line(line)
+        self.lines_seen += 1
         self.output_event.set()
 
     async def _wait_exit(self) -> None:
         assert self._proc is not None
-        # Process.wait() also waits for the pipes; a grandchild could hold them, so poll the
-        # return code, which asyncio sets as soon as the child is reaped.
+        # Process.wait() also waits for the pipes; a grandchild could hold them, so watch the return
+        # code, which asyncio sets as soon as the child is reaped.
         wait = asyncio.ensure_future(self._proc.wait())
         try:
-            while self._proc.returncode is None:
-                await asyncio.wait([wait], timeout=0.05)
+            await self._until_reaped(self._proc, wait)
         finally:
             if not wait.done():
                 wait.cancel()
@@ -180,13 +198,47 @@ class EngineProcess:
         if self._on_exit is not None:
             self._on_exit(self)
 
-    async def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the whole process group, SIGKILL it after ``timeout``; always reaps."""
+    @staticmethod
+    async def _until_reaped(proc: asyncio.subprocess.Process, wait: asyncio.Future[int]) -> None:
+        """Until ``proc`` has a return code. A pidfd (Linux) wakes this the moment the process ends,
+        so a stop is noticed at once (then asyncio reaps it within a loop turn or two); without
+        one, the return code is polled every 50 ms."""
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+        fd: int | None = None
+        with contextlib.suppress(AttributeError, OSError):
+            fd = os.pidfd_open(proc.pid)
+        if fd is not None:
+            try:
+                loop.add_reader(fd, ended.set)
+            except (OSError, NotImplementedError):
+                os.close(fd)
+                fd = None
+        try:
+            while proc.returncode is None:
+                if fd is not None and not ended.is_set():
+                    end = asyncio.ensure_future(ended.wait())
+                    waits: list[asyncio.Future[Any]] = [wait, end]
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        end.cancel()
+                else:
+                    await asyncio.wait([wait], timeout=0.001 if ended.is_set() else 0.05)
+        finally:
+            if fd is not None:
+                loop.remove_reader(fd)
+                os.close(fd)
+
+    async def stop(self, timeout: float = 15.0, kill: bool = False) -> None:
+        """SIGTERM the whole process group, SIGKILL it after ``timeout`` (``kill``: at once); always reaps."""
         proc = self._proc
         if proc is None:
             return
         self._stopping = True
-        if proc.returncode is None:
+        if proc.returncode is None and kill:
+            logger.info("[%s] killing pid %d", self.name, proc.pid)
+        elif proc.returncode is None:
             logger.info("[%s] stopping pid %d", self.name, proc.pid)
             self._signal_group(proc.pid, signal.SIGTERM)
             try:

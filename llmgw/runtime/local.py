@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 # otherwise log the probe itself, and that line would trigger the next probe at once.
 _READY_POLL = 0.02
 _EARLY_PROBE = 0.01
+# llama-server logs "listening on http://..." once its model is loaded, as it opens its socket: from
+# then on it answers within a few ms, so the probes come every 2 ms (not the 20 ms of the load), for
+# at most a second (an engine that says so and never answers is probed at the usual pace again).
+_READY_MARK = "listening on"
+_IMMINENT_PROBE = 0.002
+_IMMINENT_FOR = 1.0
 
 
 class ProcessRuntime:
@@ -127,9 +133,10 @@ class ProcessRuntime:
         )
         return RunningEngine(model, variant, process, client, n_ctx, workers=workers)
 
-    async def stop(self, engine: RunningEngine, kill: bool = False) -> None:
+    async def stop(self, engine: RunningEngine, kill: bool = False, hung: bool = False) -> None:
         assert isinstance(engine.process, EngineProcess)
-        if self.slot_cache is not None and not kill and engine.process.is_running:
+        kill = kill or hung
+        if self.slot_cache is not None and not hung and engine.process.is_running:
             try:
                 await self.slot_cache.save(
                     engine.model, engine.variant, engine.client, engine.variant.timeouts.engine_stop
@@ -137,7 +144,7 @@ class ProcessRuntime:
             except Exception:  # the cache never stands in the way of a stop
                 logger.exception("model %r: saving its slots failed", engine.model.name)
         try:
-            await engine.process.stop(timeout=0.0 if kill else engine.variant.timeouts.engine_stop)
+            await engine.process.stop(timeout=engine.variant.timeouts.engine_stop, kill=kill)
         finally:
             self.http.forget(engine.client.base_url)  # its pooled connections go with it
 
@@ -186,6 +193,7 @@ class ProcessRuntime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         next_log = loop.time() + 5.0
+        imminent_until: float | None = None
         while True:
             if self._closed:
                 raise ShuttingDown("the gateway is shutting down")
@@ -199,6 +207,7 @@ class ProcessRuntime:
                 if process.is_running:
                     return True
                 continue
+            seen = process.lines_seen  # lines from here on are news (one during the probe may be its own log line)
             now = loop.time()
             if now >= deadline:
                 raise EngineStartTimeout(
@@ -208,7 +217,14 @@ class ProcessRuntime:
             if now >= next_log:
                 logger.info("waiting for model %r to become ready... %.1f s", model.name, timeout - (deadline - now))
                 next_log = now + 5.0
+            if imminent_until is None and _READY_MARK in process.stderr_tail(3):
+                imminent_until = now + _IMMINENT_FOR
+            if imminent_until is not None and now < imminent_until:
+                await asyncio.sleep(_IMMINENT_PROBE)
+                continue
             await asyncio.sleep(_EARLY_PROBE)
+            if process.lines_seen != seen:  # it printed something during the pause: probe now
+                continue
             now = loop.time()
             process.output_event.clear()
             waits = [asyncio.ensure_future(process.output_event.wait()), asyncio.ensure_future(process.exited.wait())]

@@ -318,7 +318,7 @@ class EngineManager:
                 self._gone[effect.record.id] = asyncio.Event()
                 self._spawn(self._start(effect.record))
             elif isinstance(effect, Stop):
-                self._spawn(self._stop(effect.record, effect.reason, effect.kill))
+                self._spawn(self._stop(effect.record, effect.reason, effect.hung))
             elif isinstance(effect, Gone):
                 event = self._gone.pop(effect.record.id, None)
                 if event is not None:
@@ -353,11 +353,14 @@ class EngineManager:
         self._apply(self.scheduler.started(record.id, engine, engine.n_ctx, self._now()))
         await self._measure(record)
 
-    async def _stop(self, record: EngineRecord[RunningEngine], reason: str, kill: bool = False) -> None:
+    async def _stop(self, record: EngineRecord[RunningEngine], reason: str, hung: bool = False) -> None:
+        """Stop an engine. One with no request in flight is killed at once (``graceful_stop`` off):
+        nothing in it is worth llama-server's own shutdown, which every switch would wait for."""
         logger.info("stopping engine of model %r (variant %d): %s", record.model.name, record.variant.index, reason)
+        kill = not self.config.server.graceful_stop and not record.busy
         try:
             if record.handle is not None:
-                await self.runtime.stop(record.handle, kill)
+                await self.runtime.stop(record.handle, kill=kill, hung=hung)
         except Exception:
             logger.exception("stopping the engine of model %r failed", record.model.name)
         finally:

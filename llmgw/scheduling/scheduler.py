@@ -130,7 +130,7 @@ class Start(Generic[H]):
 class Stop(Generic[H]):
     record: EngineRecord[H]
     reason: str
-    kill: bool = False  # no grace period: the engine no longer answers
+    hung: bool = False  # it no longer answers: killed at once, nothing asked of it first
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,7 @@ class Scheduler(Generic[H]):
         record = self.record(record_id)
         if record is None or record.state is not EngineState.READY:
             return []
-        return [self._stop(record, "not answering (hung)", kill=True), *self._pump(now)]
+        return [self._stop(record, "not answering (hung)", hung=True), *self._pump(now)]
 
     def measured(self, record_id: int, now: float) -> list[Effect[H]]:
         """The memory book learned a new figure for this engine's variant."""
@@ -395,11 +395,11 @@ class Scheduler(Generic[H]):
         record.last_used = now
         return Grant(ticket, record)
 
-    def _stop(self, record: EngineRecord[H], reason: str, kill: bool = False) -> Stop[H]:
+    def _stop(self, record: EngineRecord[H], reason: str, hung: bool = False) -> Stop[H]:
         record.state = EngineState.STOPPING
         record.evict_for = None
         record.stop_reason = reason
-        return Stop(record, reason, kill)
+        return Stop(record, reason, hung)
 
     def _wanted_variant(self, ticket: Ticket) -> Variant | None:
         try:

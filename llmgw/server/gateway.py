@@ -8,8 +8,9 @@ import socket
 from collections.abc import Coroutine
 from typing import Any
 
-from tornado import httpserver, netutil
+from tornado import httpserver
 
+from llmgw import listen
 from llmgw.config import Config
 from llmgw.server.app import make_app
 from llmgw.server.services import Services, build
@@ -36,26 +37,25 @@ class GatewayServer:
         assert self._services is not None, "the gateway is not started"
         return self._services
 
-    async def start(self) -> None:
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve on ``sockets`` (opened early by ``python -m llmgw``), else on the configured addresses."""
         config = self._config
+        sockets = listen.bind(config.server.listen) if sockets is None else sockets
         services = self._services = build(config)
         services.guard.start()
         app = make_app(services)
         self._ticker = asyncio.ensure_future(self._tick())
         self._in_background(services.manager.learn_estimates())
-        for host, port in config.server.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sockets = netutil.bind_sockets(port, address=host, family=family)
+        for sock in sockets:
             server = httpserver.HTTPServer(
                 app,
                 max_body_size=config.server.max_body_bytes,
                 idle_connection_timeout=3600,
                 xheaders=False,
             )
-            server.add_sockets(sockets)
+            server.add_sockets([sock])
             self._servers.append(server)
-            for sock in sockets:
-                logger.info("listening on %s", _format_addr(sock.getsockname()))
+            logger.info("listening on %s", _format_addr(sock.getsockname()))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish for ``grace`` seconds, stop the engines."""

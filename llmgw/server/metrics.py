@@ -55,6 +55,12 @@ class GatewayMetrics:
         self.queued = Gauge(
             "llmgw_queued_requests", "Requests waiting for an engine", ["model"], registry=self.registry
         )
+        self.counts_skipped = Counter(
+            "llmgw_counts_skipped",
+            "Requests sent without an exact count: a bound learned from earlier counts proved they fit",
+            ["model"],
+            registry=self.registry,
+        )
         self.tokens_counted = Counter(
             "llmgw_tokens_counted",
             "Context tokens counted for requests (prompt + completion budget)",
@@ -118,6 +124,9 @@ class GatewayMetrics:
 
     def observe_count(self, model: str, tokens: int) -> None:
         self.tokens_counted.labels(model=model).inc(tokens)
+
+    def observe_skipped_count(self, model: str) -> None:
+        self.counts_skipped.labels(model=model).inc()
 
     def refresh(self, models: Iterable[str], engines: Iterable[EngineRecord[Any]], queue: Iterable[Ticket]) -> None:
         """Set the gauges from the scheduler's state, every configured model included (0 when idle)."""

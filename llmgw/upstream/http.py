@@ -34,14 +34,20 @@ _MAX_BODY = 100 * 1024 * 1024  # a non-streamed answer larger than this is an er
 
 
 class UpstreamError(Exception):
-    """The engine could not be reached, or the connection broke mid-response."""
+    """The engine could not be reached, or the connection broke mid-response. ``undelivered``: the
+    engine surely never got the request (no connection, or a kept-alive one it had closed)."""
+
+    def __init__(self, message: str, undelivered: bool = False) -> None:
+        super().__init__(message)
+        self.undelivered = undelivered
 
 
 class EngineConnectionError(HTTPClientError):
     """No (complete) HTTP answer: refused, reset, timed out, aborted, malformed. Code 599, as Tornado's."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, undelivered: bool = False) -> None:
         super().__init__(599, message)
+        self.undelivered = undelivered
 
     def __str__(self) -> str:
         return self.message
@@ -218,7 +224,7 @@ class EngineHTTPClient(AsyncHTTPClient):
                             logger.debug("%s: pooled connection was closed by the engine; retrying", request.url)
                             headers = httputil.HTTPHeaders()
                             continue
-                        raise EngineConnectionError(str(exc)) from None
+                        raise EngineConnectionError(str(exc), undelivered=exc.stale or exc.unsent) from None
                     current.conn = None  # complete: a late abort must not close it in the pool
                     if current.aborted:  # aborted as the answer ended: the caller wants no more of it
                         keep = None
@@ -363,9 +369,10 @@ class UpstreamCall:
         try:
             response = fetch.result()
             if response.code == 599:
-                self.error = UpstreamError(str(response.error))
+                undelivered = isinstance(response.error, EngineConnectionError) and response.error.undelivered
+                self.error = UpstreamError(str(response.error), undelivered)
         except (OSError, HTTPClientError) as exc:
-            self.error = UpstreamError(str(exc))
+            self.error = UpstreamError(str(exc), isinstance(exc, EngineConnectionError) and exc.undelivered)
         except Exception as exc:  # anything else is still an upstream failure
             self.error = UpstreamError(f"{type(exc).__name__}: {exc}")
         if not self._head.done():

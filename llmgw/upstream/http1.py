@@ -27,11 +27,13 @@ Address = tuple[str, int]
 
 class ExchangeError(Exception):
     """The exchange failed. ``stale``: a reused connection turned out closed before any byte of the
-    answer came, so the request may safely be sent again on a new connection."""
+    answer came, so the request may safely be sent again on a new connection. ``unsent``: no
+    connection could be made, so the engine never saw the request."""
 
-    def __init__(self, message: str, stale: bool = False) -> None:
+    def __init__(self, message: str, stale: bool = False, unsent: bool = False) -> None:
         super().__init__(message)
         self.stale = stale
+        self.unsent = unsent
 
 
 class Connection(asyncio.Protocol):
@@ -148,9 +150,9 @@ class ConnectionPool:
                 connect_timeout if connect_timeout > 0 else None,
             )
         except TimeoutError:
-            raise ExchangeError(f"timeout while connecting to {host}:{port}") from None
+            raise ExchangeError(f"timeout while connecting to {host}:{port}", unsent=True) from None
         except OSError as exc:
-            raise ExchangeError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+            raise ExchangeError(f"cannot connect to {host}:{port}: {exc.strerror or exc}", unsent=True) from exc
         assert isinstance(protocol, Connection)
         return protocol
 

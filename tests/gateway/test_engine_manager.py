@@ -226,6 +226,26 @@ async def test_parallel_slots_context_is_learned(io_loop: Any, harness: Harness,
     assert manager.largest_context(model) == 4096
 
 
+async def test_an_idle_engine_is_killed_at_once_unless_stops_are_graceful(
+    io_loop: Any, harness: Harness, make_model: MakeModel
+) -> None:
+    """The default: an engine with no request in flight has nothing to lose, so a switch does not
+    wait for its own shutdown (llama-server takes 80-95 ms); graceful_stop = true asks it to exit."""
+    a, b = make_model("a", [2048]), make_model("b", [2048])
+    manager = harness.manager([a, b], graceful_stop=False)
+    async with manager.lease(model_of(manager, a)) as engine:
+        pid_a = pid_of(engine)
+    await ensure_engine(manager, model_of(manager, b))
+    assert pid_gone(pid_a)
+    assert kinds(a) == ["start"]  # killed: the fake had no chance to record its exit
+
+    c, d = make_model("c", [2048]), make_model("d", [2048])
+    graceful = harness.manager([c, d], name="graceful.lua", graceful_stop=True)
+    await ensure_engine(graceful, model_of(graceful, c))
+    await ensure_engine(graceful, model_of(graceful, d))
+    assert kinds(c) == ["start", "exit"]  # asked to stop: it exited on its own
+
+
 # ----------------------------------------------------------------------------- start-up
 
 

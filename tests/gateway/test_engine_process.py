@@ -221,6 +221,27 @@ async def test_group_is_killed_even_after_a_clean_exit(io_loop: Any, caplog: pyt
     await wait_for(lambda: pid_gone(child), timeout=5.0, what=f"child {child} to die")
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+async def test_the_engine_dies_with_its_parent_by_the_kernel_s_hand(
+    io_loop: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine itself (not a wrapper) runs with SIGKILL as its parent-death signal."""
+    script = (
+        "import ctypes, os; libc = ctypes.CDLL(None); sig = ctypes.c_int(); "
+        "libc.prctl(2, ctypes.byref(sig), 0, 0, 0); print(os.getpid(), sig.value, flush=True)"
+    )
+    process = EngineProcess(sys.executable, ["-c", script], name="orphan")
+    caplog.set_level(logging.INFO, logger="llmgw.engine.output.orphan")
+    await process.start()
+    pid = process.pid
+    try:
+        await wait_for(lambda: bool(output_records(caplog, "orphan")), what="the engine's report")
+    finally:
+        await process.stop(timeout=2.0)
+    reported_pid, signal_number = output_records(caplog, "orphan")[0].getMessage().removeprefix("[orphan] ").split()
+    assert (int(reported_pid), int(signal_number)) == (pid, signal.SIGKILL)
+
+
 async def test_missing_binary_raises_oserror(io_loop: Any, tmp_path: Path) -> None:
     process = EngineProcess(str(tmp_path / "no-such-llama-server"), ["--port", "1"])
     with pytest.raises(OSError):

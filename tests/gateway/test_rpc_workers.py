@@ -36,6 +36,10 @@ def fake_binary(directory: Path, build: str = BUILD) -> str:
     return str(path)
 
 
+def rewrite(path: str, old: str, new: str) -> None:
+    Path(path).write_text(Path(path).read_text().replace(old, new))
+
+
 class FakeAgent:
     """``GET /status`` answers ``self.workers``; ``POST /restart`` is recorded (and clears clients)."""
 
@@ -219,7 +223,7 @@ async def test_the_engine_build_is_read_once_per_binary(tmp_path: Path) -> None:
         _, variant = world.variant()
         assert await workers.coordinator_build(variant) == BUILD
         before = os.stat(variant.binary)
-        Path(variant.binary).write_text(Path(variant.binary).read_text().replace(BUILD, "0000000"))
+        rewrite(variant.binary, BUILD, "0000000")
         os.utime(variant.binary, ns=(before.st_atime_ns, before.st_mtime_ns))
         assert await workers.coordinator_build(variant) == BUILD  # the same file: not run again
         os.utime(variant.binary, (1, 1))  # a new binary: read again

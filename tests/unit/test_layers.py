@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"runtime"},
     {"slotcache"},
     {"upstream", "api"},
-    {"config", "state", "events", "demo", "modelfile"},
+    {"config", "state", "events", "demo", "modelfile", "listen"},
     {"errors"},
 ]
 LEVEL = {room: level for level, rooms in enumerate(LAYERS) for room in rooms}
