@@ -60,7 +60,8 @@ class Agent:
             "devices": list(spec.devices),
             "device_info": list(supervisor.device_info),
             "protocol": supervisor.protocol,
-            "state": supervisor.state.value,
+            # Dead but not yet noticed (its last output is being read): not running any more.
+            "state": "restarting" if pid is None and supervisor.state.value == "running" else supervisor.state.value,
             "pid": pid,
             "since": supervisor.started_at,
             "restarts": supervisor.restarts,

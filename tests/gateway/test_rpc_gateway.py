@@ -5,123 +5,16 @@ llama-server does, when one went away). The real thing runs in tests/real/test_r
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import stat
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
+from rpc_agents import agents_fixture  # noqa: F401 (the fixture "agents")
 
-from conftest import assert_error, chat_body, events_of, free_port, lua, post, running, wait_for
+from conftest import assert_error, chat_body, events_of, post, running, wait_for
 
-FAKE_RPC = str(Path(__file__).resolve().parents[2] / "fake_engine" / "fake_rpc.py")
 CHAT = "/v1/chat/completions"
-
-
-class Agent:
-    """``python -m llmgw agent`` supervising one fake worker, as a subprocess."""
-
-    def __init__(self, directory: Path, name: str, restart_delay: float = 0.2, api_key: str | None = None) -> None:
-        self.name = name
-        self.port = free_port()
-        self.worker_port = free_port()
-        self.api_key = api_key
-        wrapper = directory / f"fake-rpc-{name}"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_RPC} "$@"\n')
-        wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-        table: dict[str, Any] = {
-            "listen": f"127.0.0.1:{self.port}",
-            "binary": str(wrapper),
-            "restart_delay": restart_delay,
-            "workers": [{"address": f"127.0.0.1:{self.worker_port}", "devices": ["CPU"]}],
-        }
-        if api_key:
-            table["api_key"] = api_key
-        self.config = directory / f"agent-{name}.lua"
-        self.config.write_text(f"agent = {lua(table)}\n")
-        self.log = directory / f"agent-{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Agent:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llmgw", "agent", "-c", str(self.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.wait_for(lambda w: w["state"] == "running", "its worker running")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-    def status(self) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        request = urllib.request.Request(self.url + "/status", headers=headers)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            data: dict[str, Any] = json.loads(response.read())
-        return data
-
-    def worker(self) -> dict[str, Any]:
-        worker: dict[str, Any] = self.status()["workers"][0]
-        return worker
-
-    def wait_for(self, condition: Any, what: str, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-            try:
-                worker = self.worker()
-                if condition(worker):
-                    return worker
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"agent {self.name}: timed out waiting for {what}: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-
-    def table(self, memory: float | None = None) -> dict[str, Any]:
-        """This worker as the gateway's ``rpc_workers`` lists it."""
-        entry: dict[str, Any] = {"address": f"127.0.0.1:{self.worker_port}", "agent": self.url, "devices": ["CPU"]}
-        if self.api_key:
-            entry["api_key"] = self.api_key
-        if memory is not None:
-            entry["memory"] = memory
-        return entry
-
-
-@pytest.fixture
-def agents(tmp_path: Path) -> Iterator[Any]:
-    started: list[Agent] = []
-
-    def start(name: str, **kwargs: Any) -> Agent:
-        agent = Agent(tmp_path, name, **kwargs)
-        started.append(agent)
-        return agent.start()
-
-    yield start
-    for agent in started:
-        agent.stop()
 
 
 async def test_a_model_over_two_workers_is_served_and_holds_both(start_gateway, make_model, http, agents) -> None:
