@@ -86,7 +86,7 @@ class ProcessRuntime:
             variant.binary,
             variant.launch_args,
             name=f"{model.name}#{variant.index}",
-            env=dict(variant.env),
+            env=_engine_env(variant),
             on_exit=exited,
             guard=self.guard,
             on_line=None if self.on_output is None else functools.partial(self.on_output, model, variant),
@@ -237,3 +237,12 @@ class ProcessRuntime:
             finally:
                 for w in waits:
                     w.cancel()
+
+
+def _engine_env(variant: Variant) -> dict[str, str]:
+    """The variant's environment; over RPC, without ggml's crash backtrace unless the variant asks
+    for it: losing a worker aborts the engine, and gdb's backtrace (a second or more) would only
+    delay the restart that follows."""
+    if not variant.rpc:
+        return dict(variant.env)
+    return {"GGML_NO_BACKTRACE": "1", **dict(variant.env)}
