@@ -11,7 +11,7 @@ import pstats
 from pathlib import Path
 from typing import Any
 
-from benchmarks import concurrency, counting, multi, overhead, router, stream_fast, streaming, swapback, switch
+from benchmarks import concurrency, counting, multi, overhead, router, rpc, stream_fast, streaming, swapback, switch
 from benchmarks.common import Benchmark, Results
 from benchmarks.stats import table
 
@@ -28,6 +28,7 @@ MODULES: tuple[Benchmark, ...] = (
     multi,
     swapback,
     router,
+    rpc,
 )
 NAMES = tuple(name for module in MODULES for name in module.NAMES)
 NEEDS_REAL = tuple(name for module in MODULES for name in module.NEEDS_REAL)

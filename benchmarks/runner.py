@@ -26,6 +26,7 @@ from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real
 from benchmarks.multi import AlternateParams, StartingParams
 from benchmarks.overhead import OverheadParams
 from benchmarks.router import RouterParams
+from benchmarks.rpc import RpcParams
 from benchmarks.stream_fast import FastStreamParams
 from benchmarks.streaming import StreamParams
 from benchmarks.swapback import SwapbackParams
@@ -50,6 +51,7 @@ class Plan:
     stream_fast: FastStreamParams = field(default_factory=lambda: FastStreamParams(chunks=10000, repeats=15))
     swapback: SwapbackParams = field(default_factory=lambda: SwapbackParams(rounds=3))
     router_real: RouterParams = field(default_factory=lambda: RouterParams(rounds=7, small_pairs=20, launches=2))
+    rpc_real: RpcParams = field(default_factory=lambda: RpcParams(rounds=3))
 
 
 FULL = Plan()
@@ -67,6 +69,7 @@ QUICK = Plan(
     stream_fast=FastStreamParams(chunks=10000, repeats=3, hangups=2),
     swapback=SwapbackParams(rounds=1),
     router_real=RouterParams(rounds=1, small_pairs=6, launches=1),
+    rpc_real=RpcParams(rounds=1, tokens=64),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
 SMOKE = Plan(

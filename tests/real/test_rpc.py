@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from netns import Link, Namespaces, unavailable
 from rpc_agents import Agent
 
 from conftest import assert_error, free_port, get, lua, post
+from fake_engine.netns import Link, Namespaces, unavailable
 from llmgw.config import ConfigLoader
 from llmgw.demo import RealEngine
 from llmgw.server import GatewayServer

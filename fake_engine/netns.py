@@ -1,4 +1,4 @@
-"""Network namespaces for tests: each a "host" on its own veth link to the root namespace.
+"""Network namespaces for tests and benchmarks: each a "host" on its own veth link to the root namespace.
 
 Needs root and iproute2 (``ip``); :func:`unavailable` says why they cannot be made, so a test
 can skip with that reason. Names carry the test process's pid (several runs side by side do not
