@@ -27,6 +27,10 @@ class Link:
         """The command prefix that runs a command inside the namespace."""
         return ("ip", "netns", "exec", self.namespace)
 
+    def set_up(self, up: bool) -> None:
+        """Bring the link down (a partition: packets dropped, no reset) or up again."""
+        _ip("link", "set", self.host_side, "up" if up else "down")
+
     def sent_bytes(self) -> int:
         """Bytes the root namespace sent over this link so far."""
         return int(Path(f"/sys/class/net/{self.host_side}/statistics/tx_bytes").read_text())

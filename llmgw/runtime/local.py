@@ -156,7 +156,7 @@ class ProcessRuntime:
         except UpstreamError:
             return False
         # Over RPC, /health stays 200 while the engine waits on a worker that vanished for ever.
-        return not engine.variant.rpc or await self.rpc.still_there(engine.variant, engine.workers)
+        return not engine.variant.rpc or await self.rpc.still_there(engine.variant, engine.workers, timeout)
 
     async def measure(self, engine: RunningEngine) -> Usage | None:
         pid = engine.process.pid

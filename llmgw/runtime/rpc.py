@@ -150,11 +150,11 @@ class RpcWorkers:
                 raise WorkerUnavailable(f"model {model.name!r}: {name} is not ready: {why}", retry_after=retry)
             await asyncio.sleep(_POLL)
 
-    async def _reach(self, name: str, worker: RpcWorker) -> str:
+    async def _reach(self, name: str, worker: RpcWorker, timeout: float = _PROBE_TIMEOUT) -> str:
         """Connect to the worker and close without sending a byte; this host's address toward it."""
         host, _, port = worker.address.rpartition(":")
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), _PROBE_TIMEOUT)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
         except (OSError, TimeoutError) as exc:
             raise WorkerUnavailable(f"{name}: cannot connect from this host: {_reason(exc)}") from None
         local = str(writer.get_extra_info("sockname", ("",))[0])
@@ -190,18 +190,21 @@ class RpcWorkers:
 
     # ------------------------------------------------------------------ while it runs
 
-    async def still_there(self, variant: Variant, started_with: Mapping[str, int | None]) -> bool:
+    async def still_there(
+        self, variant: Variant, started_with: Mapping[str, int | None], timeout: float = _AGENT_TIMEOUT
+    ) -> bool:
         """False when a worker of the engine is surely gone: its agent reports another process
-        (or none), or, with no agent answering, the worker's port takes no connection."""
+        (or none), or, with no agent answering within ``timeout``, the worker's port takes no
+        connection (a host down or cut off: llama-server then waits on it for ever)."""
         for worker in variant.rpc:
-            view = (await self.view(worker))[0] if worker.agent is not None else None
+            view = (await self.view(worker, timeout))[0] if worker.agent is not None else None
             if view is not None:
                 if view.state != "running" or view.pid != started_with.get(worker.name):
                     logger.warning("RPC worker %r is not the process the engine started with", worker.name)
                     return False
                 continue
             try:
-                await self._reach(f"RPC worker {worker.name!r}", worker)
+                await self._reach(f"RPC worker {worker.name!r}", worker, min(timeout, _PROBE_TIMEOUT))
             except WorkerUnavailable as exc:
                 logger.warning("%s", exc)
                 return False
@@ -220,10 +223,10 @@ class RpcWorkers:
 
     # ------------------------------------------------------------------ the agent
 
-    async def view(self, worker: RpcWorker) -> tuple[WorkerView | None, str]:
+    async def view(self, worker: RpcWorker, timeout: float = _AGENT_TIMEOUT) -> tuple[WorkerView | None, str]:
         """The worker as its agent reports it, or None and why not."""
         try:
-            status = await self._call(worker, "/status")
+            status = await self._call(worker, "/status", timeout=min(timeout, _AGENT_TIMEOUT))
         except (OSError, HTTPClientError, ValueError) as exc:
             return None, f"its agent {worker.agent} does not answer ({_reason(exc)})"
         port = int(worker.address.rpartition(":")[2])
@@ -248,7 +251,7 @@ class RpcWorkers:
             "",
         )
 
-    async def _call(self, worker: RpcWorker, path: str, body: Any = None) -> Any:
+    async def _call(self, worker: RpcWorker, path: str, body: Any = None, timeout: float = _AGENT_TIMEOUT) -> Any:
         if self._closed:
             raise OSError("the gateway is shutting down")
         if self._client is None:
@@ -261,8 +264,8 @@ class RpcWorkers:
             method="GET" if body is None else "POST",
             body=None if body is None else json.dumps(body),
             headers=headers,
-            request_timeout=_AGENT_TIMEOUT,
-            connect_timeout=_AGENT_TIMEOUT,
+            request_timeout=timeout,
+            connect_timeout=timeout,
         )
         response = await self._client.fetch(request)
         return json.loads(response.body)

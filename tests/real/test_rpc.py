@@ -7,6 +7,7 @@ where they cannot be made.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from rpc_agents import Agent
 
-from conftest import assert_error, free_port, get, lua, post
+from conftest import assert_error, free_port, get, lua, post, sse_data
 from fake_engine.netns import Link, Namespaces, unavailable
 from llmgw.config import ConfigLoader
 from llmgw.demo import RealEngine
@@ -185,6 +186,35 @@ async def test_a_killed_worker_gives_a_503_and_the_model_is_served_once_it_is_ba
         victim.wait_for(lambda w: w["state"] == "running", "the agent to start it again", timeout=60)
         assert await complete(http, url) == answer
     finally:
+        await server.stop(grace=1.0)
+        for agent in agents:
+            agent.stop()
+
+
+async def test_a_worker_cut_off_mid_generation_ends_the_request_instead_of_hanging_it(
+    io_loop: Any, tmp_path: Path, engine_files: RealEngine, hosts: list[Link], http: Any
+) -> None:
+    """A partition (packets dropped, no reset) makes llama-server wait on its worker for ever,
+    with /health still 200: the busy engine's probe asks the workers' agents too, and kills it."""
+    agents = [worker_agent(tmp_path, engine_files, link, f"w{i}") for i, link in enumerate(hosts, 1)]
+    server, url = await gateway(tmp_path, engine_files, agents, health_check_timeout=1, stream_idle_timeout=600)
+    cut = hosts[1]
+    try:
+        assert await complete(http, url)  # loaded
+        body = {"model": "gemma", "prompt": "Once upon a time", "max_tokens": 1500, "temperature": 0, "stream": True}
+        request = asyncio.ensure_future(post(http, url + "/v1/completions", body))
+        await asyncio.sleep(2.0)  # generating by now
+        assert not request.done()
+        await asyncio.to_thread(cut.set_up, False)
+        resp = await asyncio.wait_for(request, 120)  # a hang guard: the probe acts within seconds
+        assert resp.code == 200  # the stream had begun: it ends with the protocol's error event
+        events = sse_data(resp.body)
+        assert "error" in json.loads(events[-1]), events[-3:]
+        assert len(events) < 1000  # cut short, not the whole answer
+        await asyncio.to_thread(cut.set_up, True)
+        assert await complete(http, url)  # a new engine, once the link is back
+    finally:
+        await asyncio.to_thread(cut.set_up, True)
         await server.stop(grace=1.0)
         for agent in agents:
             agent.stop()
