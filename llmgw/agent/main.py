@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -47,6 +48,8 @@ async def serve(config: agent_config.AgentConfig) -> int:
     build = await asyncio.to_thread(find_build, config.binary, config.environment)
     if build is not None:
         logger.info("llama.cpp build %s (ggml %s)", build.commit, build.ggml)
+    for spec in config.workers:
+        _warn_if_exposed(spec.host)
     supervisors = [Supervisor(config, spec, guard) for spec in config.workers]
     host, port = config.listen
     server = httpserver.HTTPServer(make_app(Agent(config, supervisors, build)))
@@ -65,6 +68,21 @@ async def serve(config: agent_config.AgentConfig) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
+
+
+def _warn_if_exposed(host: str) -> None:
+    """The RPC protocol has no authentication: a worker on every interface, or on a public address,
+    lets anyone who reaches it run code on this host."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return  # a host name: cannot tell
+    if address.is_unspecified or not (address.is_private or address.is_loopback):
+        logger.warning(
+            "worker address %s: the RPC protocol has no authentication; bind workers to a private link's "
+            "address (WireGuard, a VLAN) and firewall the port",
+            host,
+        )
 
 
 def main(argv: list[str]) -> int:
