@@ -62,26 +62,6 @@ def fake_engine(port: int, context: int, name: str, *extra: str, parallel: int =
     return EngineSpec(PYTHON, args + list(extra), context, port)
 
 
-def fake_engine_flags(engine: str = FAKE_ENGINE, timeout: float = 30.0) -> frozenset[str]:
-    """The ``--fake-...`` flags the fake engine's ``--help`` lists; empty for a fake without ``--help``.
-
-    Such a fake ignores flags it does not know and would start serving, so the call also passes
-    ``--fake-exit-at-startup 0``: one that does not answer ``--help`` exits at once instead."""
-    argv = [PYTHON, engine, "--help", "--fake-exit-at-startup", "0", "--host", HOST, "--port", "0"]
-    try:
-        out = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return frozenset()
-    return frozenset(re.findall(r"--fake-[a-z0-9-]+", out.stdout + out.stderr))
-
-
 @dataclass(frozen=True)
 class RealFiles:
     binary: str

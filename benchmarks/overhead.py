@@ -13,11 +13,11 @@ Each iteration sends, in a rotating order, one of each probe below on keep-alive
 Added = gateway - direct, for the median and for the p99 of each repeat. A final block of
 gateway-only requests measures the gateway's CPU time per request.
 
-The fake engine runs with ``OverheadParams.fake_flags``, plus ``--fake-count-thread`` when its
-``--help`` lists that flag: it then answers the count on a thread of its own, beside the
-generation, as llama-server does on its HTTP threads (the issue's target is set for such an
-engine). Without it the fake answers the count and the request one after the other, and that
-wait lands in the gateway's added latency. The result says which flags ran.
+The fake engine runs with ``OverheadParams.fake_flags``, plus ``--fake-count-process``: it then
+answers the count in a process of its own, beside the generation, as llama-server does on its
+HTTP threads (the issue's target is set for such an engine). Without it the fake answers the
+count and the request one after the other, and that wait lands in the gateway's added latency.
+The result says which flags ran.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ import psutil
 
 from benchmarks.client import Connection, Response, fetch
 from benchmarks.common import Ctx, Results, Target, chat
-from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, fake_engine_flags, free_port
+from benchmarks.harness import HOST, GatewayProc, ModelSpec, fake_engine, free_port
 from benchmarks.stats import fmt, mid, ms, spread, summary, table, target
 
 NAMES = ("overhead",)
 NEEDS_REAL: tuple[str, ...] = ()
 PATH = "/v1/chat/completions"
 COUNT_PATH = "/v1/chat/completions/input_tokens"
-COUNT_THREAD = "--fake-count-thread"
+COUNT_THREAD = "--fake-count-process"  # the fake counts beside its generation, as llama-server
 TARGET_ADDED_MS = 0.8  # issue 17, with a fake engine that counts on its own thread
 TARGET_CPU_MS = 1.5
 
@@ -49,13 +49,13 @@ class OverheadParams:
     repeats: int = 3
     cpu_requests: int = 300
     fake_flags: tuple[str, ...] = ()  # extra fake-engine flags
-    count_thread: bool = True  # add --fake-count-thread if the fake engine's --help lists it
+    count_thread: bool = True  # add --fake-count-process (the fake engine's counting process)
 
 
 def engine_flags(params: OverheadParams) -> list[str]:
-    """The fake engine's extra flags for this run: the plan's, and the counting thread where the fake has one."""
+    """The fake engine's extra flags for this run: the plan's, and its counting process."""
     flags = list(params.fake_flags)
-    if params.count_thread and COUNT_THREAD not in flags and COUNT_THREAD in fake_engine_flags():
+    if params.count_thread and COUNT_THREAD not in flags:
         flags.append(COUNT_THREAD)
     return flags
 
@@ -190,12 +190,12 @@ def _engine_note(ov: dict[str, Any]) -> str:
         return ""
     if ov["count_thread"]:
         how = (
-            "`--fake-count-thread`: it answers the count on a thread of its own, beside the generation, as "
+            "`--fake-count-process`: it answers the count in a process of its own, beside the generation, as "
             "llama-server does"
         )
     else:
         how = (
-            "no counting thread (its `--help` does not list `--fake-count-thread`): it answers the count and the "
+            "no counting process (run without `--fake-count-process`): it answers the count and the "
             "request one after the other, so that wait is in the added figure"
         )
     flags = " ".join(ov["fake_flags"]) or "none"

@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--overhead-fake-flags",
         metavar="FLAGS",
         help="extra fake-engine flags for the overhead benchmark, e.g. --overhead-fake-flags='--fake-tokens 8' "
-        "(--fake-count-thread is added by itself when the fake engine's --help lists it)",
+        "(--fake-count-process is always added)",
     )
     parser.add_argument("--out", type=Path, help="directory for results JSON (default benchmarks/out)")
     parser.add_argument(

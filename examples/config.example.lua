@@ -50,6 +50,16 @@ server = {
   -- Bearer tokens clients must send ("Authorization: Bearer KEY"). Empty or absent: no auth.
   -- Keep real keys out of the file, for example: api_keys = { os.getenv("LLMGW_API_KEY") },
   api_keys = {},
+  -- Keys by name, for a team (README "Keys"): key or key_file (read again on SIGHUP; relative to
+  -- this file's directory), and optionally models (allow-list), admin (load/unload, /metrics,
+  -- /running, /events, /api/..., the page), requests_per_minute, max_concurrent, tokens_per_day
+  -- (per UTC day), priority = "interactive" | "batch". Every key of api_keys is admin, all models.
+  -- keys = {
+  --   alice   = { key_file = "keys/alice", models = { "qwen3-8b" }, tokens_per_day = 2000000 },
+  --   nightly = { key = os.getenv("NIGHTLY_KEY"), priority = "batch", max_concurrent = 2 },
+  --   ops     = { key_file = "/etc/llmgw/ops.key", admin = true },
+  -- },
+  -- batch_overtakes = 4, -- interactive requests that may go ahead of one waiting batch request
 
   -- Placement: which engines may run at the same time.
   max_engines = 2, -- engines running at once (default 1: one model at a time, as in LLM-GW)

@@ -50,6 +50,21 @@ class ModelNotFound(GatewayError):
     code = "model_not_found"
 
 
+class RateLimited(GatewayError):
+    """A key's limit (requests per minute, tokens per day, requests in flight) says not now: 429
+    with Retry-After. OpenAI's shape: type ``requests`` or ``tokens``, code ``rate_limit_exceeded``."""
+
+    status = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after: float, tokens: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        if tokens:
+            self.error_type = "tokens"
+
+
 class ContextTooLarge(GatewayError):
     """llama-server's own type, with its ``n_prompt_tokens`` and ``n_ctx``, so clients that parse
     llama-server's error understand it, and OpenAI's code for clients that know that one."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmgw.config import Config, ModelConfig, RpcWorker, ServerConfig, Timeouts, Variant
+from llmgw.config import Config, ModelConfig, Priority, RpcWorker, ServerConfig, Timeouts, Variant
 from llmgw.errors import EngineStartError, GatewayError
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.placement import Placement
@@ -77,6 +77,7 @@ def config(
     max_engines: int = 1,
     budget: dict[str, float] | None = None,
     workers: tuple[RpcWorker, ...] = (),
+    batch_overtakes: int = ServerConfig.batch_overtakes,
 ) -> Config:
     server = ServerConfig(
         listen=(("127.0.0.1", 7777),),
@@ -85,6 +86,7 @@ def config(
         max_engines=max_engines,
         memory_budget=tuple(sorted((budget or {}).items())),
         rpc_workers=workers,
+        batch_overtakes=batch_overtakes,
     )
     return Config(path="test.lua", server=server, models=tuple(models))
 
@@ -131,8 +133,8 @@ class World:
                 pass
         return effects
 
-    def request(self, m: ModelConfig, min_ctx: int = 0) -> Ticket:
-        ticket, effects = self.scheduler.submit(m, min_ctx, self.now)
+    def request(self, m: ModelConfig, min_ctx: int = 0, priority: Priority = Priority.INTERACTIVE) -> Ticket:
+        ticket, effects = self.scheduler.submit(m, min_ctx, self.now, priority=priority)
         self.take(effects)
         return ticket
 

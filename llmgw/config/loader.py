@@ -8,11 +8,13 @@ import os
 import re
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO, cast
 
 from python_lua_helper import PyLuaHelper
 
+from llmgw.config.keys import check_distinct, keys_section
 from llmgw.config.reader import Node, Reader
 from llmgw.config.schema import Config, ConfigError
 from llmgw.config.sections import models_section, server_section
@@ -112,8 +114,14 @@ class ConfigLoader:
         """Run the config with Lua and build a validated :class:`Config`; any problem is a ConfigError."""
         reader = self.reader()
         try:
-            server = server_section(Node(reader, "server", "server"))
+            server_node = Node(reader, "server", "server")
+            server = server_section(server_node)
             models = models_section(Node(reader, "models", "models"), server)
+            keys = keys_section(server_node.child("keys"), models, os.path.dirname(os.path.abspath(self.path)))
+            server = replace(server, keys=keys)
+            places = {key.name: f"server.keys.{key.name}" for key in keys}
+            places.update({f"api_keys[{i}]": f"server.api_keys[{i}]" for i in range(1, len(server.api_keys) + 1)})
+            check_distinct(server.all_keys(), places)
         except ConfigError:
             raise
         except Exception as exc:  # a bug here must still surface as a config problem, not a crash

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 LLAMACPP = "llama.cpp"
@@ -16,6 +16,30 @@ FEEDBACK_MODES = ("reasoning", "comments", "none")
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the place and the problem."""
+
+
+class Priority(StrEnum):
+    """A key's place in the queue for engines: interactive requests go before batch ones (within
+    the bound ``server.batch_overtakes``; see llmgw.scheduling.scheduler)."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """One API key of ``server.keys`` (or of the old ``server.api_keys`` list, then named
+    ``api_keys[N]``, with every model and admin). The key itself never shows in a repr or a message:
+    only its name does."""
+
+    name: str
+    secret: str = field(repr=False)
+    models: tuple[str, ...] | None = None  # model names it may use (aliases resolved); None: every model
+    admin: bool = False  # load/unload and the operations routes (/running, /metrics, /events, /api/...)
+    requests_per_minute: int | None = None  # model requests in any 60 s
+    tokens_per_day: int | None = None  # prompt + generated tokens per UTC day
+    max_concurrent: int | None = None  # model requests in flight at once
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,8 @@ class Variant:
     def fingerprint(self) -> str:
         """Short stable id of the launch (binary, args, environment): state is remembered per launch."""
         launch = json.dumps([self.binary, self.args, self.env, *([self.rpc_args] if self.rpc else [])])
+        import hashlib  # here: the config is read before the gateway's other imports (see llmgw.listen)
+
         return hashlib.sha256(launch.encode()).hexdigest()[:16]
 
     @property
@@ -209,6 +235,8 @@ class ServerConfig:
     completion_reserve: int = 1024  # completion budget when a request sets no max_tokens
     shutdown_grace: float = 5.0  # in-flight requests get this long on SIGTERM
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    keys: tuple[KeyConfig, ...] = ()  # server.keys, by name (api_keys are not in here)
+    batch_overtakes: int = 4  # interactive requests that may go ahead of one waiting batch request
     max_engines: int = 1  # engines running at once
     # MiB per memory pool, e.g. (("total", 64000.0),) or (("gpu0", 24000.0), ("gpu1", 24000.0)); () = no budget.
     memory_budget: tuple[tuple[str, float], ...] = ()
@@ -236,6 +264,14 @@ class ServerConfig:
 
     def rpc_worker(self, name: str) -> RpcWorker | None:
         return next((worker for worker in self.rpc_workers if worker.name == name), None)
+
+    def all_keys(self) -> tuple[KeyConfig, ...]:
+        """``keys``, then each of the old ``api_keys`` as a key of its own: every model, admin (a
+        key listed twice there, which was always accepted, counts once, as its first place)."""
+        first: dict[str, int] = {}
+        for i, key in enumerate(self.api_keys, 1):
+            first.setdefault(key, i)
+        return (*self.keys, *(KeyConfig(f"api_keys[{i}]", key, admin=True) for key, i in first.items()))
 
 
 @dataclass(frozen=True)
@@ -306,6 +342,12 @@ class Config:
             used = f"; used by {', '.join(map(repr, users))}, one engine at a time" if users else "; unused"
             devices = ", ".join(worker.devices)
             lines.append(f"rpc worker {worker.name!r} at {worker.address} (devices {devices}; {agent}{lends}{used})")
+        keys = server.all_keys()
+        if keys:
+            admin = [key.name for key in keys if key.admin]
+            batch = [key.name for key in keys if key.priority is Priority.BATCH]
+            line = f"keys: {', '.join(key.name for key in keys)}; admin: {', '.join(admin) or 'none'}"
+            lines.append(line + (f"; batch: {', '.join(batch)}" if batch else ""))
         for address, names in self.shared_addresses().items():
             listed = ", ".join(repr(name) for name in names)
             lines.append(f"models {listed} share the engine address {address}: they never run together")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from dataclasses import replace
 from urllib.parse import urlsplit
 
@@ -40,6 +40,8 @@ _SERVER_KEYS = _TIMEOUT_KEYS | {
     "completion_reserve",
     "shutdown_grace",
     "api_keys",
+    "keys",
+    "batch_overtakes",
     "max_engines",
     "memory_budget",
     "state_dir",
@@ -109,13 +111,12 @@ def _listen_address(node: Node, v6: bool) -> tuple[str, int]:
         node.fail(f"has an invalid port in {quote(text)} (must be 1..65535)")
     if not v6 and host == "localhost":
         return host, int(port_text)
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-            ipaddress.IPv6Address(host) if v6 else ipaddress.IPv4Address(host)
-        )
-    except ValueError:
+    family_id = socket.AF_INET6 if v6 else socket.AF_INET
+    try:  # the socket module, not ipaddress: the config is read before the gateway's other imports
+        address = socket.inet_ntop(family_id, socket.inet_pton(family_id, host))
+    except (OSError, ValueError):
         node.fail(bad)
-    return str(address), int(port_text)
+    return address, int(port_text)
 
 
 def _listen_family(node: Node, v6: bool) -> list[tuple[Node, tuple[str, int]]]:
@@ -167,6 +168,7 @@ def server_section(node: Node) -> ServerConfig:
         completion_reserve=node.get_int("completion_reserve", 1, ServerConfig.completion_reserve),
         shutdown_grace=node.get_seconds("shutdown_grace", ServerConfig.shutdown_grace, allow_zero=True),
         api_keys=api_keys,
+        batch_overtakes=node.get_int("batch_overtakes", 0, ServerConfig.batch_overtakes),
         max_engines=node.get_int("max_engines", 1, ServerConfig.max_engines),
         memory_budget=budget,
         state_dir=state_dir.string() if state_dir.exists() else None,

@@ -147,7 +147,7 @@ class Exchange:
         context to go round again with."""
         request, endpoint = self.request, self.request.endpoint
         manager = self.proxy.manager
-        async with manager.reserve(request.model, self.min_ctx, endpoint.capability) as reservation:
+        async with manager.reserve(request.model, self.min_ctx, endpoint.capability, request.priority) as reservation:
             if reservation.waiting and self.feedback is not None:
                 self.feedback.waiting(reservation.ticket)
             engine = await reservation.granted()

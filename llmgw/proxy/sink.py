@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from llmgw.api import Endpoint
 from llmgw.api.usage import AnswerStats
-from llmgw.config import ModelConfig
+from llmgw.config import ModelConfig, Priority
 from llmgw.upstream import UpstreamCall
 
 
@@ -46,3 +46,4 @@ class ProxyRequest:
     requested: str  # the name the client used (a model name or an alias): answers carry it
     request_id: str
     stats: AnswerStats = field(default_factory=AnswerStats)  # tokens and tokens/s, read from the answer
+    priority: Priority = Priority.INTERACTIVE  # its key's: its place when it waits for an engine

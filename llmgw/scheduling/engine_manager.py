@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from llmgw.config import Config, ModelConfig, Variant
+from llmgw.config import Config, ModelConfig, Priority, Variant
 from llmgw.errors import EngineStartError, GatewayError, QueueTimeout
 from llmgw.modelfile import ModelFiles, model_path
 from llmgw.runtime import RunningEngine, Runtime
@@ -146,13 +146,18 @@ class EngineManager:
 
     @contextlib.asynccontextmanager
     async def reserve(
-        self, model: ModelConfig, min_ctx: int = 0, capability: str | None = None
+        self,
+        model: ModelConfig,
+        min_ctx: int = 0,
+        capability: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> AsyncIterator[Reservation]:
         """:meth:`lease` in two steps: the request joins the scheduler at once, and the caller
         sees whether it waits (loading feedback) before it awaits the engine. Leaving the block
-        gives the engine back, or withdraws the request if it was never granted."""
+        gives the engine back, or withdraws the request if it was never granted. ``priority``
+        places it in the queue (the scheduler's Priority rule)."""
         loop = asyncio.get_running_loop()
-        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability)
+        ticket, effects = self.scheduler.submit(model, min_ctx, loop.time(), capability, priority)
         future: asyncio.Future[EngineRecord[RunningEngine]] = loop.create_future()
         self._waiters[ticket.id] = future
         self._apply(effects)

@@ -10,9 +10,10 @@ The rules (placement.py says which engines may run together):
 
 * A request whose model runs with enough context is granted at once, next to any others
   (llama-server has parallel slots), unless that engine is *draining* (below).
-* Otherwise it queues. Queued requests are planned in arrival order: one that needs a start
-  picks the engines that must stop to make room, marks them draining, stops the idle ones at
-  once and the busy ones when their last request ends, then starts its engine. A draining
+* Otherwise it queues. Queued requests are planned in queue order (arrival order, but see
+  Priority): one that needs a start picks the engines that must stop to make room, marks them
+  draining, stops the idle ones at once and the busy ones when their last request ends, then
+  starts its engine. A draining
   engine takes no requests that arrived after the decision, so steady traffic cannot starve
   a start; requests to every other engine carry on untouched.
 * A start that cannot be planned while other engines are still starting holds later starts
@@ -21,6 +22,17 @@ The rules (placement.py says which engines may run together):
   bigger variant, waiting only for that engine's own requests. A running variant that is big
   enough is kept, never swapped for a smaller one.
 * No engine is started twice: a model with an engine starting waits for it.
+* An engine that becomes ready first serves the requests waiting for it, before anything else
+  is decided: no start is wasted on an engine stopped before its request had it.
+* Priority: the queue is walked in *queue order*, which is arrival order except that an
+  interactive request goes ahead of the batch requests waiting when it arrives (its key's
+  ``priority``; requests without a key are interactive). The bound that keeps batch requests
+  from starving: each batch request lets at most ``server.batch_overtakes`` (N, default 4)
+  interactive requests that arrived after it go ahead of it; once N have, every later one
+  queues behind it. A place is decided when a request arrives and never changes, so a batch
+  request is never walked after more than the requests ahead of it when it came plus N.
+  (It governs who gets a start or a switch; a request whose engine runs is granted at once,
+  whatever its priority.) N = 0 is arrival order.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar, Union
 
-from llmgw.config import Config, ModelConfig, Variant
+from llmgw.config import Config, ModelConfig, Priority, Variant
 from llmgw.errors import ContextTooLarge, GatewayError, ModelNotFound, ShuttingDown
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.placement import Placed, Placement, shared_workers
@@ -117,8 +129,10 @@ class Ticket:
     min_ctx: int
     arrived: float
     capability: str | None = None  # the route family it needs served (None: any)
+    priority: Priority = Priority.INTERACTIVE
     phase: Phase = Phase.QUEUED
     blocked_by: str = ""  # why it cannot be planned, for the queue-timeout message
+    overtaken: int = 0  # batch: interactive requests that arrived later and went ahead of it
 
 
 @dataclass(frozen=True)
@@ -205,11 +219,16 @@ class Scheduler(Generic[H]):
     # ------------------------------------------------------------------ requests
 
     def submit(
-        self, model: ModelConfig, min_ctx: int, now: float, capability: str | None = None
+        self,
+        model: ModelConfig,
+        min_ctx: int,
+        now: float,
+        capability: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> tuple[Ticket, list[Effect[H]]]:
         """A request wants an engine of ``model`` with at least ``min_ctx`` context (0: any), of a
         variant serving ``capability`` (None: any)."""
-        ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability)
+        ticket = Ticket(next(self._arrivals), model, min_ctx, now, capability, priority)
         if self.closed:
             return ticket, [Fail(ticket, ShuttingDown("the gateway is shutting down"))]
         largest = self.largest_context(model, capability)
@@ -218,8 +237,23 @@ class Scheduler(Generic[H]):
         record = self._serving(ticket)
         if record is not None:
             return ticket, [self._grant(ticket, record, now)]
-        self.queue.append(ticket)
+        self._enqueue(ticket)
         return ticket, self._pump(now)
+
+    def _enqueue(self, ticket: Ticket) -> None:
+        """Its place in the queue, for good: a batch request at the end; an interactive one before
+        the batch requests at the end that have let fewer than ``batch_overtakes`` go ahead."""
+        place = len(self.queue)
+        if ticket.priority is Priority.INTERACTIVE:
+            bound = self.config.server.batch_overtakes
+            while place > 0:
+                ahead = self.queue[place - 1]
+                if ahead.priority is not Priority.BATCH or ahead.overtaken >= bound:
+                    break
+                place -= 1
+            for passed in self.queue[place:]:
+                passed.overtaken += 1
+        self.queue.insert(place, ticket)
 
     def cancel(self, ticket_id: int, now: float) -> list[Effect[H]]:
         """The request stopped waiting (client gone, queue timeout): what it had decided is undone."""
@@ -251,7 +285,14 @@ class Scheduler(Generic[H]):
         self._learned_ctx[(record.model.name, record.variant.fingerprint)] = n_ctx
         if self.closed:
             return [self._stop(record, "the gateway is shutting down")]
-        return self._pump(now)
+        # Its own requests first: a request ahead of them in the queue could otherwise pick this
+        # engine, idle, to stop for its own start.
+        effects: list[Effect[H]] = []
+        for ticket in list(self.queue):
+            if self._serving(ticket) is record:
+                self.queue.remove(ticket)
+                effects.append(self._grant(ticket, record, now))
+        return effects + self._pump(now)
 
     def start_failed(self, record_id: int, error: GatewayError, now: float) -> list[Effect[H]]:
         """Requests queued for exactly this engine share its error (retrying a broken engine once per
@@ -408,7 +449,7 @@ class Scheduler(Generic[H]):
             return None
 
     def _pump(self, now: float) -> list[Effect[H]]:
-        """Walk the queue in arrival order: grant, plan starts, stop what is in the way."""
+        """Walk the queue in queue order: grant, plan starts, stop what is in the way."""
         walk = self._begin_walk()
         effects: list[Effect[H]] = []
         for ticket in list(self.queue):
@@ -422,7 +463,7 @@ class Scheduler(Generic[H]):
         return effects
 
     def _begin_walk(self) -> _Walk:
-        """Evictions are decided afresh on every walk, in arrival order: forget the last ones (but
+        """Evictions are decided afresh on every walk, in queue order: forget the last ones (but
         remember who they were for, so a request keeps the victims it already picked)."""
         walk = _Walk(live=[r for r in self.records if r.state is not EngineState.STOPPING and r.unload_from is None])
         for record in self.records:

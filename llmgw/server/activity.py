@@ -38,12 +38,14 @@ class RequestRecord:
     duration: float | None = None
     client_left: bool = False
     seq: int = 0
+    key: str | None = None  # the name of the request's API key (never the key itself)
 
     def view(self) -> dict[str, Any]:
         return {
             "id": self.request_id,
             "route": self.route,
             "model": self.model,
+            "key": self.key,
             "stream": self.stream,
             "started": round(self.started, 3),
             "status": self.status,
@@ -66,8 +68,8 @@ class RequestLog:
         self._active: dict[int, RequestRecord] = {}
         self._seq = itertools.count(1)
 
-    def begin(self, request_id: str, route: str, model: str, stream: bool) -> RequestRecord:
-        record = RequestRecord(request_id, route, model, stream, time.time(), seq=next(self._seq))
+    def begin(self, request_id: str, route: str, model: str, stream: bool, key: str | None = None) -> RequestRecord:
+        record = RequestRecord(request_id, route, model, stream, time.time(), seq=next(self._seq), key=key)
         self._active[record.seq] = record
         self.bus.publish("request_start", **record.view())
         return record
@@ -82,10 +84,12 @@ class RequestLog:
         status: int,
         seconds: float,
         client_left: bool = False,
+        key: str | None = None,
     ) -> RequestRecord:
         """A request is answered (``record`` None: it failed before it reached a model)."""
         if record is None:
-            record = RequestRecord(request_id, route, model, False, time.time() - seconds, seq=next(self._seq))
+            started = time.time() - seconds
+            record = RequestRecord(request_id, route, model, False, started, seq=next(self._seq), key=key)
         self._active.pop(record.seq, None)
         record.status = record.stats.stream_error or status
         record.duration = seconds

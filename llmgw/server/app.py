@@ -19,7 +19,7 @@ _ROUTES: list[tuple[str, type[web.RequestHandler], str]] = [
     ("/models", info.ModelsHandler, "/models"),
     ("/v1/models/(.+)", info.ModelHandler, "/v1/models/{id}"),
     ("/props", info.EngineInfoHandler, "/props"),
-    ("/slots", info.EngineInfoHandler, "/slots"),
+    ("/slots", info.SlotsHandler, "/slots"),
     ("/health", info.HealthHandler, "/health"),
     ("/v1/health", info.HealthHandler, "/v1/health"),
     ("/running", ops.RunningHandler, "/running"),

@@ -83,6 +83,7 @@ class GatewayServer:
             await server.close_all_connections()
         self._servers.clear()
         if services is not None:
+            services.keys.save()  # today's tokens, for the next start
             services.http.close()
             services.guard.stop()
         self._stopped.set()
@@ -109,12 +110,14 @@ class GatewayServer:
         task.add_done_callback(self._background.discard)
 
     async def _tick(self) -> None:
-        """Load progress once a second for watchers, while engines load."""
+        """Once a second: load progress for watchers, while engines load; the keys' usage to the
+        state file, when it changed (never a disk write on a request's way)."""
         services = self.services
         while True:
             await asyncio.sleep(1.0)
             if services.bus.watched:
                 services.status.tick()
+            services.keys.save()
 
 
 async def _logged(work: Coroutine[Any, Any, None]) -> None:

@@ -11,6 +11,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from llmgw.api.usage import AnswerStats
+from llmgw.keys import KeyGate
 from llmgw.scheduling.scheduler import EngineRecord, Ticket
 from llmgw.slotcache import SlotCache
 
@@ -18,8 +19,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class GatewayMetrics:
-    def __init__(self, slot_cache: SlotCache | None = None) -> None:
-        """``slot_cache``: its own counters are read at each scrape."""
+    def __init__(self, slot_cache: SlotCache | None = None, keys: KeyGate | None = None) -> None:
+        """``slot_cache``, ``keys``: their own counters are read at each scrape."""
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "llmgw_requests", "HTTP requests served", ["route", "model", "status"], registry=self.registry
@@ -98,6 +99,8 @@ class GatewayMetrics:
         )
         if slot_cache is not None:
             self.registry.register(_SlotCacheCollector(slot_cache))
+        if keys is not None:
+            self.registry.register(_KeyCollector(keys))
 
     def observe_answer(self, model: str, stats: AnswerStats) -> None:
         if stats.prompt_tokens:
@@ -193,3 +196,42 @@ class _SlotCacheCollector(Collector):
             files.add_metric([model], count)
             size.add_metric([model], total)
         yield from (restores, saves, evictions, restored, reused, saved, files, size)
+
+
+class _KeyCollector(Collector):
+    """Each configured key's usage, labelled by its name (never the key), read when /metrics is scraped."""
+
+    def __init__(self, keys: KeyGate) -> None:
+        self.keys = keys
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("llmgw_key_requests", "Model requests admitted, per API key", labels=["key"])
+        prompt = CounterMetricFamily(
+            "llmgw_key_prompt_tokens", "Prompt tokens the engines reported, per API key", labels=["key"]
+        )
+        generated = CounterMetricFamily(
+            "llmgw_key_generated_tokens", "Generated tokens the engines reported, per API key", labels=["key"]
+        )
+        refused = CounterMetricFamily(
+            "llmgw_key_rate_limited",
+            "Requests refused with 429, per API key and limit (requests_per_minute, tokens_per_day, max_concurrent)",
+            labels=["key", "limit"],
+        )
+        today = GaugeMetricFamily(
+            "llmgw_key_tokens_today", "Prompt + generated tokens since 00:00 UTC, per API key", labels=["key"]
+        )
+        budget = GaugeMetricFamily("llmgw_key_tokens_per_day", "The key's tokens_per_day budget", labels=["key"])
+        in_flight = GaugeMetricFamily("llmgw_key_in_flight", "Model requests in flight, per API key", labels=["key"])
+        for row in self.keys.view():
+            name = row["key"]
+            usage = self.keys.usage.of(name)
+            requests.add_metric([name], usage.requests)
+            prompt.add_metric([name], usage.prompt_tokens)
+            generated.add_metric([name], usage.generated_tokens)
+            for limit in ("requests_per_minute", "tokens_per_day", "max_concurrent"):
+                refused.add_metric([name, limit], usage.refused.get(limit, 0))
+            today.add_metric([name], row["tokens_today"])
+            if row["tokens_per_day"] is not None:
+                budget.add_metric([name], row["tokens_per_day"])
+            in_flight.add_metric([name], row["in_flight"])
+        yield from (requests, prompt, generated, refused, today, budget, in_flight)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from llmgw.config import Config, LiveConfig
 from llmgw.events import EventBus
+from llmgw.keys import KeyGate
 from llmgw.modelfile import ModelFiles
 from llmgw.proxy import Proxy, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
@@ -28,6 +29,7 @@ from llmgw.upstream import EngineHTTPClient
 @dataclass(frozen=True)
 class Services:
     live: LiveConfig  # the configuration in force (a reload replaces it there)
+    keys: KeyGate  # who a request comes from, its limits and usage
     metrics: GatewayMetrics
     bus: EventBus  # /events
     activity: RequestLog  # requests in flight and answered
@@ -47,8 +49,9 @@ def build(config: Config) -> Services:
     must not be made at import time."""
     live = LiveConfig(config)
     state = StateStore(config.server.state_dir or default_state_dir())
+    keys = KeyGate(live, state)
     slot_cache = SlotCache(config)
-    metrics = GatewayMetrics(slot_cache)
+    metrics = GatewayMetrics(slot_cache, keys)
     bus = EventBus()
     activity = RequestLog(bus, metrics.observe_answer)
     engine_logs = EngineLogs(bus)
@@ -72,5 +75,5 @@ def build(config: Config) -> Services:
     proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
     views = Views(live, manager, status, int(time.time()))
     return Services(
-        live, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views, files
+        live, keys, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views, files
     )

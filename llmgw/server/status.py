@@ -211,6 +211,7 @@ class StatusTracker:
                 "position": position,
                 "model": ticket.model.name,
                 "min_context": ticket.min_ctx,
+                "priority": ticket.priority.value,
                 "phase": ticket.phase.value,
                 "waiting": round(now - ticket.arrived, 1),
                 **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),

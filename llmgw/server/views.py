@@ -12,6 +12,7 @@ from typing import Any
 
 from llmgw.config import LiveConfig, ModelConfig
 from llmgw.errors import BadRequest, EngineNotRunning, ModelNotFound, echo
+from llmgw.keys import Principal
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import EngineRecord, EngineState
@@ -25,13 +26,19 @@ class Views:
         self.status = status
         self.created = created  # epoch seconds: every model's "created"
 
-    def model(self, name: str) -> ModelConfig:
-        """The model called (or aliased) ``name``; 404 otherwise."""
+    def model(self, name: str, key: Principal) -> ModelConfig:
+        """The model called (or aliased) ``name``, if ``key`` may use it; 404 otherwise, the same
+        for a model that exists but is not the key's (a key learns nothing of other models)."""
         config = self.live.current
         model = config.model(name)
-        if model is None:
-            raise ModelNotFound(f"model {echo(name)} does not exist; available: {', '.join(config.model_names())}")
+        if model is None or not key.sees(model):
+            available = ", ".join(m.name for m in config.models if key.sees(m))
+            raise ModelNotFound(f"model {echo(name)} does not exist; available: {available}")
         return model
+
+    def models_for(self, key: Principal) -> list[ModelConfig]:
+        """The models ``key`` may use, in the configuration's order: what every listing shows."""
+        return [model for model in self.live.current.models if key.sees(model)]
 
     def model_entry(self, model: ModelConfig, name: str) -> dict[str, Any]:
         """One model as OpenAI lists it, with its context (largest variant) and variants; ``name`` is
@@ -52,18 +59,18 @@ class Views:
         entry["status"] = self.status.status(model)
         return entry
 
-    def models_list(self) -> dict[str, Any]:
+    def models_list(self, key: Principal) -> dict[str, Any]:
         config = self.live.current
         data = []
-        for model in config.models:
+        for model in self.models_for(key):
             data.append(self.model_entry(model, model.name))
             if config.server.list_aliases:
                 data.extend(self.model_entry(model, alias) for alias in model.aliases)
         return {"object": "list", "data": data}
 
-    def model_view(self, name: str) -> dict[str, Any]:
+    def model_view(self, name: str, key: Principal) -> dict[str, Any]:
         model = self.live.current.model(name)
-        if model is None:
+        if model is None or not key.sees(model):
             raise ModelNotFound(f"model {echo(name)} does not exist")
         return self.model_entry(model, name)
 
@@ -101,6 +108,7 @@ class Views:
             {
                 "model": ticket.model.name,
                 "min_context": ticket.min_ctx,
+                "priority": ticket.priority.value,
                 "waiting": round(now - ticket.arrived, 3),
                 "phase": ticket.phase.value,
                 **({"blocked_by": ticket.blocked_by} if ticket.blocked_by else {}),
@@ -119,10 +127,10 @@ class Views:
         ready = sum(1 for record in manager.engines if record.ready)
         return {"status": "ok", "engines": ready, "in_flight": manager.in_flight, "queued": manager.queued}
 
-    def running_engine_for(self, name: str | None) -> str:
+    def running_engine_for(self, name: str | None, key: Principal) -> str:
         """Base URL of the running engine of ``name`` (default: server.default_model, else the only
         engine running); never starts one."""
-        engines = [record for record in self.manager.engines if record.ready]
+        engines = [record for record in self.manager.engines if record.ready and key.sees(record.model)]
         if name is None:
             name = self.live.current.server.default_model
         if name is None:
@@ -130,7 +138,7 @@ class Views:
                 return str(engines[0].variant.connect)
             running = ", ".join(sorted(record.model.name for record in engines)) or "none"
             raise BadRequest(f"say which model with ?model= (running: {running})")
-        model = self.model(name)
+        model = self.model(name, key)
         for record in engines:
             if record.model.name == model.name:
                 return str(record.variant.connect)

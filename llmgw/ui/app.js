@@ -6,7 +6,7 @@
 const KEY = "llmgw-api-key";
 const ACTIVITY_ROWS = 100;
 const LOG_LINES = 500;
-const state = { models: [], running: { engines: [], queue: [] }, requests: new Map(), logModel: "" };
+const state = { models: [], running: { engines: [], queue: [] }, keys: [], requests: new Map(), logModel: "" };
 
 // ----------------------------------------------------------------------------- HTTP
 
@@ -70,11 +70,14 @@ function mib(memory) {
 
 async function refresh() {
   try {
-    const [models, running] = await Promise.all([json("/v1/models"), json("/running")]);
+    const [models, running, history] = await Promise.all(
+      [json("/v1/models"), json("/running"), json("/api/requests?limit=1")]);
     state.models = models.data.filter((m) => !m.alias_of);
     state.running = running;
+    state.keys = history.keys || [];
     renderModels();
     renderQueue();
+    renderKeys();
     renderLogChoices();
     showError("");
   } catch (err) {
@@ -129,11 +132,35 @@ function renderQueue() {
   document.getElementById("queue-count").textContent = queue.length ? "(" + queue.length + ")" : "(empty)";
   fill(document.querySelector("#queue tbody"), queue.map((t, i) => el("tr", {},
     el("td", { class: "num", text: String(i + 1) }),
-    el("td", { text: t.model }),
+    el("td", { text: t.model + (t.priority === "batch" ? " (batch)" : "") }),
     el("td", { text: t.phase }),
     el("td", { text: seconds(t.waiting) }),
     el("td", { class: "num", text: String(t.min_context) }),
     el("td", { text: t.blocked_by || "" }))));
+}
+
+function limits(k) {
+  const parts = [];
+  if (k.requests_per_minute != null) parts.push(k.requests_per_minute + "/min");
+  if (k.max_concurrent != null) parts.push(k.max_concurrent + " at once");
+  if (k.admin) parts.push("admin");
+  return parts.join(", ");
+}
+
+// Each key by its name (the key itself is never sent to the page): usage and limits.
+function renderKeys() {
+  document.getElementById("keys-section").hidden = state.keys.length === 0;
+  fill(document.querySelector("#keys tbody"), state.keys.map((k) => el("tr", { "data-key": k.key },
+    el("td", {}, el("strong", { text: k.key })),
+    el("td", { text: k.priority }),
+    el("td", { text: k.models ? k.models.join(", ") : "all" }),
+    el("td", { class: "num", text: String(k.requests) }),
+    el("td", { class: "num", text: String(k.prompt_tokens) }),
+    el("td", { class: "num", text: String(k.generated_tokens) }),
+    el("td", { class: "num", text: k.tokens_today + (k.tokens_per_day != null ? " / " + k.tokens_per_day : "") }),
+    el("td", { class: k.rate_limited ? "num status-error" : "num", text: String(k.rate_limited) }),
+    el("td", { class: "num", text: String(k.in_flight) }),
+    el("td", { class: "muted", text: limits(k) }))));
 }
 
 async function act(kind, model, button) {
@@ -158,6 +185,7 @@ function requestRow(r) {
   return el("tr", { class: done ? "" : "in-flight", "data-id": r.id },
     el("td", { text: when }),
     el("td", { class: "muted", text: r.id.slice(0, 12) }),
+    el("td", { text: r.key || "" }),
     el("td", { text: r.model }),
     el("td", { text: r.route }),
     el("td", { class: done && r.status >= 400 ? "status-error" : "", text: status }),
@@ -184,7 +212,9 @@ async function loadActivity() {
     state.requests.clear();
     for (const r of history.requests.slice().reverse()) remember(r);
     for (const r of history.in_flight) remember(r);
+    state.keys = history.keys || [];
     renderActivity();
+    renderKeys();
   } catch (err) { /* shown by refresh() */ }
 }
 
@@ -241,6 +271,7 @@ async function events() {
   for (;;) {
     try {
       const resp = await api("/events?logs=1", { headers: { Accept: "text/event-stream" } });
+      if (resp.status === 403) { setConn("down"); return; }  // not an admin key: refresh() says so
       if (!resp.ok || !resp.body) throw new Error("events: " + resp.status);
       setConn("live");
       const reader = resp.body.getReader();

@@ -61,3 +61,19 @@ async def test_a_budget_too_big_for_the_engine_is_counted_and_switches(start_gat
     (engine,) = (await running(http, gw))["engines"]
     assert engine["context"] == 8192  # the budget needs the big variant: the bound never skips past that
     assert sample(gw, "llmgw_counts_skipped_total") == 0
+
+
+async def test_a_request_sent_on_a_bound_that_overflows_goes_once_to_a_bigger_variant(
+    start_gateway, make_model, http
+) -> None:
+    # The small variant's engine claims 4096 tokens and enforces 1024: the bound (2 bytes a token
+    # here) proves the request fits what it claims, the engine refuses it, and the request goes to
+    # the big variant, counted exactly there: one retry, no failure.
+    m = make_model("m", [1024, 8192], variant_extra={1024: {"args": ["--fake-reported-n-ctx", "4096"]}})
+    gw = await start_gateway([m])
+    assert (await post(http, gw.url + CHAT, chat_body("m", 3, max_tokens=16))).code == 200
+    body = {"model": "m", "messages": [{"role": "user", "content": " ".join(["a"] * 1500)}], "max_tokens": 16}
+    resp = await post(http, gw.url + CHAT, body)
+    assert resp.code == 200, resp.body
+    assert sample(gw, "llmgw_counts_skipped_total") == 1
+    assert [e["n_ctx"] for e in events_of(m, "start")] == [1024, 8192]

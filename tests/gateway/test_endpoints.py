@@ -155,6 +155,19 @@ async def test_strict_context_keeps_the_400(start_gateway, make_model, http) -> 
     assert await started_contexts(m) == [2048]  # counted on the small variant, never moved
 
 
+async def test_context_is_per_slot_as_llama_server_splits_it(start_gateway, make_model, http) -> None:
+    """With -np 2 each request gets half the context, as llama-server's own test
+    test_context_size_exceeded_stream checks (n_ctx == server.n_ctx // server.n_slots)."""
+    m = make_model("m", [4096], extra_args=["-np", "2"])
+    gw = await start_gateway([m])
+    listed = json.loads((await get(http, gw.url + "/v1/models")).body)["data"][0]
+    assert listed["context_length"] == 2048  # known before the engine ever ran
+    resp = await post(http, gw.url + "/v1/chat/completions", chat_body("m", 3000, max_tokens=16))
+    error = assert_error(resp, 400, "context_length_exceeded")
+    assert error["n_ctx"] == 2048 and error["n_prompt_tokens"] == 3003
+    assert await started_contexts(m) == [2048]  # the engine reports its slot's context too
+
+
 async def test_completion_limit_caps_the_budget_before_counting(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048, 8192], model_extra={"completion_limit": 64})
     gw = await start_gateway([m])

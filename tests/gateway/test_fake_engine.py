@@ -8,6 +8,7 @@ import functools
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -24,15 +25,17 @@ from typing import Any
 import psutil
 import pytest
 
-from fake_engine.fake_llama_server import count_prompt_tokens, render_template
 from fake_engine.fake_llama_tokenize import (
     count_messages_tokens,
+    count_prompt_tokens,
     count_responses_tokens,
     detokenize,
     messages_to_chat,
+    render_template,
     responses_to_chat,
     tokenize,
 )
+from fake_engine.server.options import FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "fake_engine" / "fake_llama_server.py"
@@ -196,7 +199,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Fake]]:
         with contextlib.suppress(ProcessLookupError):  # already dead and reaped
             os.killpg(fake.proc.pid, signal.SIGKILL)
         fake.proc.wait(timeout=TIMEOUT)
-        for pid in [fake.proc.pid, *(e["pid"] for e in fake.events("child"))]:
+        helpers = [e["pid"] for e in fake.events() if e["event"] in ("child", "counter")]
+        for pid in [fake.proc.pid, *helpers]:
             wait_until(functools.partial(pid_gone, pid), what=f"pid {pid} to be gone")
 
 
@@ -227,6 +231,18 @@ def test_tokenize_script() -> None:
     failed = subprocess.run([*argv, "--fake-fail"], input="x", capture_output=True, text=True, timeout=TIMEOUT)
     assert failed.returncode == 1
     assert "error" in failed.stderr
+
+
+def test_readme_documents_every_flag() -> None:
+    # The flags table of fake_engine/README.md and the parser's FLAGS must name the same flags.
+    readme = (REPO / "fake_engine" / "README.md").read_text()
+    table = readme[readme.index("## Server flags") : readme.index("## ", readme.index("## Server flags") + 3)]
+    documented = set()
+    for row in table.splitlines():
+        if row.startswith("| `"):
+            first_cell = row.split("|")[1]
+            documented.update(name.split()[0] for name in re.findall(r"`(-[^`]+)`", first_cell))
+    assert documented == {name for flag in FLAGS for name in flag.names}
 
 
 # ----------------------------------------------------------------------------- startup and health
@@ -287,6 +303,45 @@ def test_parallel_divides_context_and_unknown_flags_are_ignored(spawn: Callable[
     assert models["object"] == "list"
     assert models["data"][0]["id"] == "/models/fake.gguf"
     assert models["data"][0]["meta"]["n_ctx_train"] == 131072
+
+
+def test_reported_n_ctx_is_claimed_but_not_enforced(spawn: Callable[..., Fake]) -> None:
+    # An engine that misleads the gateway about its context (as a misconfigured variant does).
+    fake = spawn("-c", "1024", "--fake-reported-n-ctx", "3000")
+    assert fake.request("GET", "/props").json()["default_generation_settings"]["n_ctx"] == 3000
+    assert [slot["n_ctx"] for slot in fake.request("GET", "/slots").json()] == [3000]
+    assert fake.request("GET", "/v1/models").json()["data"][0]["meta"]["n_ctx"] == 3000
+    body = {"messages": [{"role": "user", "content": "w " * 1500}], "max_tokens": 16}
+    error = fake.request("POST", "/v1/chat/completions", body).json()["error"]
+    assert error["type"] == "exceed_context_size_error" and error["n_ctx"] == 1024
+    assert error["n_prompt_tokens"] == 1503
+    assert [e["n_ctx"] for e in fake.events("start")] == [1024]  # the events say what is enforced
+
+
+def test_bad_values_of_new_knobs_exit_1(tmp_path: Path) -> None:
+    for args in (["--fake-reported-n-ctx", "0"], ["--fake-crash-linger", "soon"], ["--fake-reported-n-ctx"]):
+        argv = [sys.executable, str(SERVER), "--port", str(free_port()), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
+        assert done.returncode == 1, args
+        assert "error" in done.stderr, args
+
+
+def test_strict_json_reads_utf8_only_and_keeps_the_first_duplicate(spawn: Callable[..., Fake]) -> None:
+    lenient, strict = spawn(), spawn("--fake-strict-json")
+    short = json.dumps([{"role": "user", "content": "one"}])
+    long = json.dumps([{"role": "user", "content": "w " * 50}])
+    duplicated = f'{{"messages": {short}, "messages": {long}}}'.encode()
+    path = "/v1/chat/completions/input_tokens"
+    assert lenient.request("POST", path, raw=duplicated).json()["input_tokens"] == 53  # the last one wins
+    assert strict.request("POST", path, raw=duplicated).json()["input_tokens"] == 4  # the first one wins
+    text = json.dumps(USER_ABC)
+    bodies = {text.encode("utf-16"): 200, b"\xef\xbb\xbf" + text.encode(): 200, b'{"messages": "\xff"}': 500}
+    for body, lenient_status in bodies.items():
+        assert lenient.request("POST", path, raw=body).status == lenient_status, body  # Python's detection
+        resp = strict.request("POST", path, raw=body)
+        assert resp.status == 400, body
+        assert resp.json()["error"]["message"].startswith("invalid JSON body: "), body
+    assert strict.request("POST", path, raw=text.encode()).json()["input_tokens"] == 6
 
 
 # ----------------------------------------------------------------------------- endpoints
@@ -414,6 +469,64 @@ def test_exceed_context_size(spawn: Callable[..., Fake]) -> None:
     }
 
 
+def test_parallel_slots_each_get_a_share_of_the_context(spawn: Callable[..., Fake]) -> None:
+    # llama-server 0.10068: -np N slots of n_ctx // N tokens each; its own test_context_size_exceeded
+    # checks that the error's n_ctx is server.n_ctx // server.n_slots.
+    fake = spawn("--ctx-size", "1000", "--parallel=4", "--fake-tokens", "8")
+    props = fake.request("GET", "/props").json()
+    assert props["default_generation_settings"]["n_ctx"] == 250 and props["total_slots"] == 4
+    assert [(slot["id"], slot["n_ctx"]) for slot in fake.request("GET", "/slots").json()] == [
+        (i, 250) for i in range(4)
+    ]
+
+    def chat(words: int, **extra: Any) -> Response:
+        return fake.request(
+            "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "w " * words}], **extra}
+        )
+
+    # 246 words + 3 = 249 tokens: one cell is left, so one token is generated (cut by the context).
+    fits = chat(246).json()
+    assert fits["usage"] == {
+        "completion_tokens": 1,
+        "prompt_tokens": 249,
+        "total_tokens": 250,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    assert fits["choices"][0]["finish_reason"] == "length"
+    # 250 tokens fill the slot, leaving no cell for the first generated token; 300 would fit the
+    # whole -c 1000 but not one slot. Both are refused, streamed or not, before anything is sent.
+    for words in (247, 297):
+        for stream in (False, True):
+            resp = chat(words, stream=stream)
+            assert resp.status == 400, (words, stream)
+            assert resp.headers["Content-Type"].startswith("application/json")
+            n_prompt = words + 3
+            message = f"request ({n_prompt} tokens) exceeds the available context size (250 tokens), try increasing it"
+            assert resp.json() == {
+                "error": {
+                    "code": 400,
+                    "message": message,
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": n_prompt,
+                    "n_ctx": 250,
+                }
+            }
+    native = fake.request("POST", "/completion", {"prompt": "w " * 249})  # 249 words + BOS
+    assert native.status == 400 and native.json()["error"]["n_ctx"] == 250
+    assert len(fake.events("request")) == 6 and len(fake.events("done")) == 1
+    slots = fake.request("GET", "/slots").json()
+    assert [slot["n_prompt_tokens"] for slot in slots if "id_task" in slot] == [249]  # the one that ran
+
+
+def test_default_is_one_slot_and_context_zero_is_the_trained_one(spawn: Callable[..., Fake]) -> None:
+    one = spawn("-c", "512")
+    props = one.request("GET", "/props").json()
+    assert props["total_slots"] == 1 and props["default_generation_settings"]["n_ctx"] == 512
+    trained = spawn("-c", "0", "-np", "2")
+    assert trained.request("GET", "/props").json()["default_generation_settings"]["n_ctx"] == 131072 // 2
+    assert [e["n_ctx"] for e in trained.events("start")] == [131072 // 2]
+
+
 def test_concurrent_requests(spawn: Callable[..., Fake]) -> None:
     fake = spawn("--fake-tokens", "5", "--fake-token-delay", "0.1", "-np", "2")
     results: list[int] = []
@@ -472,6 +585,18 @@ def test_exit_after_chunks(spawn: Callable[..., Fake]) -> None:
     assert not fake.events("done") and not fake.events("exit")
 
 
+def test_crash_linger_breaks_every_socket_before_the_process_exits(spawn: Callable[..., Fake]) -> None:
+    # A linger far longer than the test: the process is still there once its sockets are gone.
+    fake = spawn("--fake-exit-after-chunks", "2", "--fake-token-delay", "0.01", "--fake-crash-linger", "60")
+    with fake.open_raw("/v1/chat/completions", {**USER_ABC, "stream": True}) as sock:
+        received = read_until(sock, lambda _: False)  # until the crash closes the connection
+    assert content_chunks(data_lines(received)) == ["tok0", " tok1"]
+    with pytest.raises(ConnectionRefusedError):  # the listening socket is closed too
+        socket.create_connection(("127.0.0.1", fake.port), timeout=TIMEOUT).close()
+    assert fake.proc.poll() is None
+    assert "error: fake crash after 2 content chunks" in fake.stderr()
+
+
 # ----------------------------------------------------------------------------- signals and children
 
 
@@ -512,6 +637,128 @@ def test_spawned_child_dies_with_process_group(spawn: Callable[..., Fake]) -> No
     os.killpg(fake.proc.pid, signal.SIGKILL)
     fake.proc.wait(timeout=TIMEOUT)
     wait_until(lambda: pid_gone(child["pid"]), what="child gone")
+
+
+# ----------------------------------------------------------------------------- --fake-count-process
+
+COUNT_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/chat/completions/input_tokens", USER_ABC),
+    ("/chat/completions/input_tokens", TOOLS_BODY),
+    ("/v1/messages/count_tokens", {"system": "be brief", "messages": [{"role": "user", "content": "x y"}]}),
+    ("/v1/responses/input_tokens", {"instructions": "be brief", "input": "x y z"}),
+    ("/apply-template", USER_ABC),
+    ("/tokenize", {"content": "hello big world", "add_special": True, "with_pieces": True}),
+]
+
+
+def counter_pid(fake: Fake) -> int:
+    [counter] = fake.events("counter")
+    pid = int(counter["pid"])
+    assert pid != fake.proc.pid and psutil.Process(pid).ppid() == fake.proc.pid
+    return pid
+
+
+def test_count_process_counts_while_the_generating_process_is_frozen(spawn: Callable[..., Fake]) -> None:
+    # llama-server counts on its HTTP threads while its inference loop generates. Here the process
+    # that generates is stopped mid-stream (SIGSTOP: as busy as it can be) and counts are still
+    # answered, by the HTTP process, with what the one-process fake answers.
+    plain = spawn()
+    fake = spawn("--fake-count-process", "--fake-tokens", "100000", "--fake-token-delay", "0.01")
+    counter_pid(fake)
+    expected = [plain.request("POST", path, body) for path, body in COUNT_CALLS]
+    with fake.open_raw("/v1/chat/completions", {**USER_ABC, "stream": True}) as stream:
+        assert b"tok0" in read_until(stream, lambda got: b"tok0" in got)
+        os.kill(fake.proc.pid, signal.SIGSTOP)
+        try:
+            answers = [fake.request("POST", path, body) for path, body in COUNT_CALLS]
+        finally:
+            os.kill(fake.proc.pid, signal.SIGCONT)
+    assert [(a.status, a.json()) for a in answers] == [(e.status, e.json()) for e in expected]
+    assert all(a.headers["Server"] == "llama.cpp" for a in answers)
+    wait_until(lambda: len(fake.events("cancelled")) == 1, what="the stream to be cancelled")
+    ids = fake.request("POST", "/tokenize", {"content": "hello big world"}).json()["tokens"]
+    assert fake.request("POST", "/detokenize", {"tokens": ids}).json() == {"content": "hello big world"}
+
+
+def test_count_process_hands_one_connection_back_and_forth(spawn: Callable[..., Fake]) -> None:
+    # A gateway's pooled connection carries counts and generations alike: each request is routed.
+    fake = spawn("--fake-count-process", "--fake-tokens", "2")
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=TIMEOUT)
+    try:
+        local_ends = set()
+        for _ in range(3):
+            for path, body, key in [
+                ("/v1/chat/completions/input_tokens", USER_ABC, "input_tokens"),
+                ("/v1/chat/completions", USER_ABC, "usage"),
+                ("/health", None, "status"),
+                ("/tokenize", {"content": "a b"}, "tokens"),
+            ]:
+                if body is None:
+                    conn.request("GET", path)
+                else:
+                    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = json.loads(resp.read())
+                assert resp.status == 200 and key in data, (path, data)
+                assert conn.sock is not None
+                local_ends.add(conn.sock.getsockname())
+        assert len(local_ends) == 1  # the same connection throughout: nothing was closed
+    finally:
+        conn.close()
+    assert len(fake.events("done")) == 3
+
+    def posts_logged() -> int:  # each request is logged once, by the process that served it, after its answer
+        return sum("log_server_r: request: POST" in line for line in fake.stderr().splitlines())
+
+    wait_until(lambda: posts_logged() >= 9, what="9 request lines")
+    assert posts_logged() == 9
+
+
+def test_count_process_knobs_and_loading_apply_to_counts(spawn: Callable[..., Fake]) -> None:
+    loading = spawn("--fake-count-process", "--fake-never-healthy", wait=False)
+    wait_until(lambda: loading.try_health() is not None, what="listening")
+    assert loading.request("POST", "/tokenize", {"content": "a"}).status == 503
+    assert loading.request("GET", "/health").status == 503
+    garbage = spawn("--fake-count-process", "--fake-count-garbage", "shape")
+    assert garbage.request("POST", "/tokenize", {"content": "a"}).json() == ["unexpected", {"shape": True}]
+    assert garbage.request("GET", "/health").json() == {"status": "ok"}
+
+
+def test_count_process_stops_with_the_engine(spawn: Callable[..., Fake]) -> None:
+    # SIGTERM to the engine: both processes exit, the HTTP process first (it is reaped).
+    fake = spawn("--fake-count-process")
+    pid = counter_pid(fake)
+    fake.proc.send_signal(signal.SIGTERM)
+    assert fake.proc.wait(timeout=TIMEOUT) == 0
+    assert pid_gone(pid)
+    assert [e["event"] for e in fake.events()] == ["start", "counter", "exit"]
+    # SIGKILL to the engine alone: the HTTP process sees the pair close and exits by itself.
+    killed = spawn("--fake-count-process")
+    pid = counter_pid(killed)
+    killed.proc.kill()
+    killed.proc.wait(timeout=TIMEOUT)
+    wait_until(lambda: pid_gone(pid), what="the HTTP process to exit")
+
+
+def test_count_process_gone_the_engine_answers_everything(spawn: Callable[..., Fake]) -> None:
+    fake = spawn("--fake-count-process", "--fake-tokens", "2")
+    os.kill(counter_pid(fake), signal.SIGKILL)
+    wait_until(lambda: "answers everything now" in fake.stderr(), what="the engine to take over")
+    assert fake.request("POST", "/v1/chat/completions/input_tokens", USER_ABC).json()["input_tokens"] == 6
+    assert fake.request("POST", "/v1/chat/completions", USER_ABC).json()["usage"]["completion_tokens"] == 2
+    assert fake.proc.poll() is None
+
+
+def test_count_process_dies_with_a_crash(spawn: Callable[..., Fake]) -> None:
+    args = ["--fake-exit-after-chunks", "2", "--fake-token-delay", "0.01", "--fake-crash-linger", "60"]
+    fake = spawn("--fake-count-process", *args)
+    pid = counter_pid(fake)
+    with fake.open_raw("/v1/chat/completions", {**USER_ABC, "stream": True}) as sock:
+        received = read_until(sock, lambda _: False)  # until the crash closes the connection
+    assert content_chunks(data_lines(received)) == ["tok0", " tok1"]
+    assert pid_gone(pid)  # killed and reaped before the connections were closed
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", fake.port), timeout=TIMEOUT).close()
 
 
 # ----------------------------------------------------------------------------- other APIs: counting

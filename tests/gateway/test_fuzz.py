@@ -32,6 +32,34 @@ def fuzz_gateway(io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]],
     return io_loop.run_sync(lambda: start_gateway([model], max_body_size=200_000))
 
 
+KEYS = {
+    "user": {"key": "user-key", "models": ["alpha"], "requests_per_minute": 100000, "max_concurrent": 50},
+    "tight": {"key": "tight-key", "requests_per_minute": 1, "tokens_per_day": 1, "priority": "batch"},
+    "ops": {"key": "ops-key", "admin": True},
+}
+
+
+@pytest.fixture
+def keyed_gateway(io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]],
+                  make_model: Callable[..., FakeModel]) -> Gateway:
+    models = [make_model("alpha", [128, 512]), make_model("beta", [256])]
+    return io_loop.run_sync(lambda: start_gateway(models, keys=KEYS, api_keys=["old-key"], max_body_size=200_000))
+
+
+def _request(io_loop: Any, gateway: Gateway, method: str, path: str, body: bytes | None,
+             headers: dict[str, str]) -> tuple[int, bytes]:
+    async def go() -> tuple[int, bytes]:
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(gateway.url + path, method=method, body=body, headers=headers,
+                                          raise_error=False, request_timeout=30)
+            return response.code, response.body
+        finally:
+            client.close()
+
+    return io_loop.run_sync(go, timeout=60)
+
+
 def _post(io_loop: Any, gateway: Gateway, body: bytes, path: str = "/v1/chat/completions") -> tuple[int, bytes]:
     async def go() -> tuple[int, bytes]:
         client = AsyncHTTPClient(force_instance=True)
@@ -255,3 +283,46 @@ def _get_running(io_loop: Any, gateway: Gateway) -> bytes:
             client.close()
 
     return io_loop.run_sync(go, timeout=30)
+
+
+# Header values a client may send (latin-1, no CR/LF, as HTTP/1.1 carries them), the real keys among them.
+header_values = st.one_of(
+    st.sampled_from(["user-key", "tight-key", "ops-key", "old-key", "", "Bearer", "user-key\t"]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=80),
+)
+KEYED_ROUTES = [
+    ("POST", "/v1/chat/completions"), ("POST", "/v1/messages"), ("POST", "/v1/embeddings"), ("GET", "/v1/models"),
+    ("GET", "/v1/models/beta"), ("GET", "/running"), ("GET", "/metrics"), ("GET", "/api/requests"),
+    ("GET", "/api/logs"), ("POST", "/load"), ("POST", "/unload"), ("GET", "/props"), ("GET", "/slots"),
+]  # fmt: skip
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(KEYED_ROUTES),
+    scheme=st.sampled_from(["Bearer ", "bearer ", "Basic ", "", "Token "]),
+    auth=st.none() | header_values,
+    x_api_key=st.none() | header_values,
+    model=st.sampled_from(["alpha", "beta", "nope"]) | json_values,
+)
+def test_odd_keys_on_every_route(io_loop: Any, keyed_gateway: Gateway, route: tuple[str, str], scheme: str,
+                                 auth: str | None, x_api_key: str | None, model: Any) -> None:
+    """Any Authorization or x-api-key, any model, on the model routes and the operations routes
+    of a gateway with keys (allow-lists, limits, admin): 2xx or 4xx in the route's shape, never 5xx."""
+    method, path = route
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = (scheme + auth).strip()
+    if x_api_key is not None:
+        headers["x-api-key"] = x_api_key.strip()
+    body = None
+    if method == "POST":
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                           "input": "a b"}).encode()  # fmt: skip
+    status, answer = _request(io_loop, keyed_gateway, method, path, body, headers)
+    if status < 400:
+        return
+    if status == 503 and path in ("/props", "/slots"):
+        return  # "not running": the engine is not started just to answer this
+    _assert_clean(status, answer, path)
+    assert b"user-key" not in answer and b"ops-key" not in answer and b"old-key" not in answer

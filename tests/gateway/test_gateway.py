@@ -9,8 +9,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
 from conftest import (
-    FAKE_ENGINE,
     FakeModel,
     Gateway,
     assert_error,
@@ -71,85 +68,6 @@ async def hang_up(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
-
-
-# A wrapper around the fake engine for what the fake cannot do by itself (test-only flags, ignored
-# by the fake's own parser):
-# * ``--test-reported-n-ctx N``: /props claims N tokens of context while the engine enforces its
-#   real one, the way a llama-server with a per-slot split (or a misconfigured variant) misleads
-#   the gateway. The fake otherwise reports exactly what it enforces, so this is the only way to
-#   reach the gateway's "engine answered exceed_context_size_error" paths.
-# * ``--test-crash-linger S``: a crash (--fake-exit-after-chunks) closes every socket at once but
-#   the process takes S seconds to exit, so its death is noticed after its connections broke.
-_PATCHED_ENGINE = """
-import os
-import sys
-import time
-
-sys.path.insert(0, {fake_dir!r})
-import fake_llama_server as fake
-
-
-def flag(name):
-    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
-
-
-if flag("--test-reported-n-ctx") is not None:
-    REPORTED = int(flag("--test-reported-n-ctx"))
-
-    def get(self):
-        settings = {{"n_ctx": REPORTED, "params": {{}}}}
-        self.send_json({{"default_generation_settings": settings, "total_slots": 1}})
-
-    fake.PropsHandler.get = get
-
-if flag("--test-crash-linger") is not None:
-    LINGER = float(flag("--test-crash-linger"))
-
-    def crash(reason):
-        fake.log("error: " + reason)
-        os.closerange(3, 65536)
-        time.sleep(LINGER)
-        os._exit(3)
-
-    fake.crash = crash
-
-sys.exit(fake.main())
-"""
-
-
-@dataclass
-class PatchedModel(FakeModel):
-    """A FakeModel whose variants listed in ``patched`` (context -> extra test flags) run the wrapper."""
-
-    patched: dict[int, list[str]] = field(default_factory=dict)
-    wrapper: Path | None = None
-
-    def table(self) -> dict[str, Any]:
-        table = super().table()
-        assert self.wrapper is not None
-        for variant in table["variants"]:
-            flags = self.patched.get(variant["context"])
-            if flags is not None:
-                args = variant["args"]
-                assert args[0] == FAKE_ENGINE
-                variant["args"] = [str(self.wrapper), *args[1:], *flags]
-        return table
-
-
-def patched_model(
-    tmp_path: Path, name: str, contexts: list[int], patched: dict[int, list[str]], extra_args: list[str] | None = None
-) -> FakeModel:
-    wrapper = tmp_path / "patched_fake_engine.py"
-    wrapper.write_text(_PATCHED_ENGINE.format(fake_dir=str(Path(FAKE_ENGINE).parent)))
-    return PatchedModel(
-        name,
-        contexts,
-        events=tmp_path / f"events-{name}.jsonl",
-        extra_args=extra_args or [],
-        patched=patched,
-        wrapper=wrapper,
-    )
 
 
 # ----------------------------------------------------------------------------- routes
@@ -347,11 +265,11 @@ async def test_engine_dying_mid_stream_ends_with_sse_error_and_gateway_recovers(
     assert only_engine(await running(http, gw))["pid"] == starts[1]["pid"]
 
 
-async def test_request_right_after_a_crash_restarts_the_engine(start_gateway, tmp_path, http) -> None:
+async def test_request_right_after_a_crash_restarts_the_engine(start_gateway, make_model, http) -> None:
     # The crashed engine's sockets are closed but its process exits only 0.5 s later: a client
     # retrying at once must get a restarted engine, not a "could not count tokens" 502.
     args = ["--fake-exit-after-chunks", "2", "--fake-tokens", "10", "--fake-token-delay", "0.05"]
-    m = patched_model(tmp_path, "m", [2048], {2048: ["--test-crash-linger", "0.5"]}, extra_args=args)
+    m = make_model("m", [2048], extra_args=[*args, "--fake-crash-linger", "0.5"])
     gw = await start_gateway([m])
     resp = await post(http, gw.url + CHAT, chat_body("m", stream=True))
     assert resp.code == 200, resp.body
@@ -379,9 +297,9 @@ async def test_engine_dying_before_answering_is_502(start_gateway, make_model, h
     assert not events_of(m, "done") and request["stream"] is False
 
 
-async def test_engine_4xx_is_passed_through_unchanged(start_gateway, tmp_path, http) -> None:
+async def test_engine_4xx_is_passed_through_unchanged(start_gateway, make_model, http) -> None:
     # One variant whose engine claims 4096 but enforces 1024: the gateway forwards, the engine refuses.
-    m = patched_model(tmp_path, "m", [1024], {1024: ["--test-reported-n-ctx", "4096"]})
+    m = make_model("m", [1024], extra_args=["--fake-reported-n-ctx", "4096"])
     gw = await start_gateway([m])
     resp = await post(http, gw.url + CHAT, chat_body("m", 1500, max_tokens=16))
     assert resp.code == 400, resp.body
@@ -455,10 +373,10 @@ async def test_unordered_contexts_pick_smallest_fitting(start_gateway, make_mode
     assert [e["n_ctx"] for e in events_of(m, "start")] == [2048, 4096]
 
 
-async def test_engine_context_overflow_retries_on_bigger_variant(start_gateway, tmp_path, http) -> None:
+async def test_engine_context_overflow_retries_on_bigger_variant(start_gateway, make_model, http) -> None:
     # The small variant's engine claims 3000 tokens but holds 1024: the gateway believes 1503 + 16
     # tokens fit, the engine answers exceed_context_size_error, the gateway retries on 4096.
-    m = patched_model(tmp_path, "m", [1024, 4096], {1024: ["--test-reported-n-ctx", "3000"]})
+    m = make_model("m", [1024, 4096], variant_extra={1024: {"args": ["--fake-reported-n-ctx", "3000"]}})
     gw = await start_gateway([m])
     resp = await post(http, gw.url + CHAT, chat_body("m", 1500, max_tokens=16))
     assert resp.code == 200, resp.body

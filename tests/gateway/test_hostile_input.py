@@ -14,15 +14,13 @@ import asyncio
 import codecs
 import contextlib
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from tornado import httpserver, netutil, web
 
 from conftest import FakeModel, Gateway, chat_body, events_of, wait_for
-from fake_engine.configs import FAKE_ENGINE
 from llmgw.errors import ECHO_LIMIT, EngineAnswered, clip, echo
 from llmgw.server.json_body import MAX_DEPTH
 from llmgw.upstream import EngineHTTPClient, LlamaCppClient
@@ -217,10 +215,8 @@ async def test_completion_limits_of_wrong_value_or_type_are_400(gw: tuple[Gatewa
     await assert_still_serves(gateway)
 
 
-async def test_bodies_not_in_utf8_are_400_and_a_bom_is_dropped(
-    start_gateway: Any, make_model: Any, tmp_path: Path
-) -> None:
-    strict = strict_model(tmp_path, "m", [2048])
+async def test_bodies_not_in_utf8_are_400_and_a_bom_is_dropped(start_gateway: Any, make_model: Any) -> None:
+    strict = make_model("m", [2048], extra_args=["--fake-strict-json"])  # refuses what is not UTF-8
     counted = make_model("t", [2048], tokenization=True)  # counted by llama-tokenize before its engine runs
     gateway = await start_gateway([strict, counted])
     text = json.dumps(chat_body("m", max_tokens=2))
@@ -257,11 +253,11 @@ async def test_bodies_not_in_utf8_are_400_and_a_bom_is_dropped(
 
 
 async def test_duplicate_keys_last_wins_and_the_engine_sees_what_was_counted(
-    start_gateway: Any, tmp_path: Path
+    start_gateway: Any, make_model: Any
 ) -> None:
     # The engine keeps the *first* of duplicate keys: it would read a forwarded body the other
     # way round from the gateway, so the gateway must forward what it parsed, not the raw bytes.
-    m = strict_model(tmp_path, "m", [2048])
+    m = make_model("m", [2048], extra_args=["--fake-strict-json"])  # keeps the *first* of duplicate keys
     gateway = await start_gateway([m])
     short = json.dumps([{"role": "user", "content": "one"}])
     long = json.dumps([{"role": "user", "content": " ".join(["w"] * 50)}])
@@ -396,6 +392,49 @@ async def test_oversized_and_odd_headers(start_gateway: Any, make_model: Any) ->
     assert len(events_of(m, "request")) == 4
 
 
+ODD_AUTH: list[tuple[bytes, int]] = [
+    (b"Authorization: Bearer\r\n", 401),
+    (b"Authorization: Bearer \r\n", 401),
+    (b"Authorization: Bearer k1 k1\r\n", 401),
+    (b"Authorization: Bearer  k1\t\r\n", 200),  # white space around the key is not part of it
+    (b"Authorization: BEARER k1\r\n", 200),
+    (b"Authorization: Basic azE6\r\n", 401),
+    (b"Authorization: Basic azE6\r\nx-api-key: k1\r\n", 200),  # not a bearer token: x-api-key decides
+    (b"Authorization: Bearer wrong\r\nx-api-key: k1\r\n", 401),  # a bearer token decides
+    (b"Authorization: Bearer k1\r\nAuthorization: Bearer k1\r\n", 401),  # two: "k1,Bearer k1"
+    (b"x-api-key: k1\r\nx-api-key: k2\r\n", 401),
+    (b"Authorization: Bearer " + b"k" * 60_000 + b"\r\n", 401),
+    (b"Authorization: Bearer k1\x00\r\n", 400),  # Tornado refuses a NUL in a header
+    (b"Authorization: Bearer \xff\xfe\x80\r\n", 401),
+    (b"Authorization: Bearer \xc3\xa9\r\n", 401),
+    (b"x-api-key: \r\n", 401),
+    (b"Authorization: \r\n", 401),
+]
+
+
+@pytest.mark.parametrize(("header", "status"), ODD_AUTH, ids=[repr(h[:40]) for h, _ in ODD_AUTH])
+async def test_odd_authorization_headers_with_keys(start_gateway: Any, make_model: Any, header: bytes,
+                                                   status: int) -> None:
+    m = make_model("m", [2048])
+    keys = {"k1": {"key": "k1", "models": ["m"], "requests_per_minute": 1000}, "k2": {"key": "k2", "admin": True}}
+    gateway = await start_gateway([m], keys=keys)
+    body = json.dumps(chat_body("m", max_tokens=2)).encode()
+    for path, method in ((CHAT, b"POST"), ("/v1/models", b"GET"), ("/running", b"GET")):
+        (response,) = await exchange(gateway, request(body if method == b"POST" else b"", path, header, method))
+        expected = 403 if path == "/running" and status == 200 else status  # k1 is no admin
+        assert response.status == expected, (path, response)
+        if response.status in (401, 403):
+            assert response.error()["code"] in ("invalid_api_key", "permission_denied")
+            assert b"k1" not in response.body.replace(b"'k1'", b"")  # the name may show, the key never
+    assert len(events_of(m, "request")) == (1 if status == 200 else 0)
+    await assert_still_serves_with(gateway, b"Authorization: Bearer k1\r\n")
+
+
+async def assert_still_serves_with(gw: Gateway, header: bytes) -> None:
+    (response,) = await exchange(gw, request(json.dumps(chat_body("m", max_tokens=2)).encode(), CHAT, header))
+    assert response.status == 200, response
+
+
 FRAMING = {
     "Content-Length and chunked": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     "two Content-Lengths": b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
@@ -475,55 +514,3 @@ async def test_pipelining_expect_continue_and_old_http_versions(gw: tuple[Gatewa
         assert [r.status for r in await exchange(gateway, line)] == [400], line
     await assert_still_serves(gateway)
     assert len(events_of(m, "request")) == 7
-
-
-# ----------------------------------------------------------------------------- a strict engine
-
-# The fake engine, reading bodies the way another engine might: UTF-8 with no BOM, and the
-# *first* of duplicate keys. Used to show the engine sees exactly what the gateway parsed.
-_STRICT_ENGINE = """
-import json
-import sys
-
-sys.path.insert(0, {fake_dir!r})
-import fake_llama_server as fake
-
-
-def first_wins(pairs):
-    obj = {{}}
-    for key, value in pairs:
-        obj.setdefault(key, value)
-    return obj
-
-
-def json_body(self):
-    try:
-        body = json.loads((self.request.body or b"null").decode("utf-8"), object_pairs_hook=first_wins)
-    except ValueError as exc:
-        raise fake.bad_request(f"invalid JSON body: {{exc}}") from None
-    if not isinstance(body, dict):
-        raise fake.bad_request("the request body must be a JSON object")
-    return body
-
-
-fake.BaseHandler.json_body = json_body
-sys.exit(fake.main())
-"""
-
-
-@dataclass
-class StrictModel(FakeModel):
-    wrapper: Path | None = field(default=None)
-
-    def table(self) -> dict[str, Any]:
-        table = super().table()
-        for variant in table["variants"]:
-            assert variant["args"][0] == FAKE_ENGINE
-            variant["args"][0] = str(self.wrapper)
-        return table
-
-
-def strict_model(tmp_path: Path, name: str, contexts: list[int]) -> StrictModel:
-    wrapper = tmp_path / "strict_fake_engine.py"
-    wrapper.write_text(_STRICT_ENGINE.format(fake_dir=str(Path(FAKE_ENGINE).parent)))
-    return StrictModel(name, contexts, events=tmp_path / f"events-{name}.jsonl", wrapper=wrapper)

@@ -21,7 +21,7 @@ import tornado.netutil
 import tornado.web
 
 from conftest import FAKE_ENGINE, chat_body, free_port
-from fake_engine.fake_llama_server import count_prompt_tokens, render_template, tokenize
+from fake_engine.fake_llama_tokenize import count_prompt_tokens, render_template, tokenize
 from llmgw.api.endpoints import CHAT
 from llmgw.errors import BadRequest, EngineAnswered, TokenCountError
 from llmgw.upstream.http import EngineHTTPClient

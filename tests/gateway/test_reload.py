@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -66,3 +69,60 @@ def test_sighup_keeps_unchanged_engine_refuses_broken_config_and_applies_changes
                 proc.wait()
             log.close()
     assert proc.returncode == 0
+
+
+def _status(url: str, key: str) -> int:
+    request = urllib.request.Request(url + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_sighup_reads_key_files_again_through_python_m_llmgw(tmp_path: Path) -> None:
+    port = free_port()
+    config, key_file = tmp_path / "c.lua", tmp_path / "team.key"
+    key_file.write_text("first-SECRET\n")
+    keys = {"team": {"key_file": "team.key", "models": ["alpha"]}, "ops": {"key": "ops-SECRET", "admin": True}}
+    write_config(config, [FakeModel("alpha", [1024]), FakeModel("beta", [1024])], port, keys=keys)
+    log_path = tmp_path / "gateway.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(config)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(lambda: proc.poll() is not None or _up(url), "the gateway to listen")
+        assert _status(url, "first-SECRET") == 200 and _status(url, "nope") == 401
+        models = urllib.request.Request(url + "/v1/models", headers={"Authorization": "Bearer first-SECRET"})
+        with urllib.request.urlopen(models, timeout=30) as response:
+            assert [m["id"] for m in json.loads(response.read())["data"]] == ["alpha"]
+
+        key_file.write_text("second-SECRET\n")  # a rotated key: SIGHUP reads the file again
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: _status(url, "second-SECRET") == 200, "the new key")
+        assert _status(url, "first-SECRET") == 401
+
+        key_file.unlink()  # a reload that cannot read it is refused: the keys in force stay
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: "reload refused" in log_path.read_text(), "the refusal to be logged")
+        assert "server.keys.team.key_file cannot be read" in log_path.read_text()
+        assert _status(url, "second-SECRET") == 200 and _status(url, "ops-SECRET") == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    assert proc.returncode == 0
+    assert "SECRET" not in log_path.read_text()
+
+
+def _up(url: str) -> bool:
+    try:
+        return _status(url, "") in (200, 401)
+    except OSError:
+        return False

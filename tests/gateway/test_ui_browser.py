@@ -163,12 +163,15 @@ def test_the_page_shows_loading_activity_logs_and_unloads(browser: Any, gateway:
         request.join(WAIT)
     assert results == [200]
 
-    wait.until(lambda _: cells('#activity tr[data-id="ui-req-1"] td')[4:7] == ["200", "6", "24"])
+    wait.until(lambda _: cells('#activity tr[data-id="ui-req-1"] td')[5:8] == ["200", "6", "24"])
+    assert cells('#activity tr[data-id="ui-req-1"] td')[2] == "api_keys[1]"  # the key's name, never the key
     wait.until(lambda _: "log_server_r" in text("#log"))
     _chat(gateway, results, "ui-req-2", model="gpt-4o-mini", stream=False)  # an alias: the model's row
     wait.until(
-        lambda _: cells('#activity tr[data-id="ui-req-2"] td')[2:5] == ["demo-model", "/v1/chat/completions", "200"]
+        lambda _: cells('#activity tr[data-id="ui-req-2"] td')[3:6] == ["demo-model", "/v1/chat/completions", "200"]
     )
+    wait.until(lambda _: cells('#keys tr[data-key="api_keys[1]"] td')[3:6] == ["2", "12", "48"])  # usage per key
+    assert KEY not in browser.page_source
     wait.until(lambda _: cells('#models tr[data-model="demo-model"] td')[5] == "0")  # in flight
 
     shot = Path(os.environ.get("LLMGW_UI_SCREENSHOT") or Path(tempfile.gettempdir()) / "llmgw-ui.png")

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"agent"},  # python -m llmgw agent: none of the gateway's request path, scheduling or server
     {"runtime"},
     {"slotcache"},
+    {"keys"},
     {"upstream", "api"},
     {"config", "state", "events", "demo", "modelfile", "listen"},
     {"errors"},

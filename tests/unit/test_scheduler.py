@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from scheduling_world import World, config, model, names
 
+from llmgw.config import Priority
 from llmgw.errors import ContextTooLarge, EngineStartError, ModelNotFound, ShuttingDown
 from llmgw.runtime import Usage
 from llmgw.scheduling.scheduler import EngineState, Phase, Start, Stop
@@ -460,4 +461,92 @@ def test_a_start_that_must_wait_for_a_starting_engine_holds_later_starts_back() 
     w.release(ta)
     w.settle()
     assert w.holds(tc) is not None and w.holds(td) is not None and w.running() == ["c", "d"]
+    w.check()
+
+
+# ----------------------------------------------------------------------------- priority
+
+BATCH = Priority.BATCH
+
+
+def test_an_interactive_start_goes_before_a_batch_one_that_arrived_earlier() -> None:
+    a, b, c = (model(n, port=p) for n, p in (("a", 1001), ("b", 1002), ("c", 1003)))
+    w = World.of(config([a, b, c]))
+    ta = w.request(a)
+    w.settle()
+    tb = w.request(b, priority=BATCH)  # b must wait for a's request
+    tc = w.request(c)  # interactive, later: it takes the next start
+    assert [t.id for t in w.scheduler.queue] == [tc.id, tb.id] and tb.overtaken == 1
+    assert w.record_of("a").evict_for == tc.id
+    w.release(ta)
+    w.settle()
+    assert w.holds(tc) is not None and w.holds(tb) is None and names(w.log, Start) == ["a", "c"]
+    w.release(tc)
+    w.settle()
+    assert w.holds(tb) is not None and names(w.log, Start) == ["a", "c", "b"]
+    w.check()
+
+
+def test_a_batch_request_lets_at_most_batch_overtakes_interactive_ones_go_ahead() -> None:
+    a, b = model("a", port=1001), model("b", port=1002)
+    w = World.of(config([a, b], batch_overtakes=2))
+    ta = w.request(a)
+    w.settle()
+    tb = w.request(b, priority=BATCH)  # a drains for it
+    early = [w.request(a), w.request(a)]  # interactive: ahead of the batch request, served by a
+    assert all(w.holds(t) is w.record_of("a") for t in early) and tb.overtaken == 2
+    late = w.request(a)  # the third waits behind it: a still drains for b
+    assert w.holds(late) is None and [t.id for t in w.scheduler.queue] == [tb.id, late.id]
+    assert w.record_of("a").evict_for == tb.id
+    for t in (ta, *early):
+        w.release(t)
+    w.settle()
+    assert w.holds(tb) is w.record_of("b") and w.holds(late) is None  # b ran for the batch request
+    w.release(tb)
+    w.settle()
+    assert w.holds(late) is w.record_of("a") and names(w.log, Start) == ["a", "b", "a"]
+    w.check()
+
+
+def test_batch_overtakes_zero_is_arrival_order() -> None:
+    a, b, c = (model(n, port=p) for n, p in (("a", 1001), ("b", 1002), ("c", 1003)))
+    w = World.of(config([a, b, c], batch_overtakes=0))
+    ta = w.request(a)
+    w.settle()
+    tb = w.request(b, priority=BATCH)
+    tc = w.request(c)
+    assert [t.id for t in w.scheduler.queue] == [tb.id, tc.id] and tb.overtaken == 0
+    w.release(ta)
+    w.settle()
+    assert w.holds(tb) is not None and names(w.log, Start) == ["a", "b"]
+
+
+def test_batch_requests_keep_their_order_and_interactive_ones_theirs() -> None:
+    a, b, c = (model(n, port=p) for n, p in (("a", 1001), ("b", 1002), ("c", 1003)))
+    w = World.of(config([a, b, c], batch_overtakes=1))
+    w.request(a)
+    w.settle()
+    b1 = w.request(b, priority=BATCH)
+    c1 = w.request(c)  # passes b1 (b1: 1)
+    b2 = w.request(b, priority=BATCH)
+    c2 = w.request(c)  # passes b2, stops at b1 (full)
+    b3 = w.request(c, priority=BATCH)
+    assert [t.id for t in w.scheduler.queue] == [c1.id, b1.id, c2.id, b2.id, b3.id]
+    assert (b1.overtaken, b2.overtaken, b3.overtaken) == (1, 1, 0)
+
+
+def test_an_engine_that_becomes_ready_serves_its_waiting_requests_first() -> None:
+    """Without this, an interactive request ahead in the queue would stop the idle, just-started
+    engine for its own start, and the batch request it was started for would wait for another."""
+    a, b = model("a", port=1001), model("b", port=1002)
+    w = World.of(config([a, b]))
+    tb = w.request(b, priority=BATCH)  # nothing runs: b starts for it
+    ta = w.request(a)  # interactive, ahead of it; it cannot stop b while b starts
+    assert [t.id for t in w.scheduler.queue] == [ta.id, tb.id]
+    w.finish_start(w.record_of("b"))
+    assert w.holds(tb) is w.record_of("b")  # served before a's start is decided
+    assert names(w.log, Stop) == [] and w.record_of("b").evict_for == ta.id  # then b drains for a
+    w.release(tb)
+    w.settle()
+    assert w.holds(ta) is w.record_of("a") and names(w.log, Start) == ["b", "a"]
     w.check()

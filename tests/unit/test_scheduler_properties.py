@@ -9,7 +9,10 @@ every step that:
 * a grant always gives an engine that is ready and big enough;
 * every request is answered (granted or failed) or times out: once the world settles, only
   requests that pinned engines leave no room for are still waiting, and the queue timeout
-  clears those.
+  clears those;
+* priority: the queue keeps arrival order within each priority; an interactive request waits
+  behind a batch one only once that one has let ``batch_overtakes`` (N) go ahead; and no batch
+  request is ever seen with more than N interactive requests that arrived after it ahead of it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from scheduling_world import World, config, model
 
-from llmgw.config import Config, ModelConfig
+from llmgw.config import Config, ModelConfig, Priority
 from llmgw.runtime import Usage
 from llmgw.scheduling.placement import Placement
 from llmgw.scheduling.scheduler import EngineRecord, EngineState, Grant, Phase, Ticket
@@ -52,7 +55,7 @@ def worlds(draw: st.DrawFn) -> Config:
                 idle=draw(st.sampled_from([0.0, 30.0])),
             )
         )
-    return config(models, max_engines=draw(st.integers(1, 3)), budget=budget)
+    return config(models, max_engines=draw(st.integers(1, 3)), budget=budget, batch_overtakes=draw(st.integers(0, 3)))
 
 
 class SchedulerMachine(RuleBasedStateMachine):
@@ -61,6 +64,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.world: World
         self.tickets: list[Ticket] = []
         self.limits_changed = False
+        self.passed_by: dict[int, set[int]] = {}  # batch ticket -> later interactive ones ever seen ahead of it
 
     @initialize(cfg=worlds())
     def setup(self, cfg: Config) -> None:
@@ -75,10 +79,10 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     # -- requests ---------------------------------------------------------------------------
 
-    @rule(data=st.data(), need=st.sampled_from([0, 0, 100, 2000, 3000, 9000]))
-    def request(self, data: st.DataObject, need: int) -> None:
+    @rule(data=st.data(), need=st.sampled_from([0, 0, 100, 2000, 3000, 9000]), batch=st.booleans())
+    def request(self, data: st.DataObject, need: int, batch: bool) -> None:
         m = data.draw(st.sampled_from(self._models()))
-        self.tickets.append(self.world.request(m, need))
+        self.tickets.append(self.world.request(m, need, Priority.BATCH if batch else Priority.INTERACTIVE))
 
     @precondition(lambda self: bool(self.world.granted))
     @rule(data=st.data())
@@ -161,7 +165,9 @@ class SchedulerMachine(RuleBasedStateMachine):
             port = int(old.variants[0].connect.rsplit(":", 1)[1])
             models[victim] = model(old.name, (2048,), port=port, pools=old.variants[0].pools)
         budget = dict(self.s.config.server.memory_budget) or None
-        new = config(models, max_engines=max_engines, budget=budget)
+        new = config(
+            models, max_engines=max_engines, budget=budget, batch_overtakes=self.s.config.server.batch_overtakes
+        )
         self.limits_changed = True
         self.world.take(self.s.reload(new, self.world.now))
 
@@ -182,6 +188,23 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert Placement(self.s.config).within_budget(self.s.records), [
                 (s.model.name, s.need) for s in self.s.records
             ]
+        self._queue_order_holds()
+
+    def _queue_order_holds(self) -> None:
+        bound = self.s.config.server.batch_overtakes
+        queue = self.s.queue
+        for place, ahead in enumerate(queue):
+            assert ahead.overtaken <= bound
+            for behind in queue[place + 1 :]:
+                if ahead.priority is behind.priority:
+                    assert ahead.id < behind.id, "arrival order within a priority"
+                elif ahead.priority is Priority.BATCH:  # a later interactive request behind a batch one
+                    assert behind.id > ahead.id and ahead.overtaken == bound, (ahead, behind)
+                elif ahead.id > behind.id:  # an interactive request that went ahead of a batch one
+                    self.passed_by.setdefault(behind.id, set()).add(ahead.id)
+        for ticket in queue:
+            if ticket.priority is Priority.BATCH:
+                assert len(self.passed_by.get(ticket.id, ())) <= min(ticket.overtaken, bound)
 
     def teardown(self) -> None:
         if not hasattr(self, "world"):

@@ -7,7 +7,6 @@ allowed origins, the CORS headers llama-server sends; preflights are answered on
 
 from __future__ import annotations
 
-import hmac
 import http.client
 import json
 import re
@@ -18,6 +17,7 @@ from tornado import web
 
 from llmgw.api import dialect_of, engine_error_body, error_body
 from llmgw.errors import EngineAnswered, GatewayError, clip
+from llmgw.keys import OPEN, Principal
 from llmgw.server.services import Services
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
@@ -25,6 +25,7 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
 _STATUS_ERRORS = {
     400: ("invalid_request_error", "invalid_request"),
     401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "permission_denied"),
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "request_too_large"),
@@ -32,7 +33,7 @@ _STATUS_ERRORS = {
 
 
 def problem(status: int, message: str, error_type: str | None = None, code: str | None = None) -> GatewayError:
-    """A GatewayError for a status the handlers decide themselves (401, 404, 405, 413...)."""
+    """A GatewayError for a status the handlers decide themselves (401, 403, 404, 405, 413...)."""
     default_type, default_code = _STATUS_ERRORS.get(status, ("server_error", "internal_error"))
     error = GatewayError(message)
     error.status, error.error_type, error.code = status, error_type or default_type, code or default_code
@@ -41,6 +42,8 @@ def problem(status: int, message: str, error_type: str | None = None, code: str 
 
 class GatewayHandler(web.RequestHandler):
     public = False  # True: no API key needed (health)
+    admin_only = False  # True: only admin keys (operations: load, unload, what runs, metrics, history, logs)
+    principal: Principal = OPEN  # the request's key, once prepare() knows it
     model_name = ""  # the model a request named, once known (the metrics' label)
     answered = False  # the handler already answered (an error from prepare(), say)
     _request_id: str | None = None
@@ -48,6 +51,7 @@ class GatewayHandler(web.RequestHandler):
     def initialize(self, services: Services, route: str) -> None:
         """``route``: this route's label in the metrics (its path, or its pattern)."""
         self.live = services.live
+        self.keys = services.keys
         self.metrics = services.metrics
         self.route = route
         self.set_default_headers()  # Tornado called it once already, before the configuration was known
@@ -89,18 +93,21 @@ class GatewayHandler(web.RequestHandler):
         self.finish()
 
     def prepare(self) -> None:
-        keys = self.live.current.server.api_keys
-        if keys and not self.public and self.request.method != "OPTIONS" and not self._key_ok(keys):
+        """Who the request is (401 without a known key), before anything else is read."""
+        if self.public or self.request.method == "OPTIONS":
+            return
+        headers = self.request.headers
+        principal = self.keys.identify(headers.get("Authorization"), headers.get("x-api-key"))
+        if principal is None:
             self.send_gateway_error(
                 problem(401, "missing or invalid API key (use 'Authorization: Bearer KEY' or 'x-api-key')")
             )
-
-    def _key_ok(self, keys: tuple[str, ...]) -> bool:
-        auth = self.request.headers.get("Authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else self.request.headers.get("x-api-key", "")
-        given_b = given.encode()
-        # Compare against every key, constant time each, so timing tells nothing about which matched.
-        return sum(hmac.compare_digest(given_b, key.encode()) for key in keys) > 0
+            return
+        self.principal = principal
+        if self.admin_only and not principal.admin:
+            path = clip(self.request.path)
+            message = f"key {principal.name!r} may not use {path}: it needs an admin key (admin = true)"
+            self.send_gateway_error(problem(403, message))
 
     def send_gateway_error(self, exc: GatewayError) -> None:
         """The error in the route's dialect; an engine's own error answer as the engine gave it."""

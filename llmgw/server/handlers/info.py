@@ -24,7 +24,7 @@ class ModelsHandler(GatewayHandler):
         self.views = services.views
 
     def get(self) -> None:
-        self.write_json(self.views.models_list())
+        self.write_json(self.views.models_list(self.principal))
 
 
 class ModelHandler(GatewayHandler):
@@ -36,13 +36,14 @@ class ModelHandler(GatewayHandler):
 
     def get(self, name: str) -> None:
         try:
-            self.write_json(self.views.model_view(name))
+            self.write_json(self.views.model_view(name, self.principal))
         except GatewayError as exc:
             self.send_gateway_error(exc)
 
 
 class EngineInfoHandler(GatewayHandler):
-    """GET /props and /slots: asked of the running engine of ``?model=`` (never started for this)."""
+    """GET /props: asked of the running engine of ``?model=`` (never started for this), one of the
+    key's models. Clients of llama-server read its context and template there."""
 
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
@@ -51,7 +52,7 @@ class EngineInfoHandler(GatewayHandler):
 
     async def get(self) -> None:
         try:
-            base_url = self.views.running_engine_for(self.get_query_argument("model", None))
+            base_url = self.views.running_engine_for(self.get_query_argument("model", None), self.principal)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return
@@ -59,3 +60,9 @@ class EngineInfoHandler(GatewayHandler):
         self.set_status(reply.status)
         self.set_header("Content-Type", reply.content_type or "application/json")
         self.finish(reply.body)
+
+
+class SlotsHandler(EngineInfoHandler):
+    """GET /slots: what each of the engine's slots holds, prompts included: admin keys only."""
+
+    admin_only = True

@@ -16,6 +16,7 @@ from tornado.http1connection import HTTP1Connection
 from llmgw.api import ROUTES
 from llmgw.api.filters import apply_filters
 from llmgw.errors import BadRequest, GatewayError, clip, echo
+from llmgw.keys import Admission
 from llmgw.proxy import ClientGone, ProxyRequest
 from llmgw.server.activity import RequestRecord
 from llmgw.server.handlers.base import GatewayHandler, problem
@@ -40,6 +41,7 @@ class ModelRouteHandler(GatewayHandler):
         self._size = 0
         self._too_large = False
         self._record: RequestRecord | None = None  # in the request history once its model is known
+        self._admission: Admission | None = None  # the key's limits let it in: given back at the end
 
     # ------------------------------------------------------------------ the body, within its limit
 
@@ -114,6 +116,8 @@ class ModelRouteHandler(GatewayHandler):
                 self.send_gateway_error(exc)
                 return
             logger.warning("[%s] error after the response started: %s", self.request_id, exc.message)
+        finally:
+            self._admitted_done()
         if not sink.finished and not sink.gone:
             await sink.finish()
 
@@ -130,25 +134,44 @@ class ModelRouteHandler(GatewayHandler):
                 raise BadRequest("'model' is required (this gateway has no server.default_model)")
         elif not isinstance(requested, str):
             raise BadRequest(f"'model' must be a string, got {echo(requested)}")
-        model = self.views.model(requested)
+        model = self.views.model(requested, self.principal)
         self.model_name = model.name
         if not model.serves(endpoint.capability):
-            serving = [m.name for m in config.models if m.serves(endpoint.capability)]
+            serving = [m.name for m in self.views.models_for(self.principal) if m.serves(endpoint.capability)]
             raise BadRequest(
                 f"model {model.name!r} does not serve {endpoint.capability} requests "
                 f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
             )
         endpoint.check(data)
+        self._admission = self.keys.admit(self.principal)  # 429 past a limit, before any engine
         raw = parsed.raw
         if apply_filters(model, endpoint, data):
             raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        self._record = self.activity.begin(self.request_id, self.request.path, model.name, data.get("stream") is True)
+        stream = data.get("stream") is True
+        self._record = self.activity.begin(self.request_id, self.request.path, model.name, stream, self.principal.name)
         return ProxyRequest(
-            endpoint, self.request.path, raw, data, model, requested, self.request_id, self._record.stats
+            endpoint,
+            self.request.path,
+            raw,
+            data,
+            model,
+            requested,
+            self.request_id,
+            self._record.stats,
+            self.principal.priority,
         )
+
+    def _admitted_done(self) -> None:
+        """The key's place back and the engine's token counts on its usage (once, however it ended)."""
+        if self._admission is not None:
+            if self._record is None:
+                self._admission.done()
+            else:
+                self._admission.done(self._record.stats.prompt_tokens, self._record.stats.generated_tokens)
 
     def on_finish(self) -> None:
         super().on_finish()
+        self._admitted_done()
         self.activity.end(
             self._record,
             request_id=self.request_id,
@@ -157,6 +180,7 @@ class ModelRouteHandler(GatewayHandler):
             status=self.get_status(),
             seconds=self.request.request_time(),
             client_left=self.sink.gone,
+            key=self.principal.name,
         )
 
     def on_connection_close(self) -> None:

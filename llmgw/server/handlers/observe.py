@@ -36,6 +36,8 @@ class EventsHandler(GatewayHandler):
     """``GET /events``: engine changes (with load progress), queue changes, request start and end;
     engine output lines with ``?logs=1`` (every model) or ``?logs=a,b`` (those models)."""
 
+    admin_only = True
+
     _subscription: Subscription | None = None
     _streaming = False  # the event stream began: an error can no longer be an answer of its own
 
@@ -71,7 +73,7 @@ class EventsHandler(GatewayHandler):
         if value in ("1", "true", "yes", "all", "*"):
             return "*"
         names = frozenset(name.strip() for name in value.split(",") if name.strip())
-        models = {self.views.model(name).name for name in names}  # 404 for an unknown one
+        models = {self.views.model(name, self.principal).name for name in names}  # 404 for an unknown one
         return frozenset(models)
 
     async def _send(self, data: bytes) -> None:
@@ -90,7 +92,10 @@ class EventsHandler(GatewayHandler):
 
 
 class RequestsHandler(GatewayHandler):
-    """``GET /api/requests[?limit=N]``: requests in flight, and the last ones answered (newest first)."""
+    """``GET /api/requests[?limit=N]``: requests in flight, and the last ones answered (newest first),
+    each with its key's name; ``keys``: each key's usage and limits."""
+
+    admin_only = True
 
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
@@ -99,12 +104,14 @@ class RequestsHandler(GatewayHandler):
     def get(self) -> None:
         limit = _limit(self.get_query_argument("limit", None))
         log = self.activity
-        self.write_json({"in_flight": log.in_flight(), "requests": log.recent(limit)})
+        self.write_json({"in_flight": log.in_flight(), "requests": log.recent(limit), "keys": self.keys.view()})
 
 
 class EngineLogsHandler(GatewayHandler):
     """``GET /api/logs?model=m[&limit=N]``: the last lines that model's engines printed; without
     ``model``: the models that printed any."""
+
+    admin_only = True
 
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
@@ -117,7 +124,7 @@ class EngineLogsHandler(GatewayHandler):
         if name is None:
             self.write_json({"models": logs.models()})
             return
-        model = self.views.model(name).name
+        model = self.views.model(name, self.principal).name
         self.write_json({"model": model, "lines": logs.tail(model, _limit(self.get_query_argument("limit", None)))})
 
 

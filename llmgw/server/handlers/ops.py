@@ -10,6 +10,8 @@ from llmgw.server.services import Services
 
 
 class RunningHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.views = services.views
@@ -19,6 +21,8 @@ class RunningHandler(GatewayHandler):
 
 
 class UnloadHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.views = services.views
@@ -34,15 +38,26 @@ class UnloadHandler(GatewayHandler):
                 if not isinstance(name, str):
                     raise BadRequest("'model' must be a string")
                 self.model_name = name
-                self.views.model(name)  # 404 for an unknown model
-            stopped = await self.manager.unload(name)
+                self.views.model(name, self.principal)  # 404 for an unknown model
+            stopped = await self._unload(name)
         except GatewayError as exc:
             self.send_gateway_error(exc)
             return
         self.write_json({"status": "unloaded", "models": sorted(set(stopped))})
 
+    async def _unload(self, name: str | None) -> list[str]:
+        """Without a model, a key limited to some models unloads those only."""
+        if name is not None or self.principal.models is None:
+            return await self.manager.unload(name)
+        stopped: list[str] = []
+        for model in self.views.models_for(self.principal):
+            stopped += await self.manager.unload(model.name)
+        return stopped
+
 
 class LoadHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.views = services.views
@@ -60,7 +75,7 @@ class LoadHandler(GatewayHandler):
             if isinstance(context, bool) or not isinstance(context, int) or context < 0:
                 raise BadRequest("'context' must be a non-negative integer")
             self.model_name = data["model"]
-            model = self.views.model(data["model"])
+            model = self.views.model(data["model"], self.principal)
             if context > manager.largest_context(model):
                 manager.variant_for(model, context)  # raises ContextTooLarge
             async with manager.lease(model, context) as engine:
@@ -73,6 +88,8 @@ class LoadHandler(GatewayHandler):
 
 
 class MetricsHandler(GatewayHandler):
+    admin_only = True
+
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.manager = services.manager
