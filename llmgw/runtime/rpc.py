@@ -47,6 +47,7 @@ _PROBE_TIMEOUT = 3.0  # the TCP connect to a worker
 _AGENT_TIMEOUT = 5.0
 _HELD_GRACE = 3.0  # a coordinator that just exited: its connection closes within moments
 _DEFAULT_WAIT = 60.0
+_AGENT_TRIES = 3  # an agent that does not answer this many times in a row: its host is down or cut off
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,17 @@ class RpcWorkers:
         restarted = False
         held_since: float | None = None
         local: str | None = None  # this host's address toward the worker
+        misses = 0
         while True:
             view, problem = await self.view(worker)
             if view is None:
-                raise WorkerUnavailable(f"model {model.name!r}: {name}: {problem}")
-            if view.build is not None and build is not None and view.build != build:
+                misses += 1  # one lost answer is not a host down: ask again, briefly
+                if misses >= _AGENT_TRIES or time.monotonic() >= deadline or self._closed:
+                    raise WorkerUnavailable(f"model {model.name!r}: {name}: {problem}")
+                await asyncio.sleep(_POLL)
+                continue
+            misses = 0
+            if view.build is not None and build is not None and not _same_build(view.build, build):
                 raise WorkerBuildMismatch(
                     f"model {model.name!r}: {name} runs llama.cpp build {view.build}, the engine's "
                     f"{os.path.basename(variant.binary)} is build {build}: install the same build on both "
@@ -292,6 +299,12 @@ async def _version(binary: str, env: dict[str, str]) -> str | None:
         return None
     match = _VERSION.search(out.decode(errors="replace"))
     return match.group(1) if match else None
+
+
+def _same_build(a: str, b: str) -> bool:
+    """Two commit ids name the same build (one may be abbreviated more than the other)."""
+    a, b = a.lower(), b.lower()
+    return a.startswith(b) or b.startswith(a)
 
 
 def _number(value: Any) -> float | None:
