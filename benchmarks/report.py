@@ -11,7 +11,19 @@ import pstats
 from pathlib import Path
 from typing import Any
 
-from benchmarks import concurrency, counting, multi, overhead, router, rpc, stream_fast, streaming, swapback, switch
+from benchmarks import (
+    concurrency,
+    counting,
+    multi,
+    overhead,
+    peers,
+    router,
+    rpc,
+    stream_fast,
+    streaming,
+    swapback,
+    switch,
+)
 from benchmarks.common import Benchmark, Results
 from benchmarks.stats import table
 
@@ -29,6 +41,7 @@ MODULES: tuple[Benchmark, ...] = (
     swapback,
     router,
     rpc,
+    peers,
 )
 NAMES = tuple(name for module in MODULES for name in module.NAMES)
 NEEDS_REAL = tuple(name for module in MODULES for name in module.NEEDS_REAL)

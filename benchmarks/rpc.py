@@ -1,4 +1,4 @@
-"""11. One model across hosts (real engine): llama.cpp RPC workers through the gateway.
+"""12. One model across hosts (real engine): llama.cpp RPC workers through the gateway.
 
 gemma-3 270M split over two ``ggml-rpc-server`` workers (``-d CPU -t 1``, weight cache ``-c``),
 each supervised by ``python -m llmgw agent``; the gateway starts llama-server with ``--rpc``.
@@ -39,7 +39,7 @@ from fake_engine.netns import Link, Namespaces, unavailable
 
 NAMES = ("rpc_real",)
 NEEDS_REAL = ("rpc_real",)
-LABEL = "11. RPC workers (real engine)"
+LABEL = "12. RPC workers (real engine)"
 CONTEXT = 2048
 
 
@@ -242,7 +242,7 @@ def section(results: Results) -> str:
         else "different text (the local CPU backend repacks Q4_K weights; RPC workers do not)"
     )
     return (
-        "## 11. One model across hosts: llama.cpp RPC (real engine)\n\n"
+        "## 12. One model across hosts: llama.cpp RPC (real engine)\n\n"
         f"gemma-3 270M over two `ggml-rpc-server` workers (`-d CPU -t 1 -c`) supervised by `python -m llmgw agent`, "
         f"over {result['network']}; {result['rounds']} round(s): a load with the workers' cache emptied, "
         f"a load with it warm, then {result['tokens']} greedy tokens on a local llama-server (direct) and on the "

@@ -25,6 +25,7 @@ from benchmarks.counting import CountParams
 from benchmarks.harness import ROOT, kill_all, load_snapshot, machine_info, real_engine_files
 from benchmarks.multi import AlternateParams, StartingParams
 from benchmarks.overhead import OverheadParams
+from benchmarks.peers import DecisionParams, PeerLatencyParams, PoolSimParams
 from benchmarks.router import RouterParams
 from benchmarks.rpc import RpcParams
 from benchmarks.stream_fast import FastStreamParams
@@ -52,6 +53,9 @@ class Plan:
     swapback: SwapbackParams = field(default_factory=lambda: SwapbackParams(rounds=3))
     router_real: RouterParams = field(default_factory=lambda: RouterParams(rounds=7, small_pairs=20, launches=2))
     rpc_real: RpcParams = field(default_factory=lambda: RpcParams(rounds=3))
+    peer_latency: PeerLatencyParams = field(default_factory=PeerLatencyParams)
+    routing_decision: DecisionParams = field(default_factory=DecisionParams)
+    pool_sim: PoolSimParams = field(default_factory=PoolSimParams)
 
 
 FULL = Plan()
@@ -70,6 +74,9 @@ QUICK = Plan(
     swapback=SwapbackParams(rounds=1),
     router_real=RouterParams(rounds=1, small_pairs=6, launches=1),
     rpc_real=RpcParams(rounds=1, tokens=64),
+    peer_latency=PeerLatencyParams(requests=100, repeats=2),
+    routing_decision=DecisionParams(iterations=2000, repeats=3),
+    pool_sim=PoolSimParams(requests=600),
 )
 # The smoke test's plan: a few requests of each fake-engine benchmark.
 SMOKE = Plan(
@@ -81,6 +88,9 @@ SMOKE = Plan(
     starting_fake=StartingParams(rounds=2, idle_pairs=5, load_delay=0.5),
     stream_fast=FastStreamParams(chunks=300, repeats=1, hangups=1),
     swapback=SwapbackParams(rounds=1, turns=2, router=False, engine="fake"),
+    peer_latency=PeerLatencyParams(requests=5, repeats=1),
+    routing_decision=DecisionParams(iterations=50, repeats=1),
+    pool_sim=PoolSimParams(nodes=8, models=4, requests=40, clients=4, cold_start=0.05, check_interval=0.5),
 )
 
 

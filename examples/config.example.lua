@@ -88,6 +88,21 @@ server = {
   --            devices = { "CUDA0" }, memory = 24000 },
   -- },
 
+  -- Several machines (README, "Several machines"): other gateways requests may go to. Each
+  -- stays the only authority over its own engines; this one routes to where a model is warm.
+  -- node_name = "laptop", -- this node's name in X-Llmgw-Served-By and /api/state (default: host name)
+  -- peers = {
+  --   ["gpu-box"] = {
+  --     url = "http://192.168.1.20:7777", -- another llmgw, or any OpenAI-compatible server
+  --     api_key = os.getenv("GPU_BOX_KEY"), -- sent to it as Authorization: Bearer; never logged
+  --     models = { "qwen3-32b" }, -- optional: only these of its models (default: all it lists)
+  --     weight = 2, -- optional: its share of the load among equally good nodes (default 1)
+  --   },
+  -- },
+  -- peer_check_interval = 5, peer_check_timeout = 2, -- GET /health of each peer
+  -- peer_trip_after = 3, peer_recover_after = 3, peer_min_dwell = 30, -- each peer's breaker
+  -- spill_queue = 2, -- a node with this many waiting for a model is passed over
+
   -- Requests.
   default_model = "qwen3-8b", -- for requests that name no model (without it they get a 400)
   list_aliases = true, -- /v1/models lists each alias as a model of its own (false: only in "aliases")

@@ -169,3 +169,23 @@ class EngineAnswered(GatewayError):
         self.body = body
         self.content_type = content_type or "application/json"
         self.code = None
+
+
+class NoNodeAvailable(GatewayError):
+    """Only peers serve the model, and none of them can take a request now (tripped, draining)."""
+
+    status = 503
+    error_type = "server_error"
+    code = "no_node_available"
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PeerUnavailable(GatewayError):
+    """Every node tried for a request failed before its answer began (the last was a peer)."""
+
+    status = 502
+    error_type = "server_error"
+    code = "peer_unavailable"

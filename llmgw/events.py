@@ -41,9 +41,13 @@ class Subscription:
     """One watcher's queue. ``logs``: None (no engine output), ``"*"`` (every model's) or a set of
     model names."""
 
-    def __init__(self, bus: EventBus, logs: str | frozenset[str] | None, limit: int) -> None:
+    def __init__(
+        self, bus: EventBus, logs: str | frozenset[str] | None, limit: int, kinds: frozenset[str] | None = None
+    ) -> None:
+        """``kinds``: only events of these kinds (None: every kind; a peer follows engine and queue only)."""
         self._bus = bus
         self.logs = logs
+        self.kinds = kinds
         self.limit = limit
         self.dropped = 0
         self.closed = False
@@ -51,6 +55,8 @@ class Subscription:
         self._wakeup = asyncio.Event()
 
     def wants(self, event: Event) -> bool:
+        if self.kinds is not None and event.kind not in self.kinds:
+            return False
         if event.kind != LOG:
             return True
         if self.logs is None:
@@ -104,9 +110,12 @@ class EventBus:
     def watching_logs(self, model: str) -> bool:
         return any(s.logs == "*" or (s.logs is not None and model in s.logs) for s in self._subscribers)
 
-    def subscribe(self, logs: str | Iterable[str] | None = None, limit: int | None = None) -> Subscription:
+    def subscribe(
+        self, logs: str | Iterable[str] | None = None, limit: int | None = None, kinds: Iterable[str] | None = None
+    ) -> Subscription:
         wanted = logs if logs is None or isinstance(logs, str) else frozenset(logs)
-        subscription = Subscription(self, wanted, limit or self.queue_limit)
+        only = None if kinds is None else frozenset(kinds)
+        subscription = Subscription(self, wanted, limit or self.queue_limit, only)
         self._subscribers.append(subscription)
         return subscription
 

@@ -21,6 +21,7 @@ from llmgw.config import ConfigError, ConfigLoader
 
 DEFAULT_URL = "http://127.0.0.1:7777"
 COLUMNS = ("MODEL", "VARIANT", "CONTEXT", "STATE", "MEMORY", "IN FLIGHT", "LAST USED / UNTIL")
+PEER_COLUMNS = ("PEER", "BREAKER", "MODELS", "LOADED", "IN FLIGHT", "QUEUED", "SENT", "FAILURES")
 
 
 class GatewayUnreachable(Exception):
@@ -109,7 +110,7 @@ def _used(engine: dict[str, Any], now: float) -> str:
 def render(running: dict[str, Any], now: float | None = None) -> str:
     """The table ``llmgw ps`` prints, from a ``GET /running`` answer."""
     now = time.time() if now is None else now
-    rows = [COLUMNS]
+    rows: list[tuple[str, ...]] = []
     for engine in running.get("engines", []):
         context = engine.get("context")
         rows.append(
@@ -123,13 +124,42 @@ def render(running: dict[str, Any], now: float | None = None) -> str:
                 _used(engine, now),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = _table(COLUMNS, rows)
     queue = running.get("queue") or []
     if queue:
         waiting = ", ".join(f"{t.get('model')} ({t.get('phase')})" for t in queue)
         lines.append(f"{len(queue)} request(s) waiting: {waiting}")
+    peers = running.get("peers") or []
+    if peers:
+        lines.append("")
+        lines.append(f"node {running.get('node', '?')}: {len(peers)} peer(s)")
+        lines.extend(_table(PEER_COLUMNS, [_peer_row(peer) for peer in peers]))
     return "\n".join(lines)
+
+
+def _peer_row(peer: dict[str, Any]) -> tuple[str, ...]:
+    breaker = peer.get("breaker") or {}
+    state = str(breaker.get("state", "?"))
+    if peer.get("draining"):
+        state += ", draining"
+    if peer.get("key_refused"):
+        state += ", refused our key"
+    return (
+        str(peer.get("name", "?")),
+        state,
+        ", ".join(peer.get("models") or []) or "-",
+        ", ".join(peer.get("loaded") or []) or "-",
+        str(peer.get("in_flight", 0)),
+        str(peer.get("queued", 0)),
+        str(peer.get("forwarded", 0)),
+        str(peer.get("failures", 0)),
+    )
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    rows = [columns, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    return ["   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def main(argv: list[str]) -> int:

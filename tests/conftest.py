@@ -120,9 +120,12 @@ def start_gateway(io_loop: Any, tmp_path: Path) -> Iterator[Callable[..., Awaita
     """``await start_gateway(models)`` in a test; stopped (engine included) at teardown."""
     started: list[GatewayServer] = []
 
-    async def start(models: list[FakeModel], **server: Any) -> Gateway:
-        port = free_port()
-        config = write_config(tmp_path / "config.lua", models, port, **server)
+    async def start(models: list[FakeModel], port: int | None = None, **server: Any) -> Gateway:
+        """``port``: where it listens (a free one if None). A second gateway in one test gets a
+        config file of its own (and the same state directory, unless ``state_dir`` says otherwise)."""
+        port = port or free_port()
+        name = f"config-{len(started) + 1}" if started else "config"
+        config = write_config(tmp_path / f"{name}.lua", models, port, **server)
         gateway = GatewayServer(config)
         started.append(gateway)
         await gateway.start()

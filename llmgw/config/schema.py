@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,6 +18,51 @@ FEEDBACK_MODES = ("reasoning", "comments", "none")
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the place and the problem."""
+
+
+# A node's or a peer's name: it goes into headers (X-Llmgw-Served-By) and metric labels.
+NODE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def default_node_name() -> str:
+    """This machine's host name (its first label), as a node name; "llmgw" if it is not one."""
+    name = socket.gethostname().split(".")[0]
+    return name if NODE_NAME_RE.fullmatch(name) else "llmgw"
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """Another gateway (llmgw, or any OpenAI-compatible server) requests may be sent to."""
+
+    name: str
+    url: str  # http://host:port, without a trailing slash
+    api_key: str | None = field(default=None, repr=False)  # sent as Authorization: Bearer; never shown
+    models: tuple[str, ...] | None = None  # only these of its models are routed to it (None: all it lists)
+    weight: float = 1.0  # its share of the load among nodes that could serve a request equally well
+
+
+@dataclass(frozen=True)
+class Peering:
+    """``peers`` and how they are watched: the health checks and each peer's circuit breaker."""
+
+    peers: tuple[PeerConfig, ...] = ()
+    check_interval: float = 5.0  # an active /health check of each peer this often (seconds)
+    check_timeout: float = 2.0  # each check, /api/state read and connect to a peer, at most this long
+    trip_after: int = 3  # failures in a row (checks, connects, timeouts, 5xx) that trip a peer's breaker
+    recover_after: int = 3  # good checks in a row that close it again...
+    min_dwell: float = 30.0  # ...no sooner than this after it tripped (seconds)
+    # A node with this many requests waiting for a model is passed over for one with room, and a
+    # conversation leaves the node that holds its KV cache.
+    spill_queue: int = 2
+
+    def peer(self, name: str) -> PeerConfig | None:
+        return next((peer for peer in self.peers if peer.name == name), None)
+
+    @property
+    def trip_bound(self) -> float:
+        """Seconds within which a peer that stopped answering is tripped: the next check comes within
+        one interval, and a failed check is repeated at once until it trips."""
+        return self.check_interval + self.trip_after * self.check_timeout
 
 
 class Priority(StrEnum):
@@ -265,6 +312,9 @@ class ServerConfig:
     def rpc_worker(self, name: str) -> RpcWorker | None:
         return next((worker for worker in self.rpc_workers if worker.name == name), None)
 
+    node_name: str = field(default_factory=default_node_name)  # X-Llmgw-Served-By, /api/state
+    peering: Peering = field(default_factory=Peering)
+
     def all_keys(self) -> tuple[KeyConfig, ...]:
         """``keys``, then each of the old ``api_keys`` as a key of its own: every model, admin (a
         key listed twice there, which was always accepted, counts once, as its first place)."""
@@ -348,6 +398,7 @@ class Config:
             batch = [key.name for key in keys if key.priority is Priority.BATCH]
             line = f"keys: {', '.join(key.name for key in keys)}; admin: {', '.join(admin) or 'none'}"
             lines.append(line + (f"; batch: {', '.join(batch)}" if batch else ""))
+        lines.extend(self._peering_summary())
         for address, names in self.shared_addresses().items():
             listed = ", ".join(repr(name) for name in names)
             lines.append(f"models {listed} share the engine address {address}: they never run together")
@@ -358,6 +409,25 @@ class Config:
                 "place(s): other models then wait until a pinned one idles out or is unloaded"
             )
         return "\n".join(lines)
+
+    def _peering_summary(self) -> list[str]:
+        """The node and its peers, never their keys."""
+        peering = self.server.peering
+        if not peering.peers:
+            return []
+        lines = [
+            f"node {self.server.node_name!r}: {len(peering.peers)} peer(s); checked every "
+            f"{peering.check_interval:g} s (timeout {peering.check_timeout:g} s); a peer trips after "
+            f"{peering.trip_after} failure(s) in a row (within {peering.trip_bound:g} s of going silent) and "
+            f"recovers after {peering.recover_after} good check(s), {peering.min_dwell:g} s at the least"
+        ]
+        for peer in peering.peers:
+            models = ", ".join(map(repr, peer.models)) if peer.models is not None else "all it lists"
+            key = "with an API key" if peer.api_key else "no API key"
+            lines.append(f"peer {peer.name!r}: {peer.url}, models {models}, weight {peer.weight:g}, {key}")
+        if not self.models:
+            lines.append("no local models: every request goes to a peer")
+        return lines
 
 
 def _mib(value: float) -> str:

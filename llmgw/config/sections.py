@@ -8,7 +8,7 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 from llmgw.config import budget as budget_keys
-from llmgw.config import caching, rpc, serving
+from llmgw.config import caching, peering, rpc, serving
 from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
@@ -32,28 +32,32 @@ _TIMEOUT_KEYS = frozenset(
         "stream_idle_timeout",
     }
 )
-_SERVER_KEYS = _TIMEOUT_KEYS | {
-    "listen_v4",
-    "listen_v6",
-    "max_body_size",
-    "queue_timeout",
-    "completion_reserve",
-    "shutdown_grace",
-    "api_keys",
-    "keys",
-    "batch_overtakes",
-    "max_engines",
-    "memory_budget",
-    "state_dir",
-    "default_model",
-    "list_aliases",
-    "graceful_stop",
-    "cors_origins",
-    "strict_context",
-    "loading_feedback",
-    "slot_cache",
-    *rpc.SERVER_KEYS,
-}
+_SERVER_KEYS = (
+    _TIMEOUT_KEYS
+    | {
+        "listen_v4",
+        "listen_v6",
+        "max_body_size",
+        "queue_timeout",
+        "completion_reserve",
+        "shutdown_grace",
+        "api_keys",
+        "keys",
+        "batch_overtakes",
+        "max_engines",
+        "memory_budget",
+        "state_dir",
+        "default_model",
+        "list_aliases",
+        "graceful_stop",
+        "cors_origins",
+        "strict_context",
+        "loading_feedback",
+        "slot_cache",
+    }
+    | peering.POOL_KEYS
+    | rpc.SERVER_KEYS
+)
 _MODEL_KEYS = _TIMEOUT_KEYS | {
     "name",
     "engine",
@@ -160,6 +164,7 @@ def server_section(node: Node) -> ServerConfig:
     state_dir = node.child("state_dir")
     default_model = node.child("default_model")
     budget = budget_keys.memory_budget(node.child("memory_budget"))
+    name = peering.node_name(node.child("node_name"))
     return ServerConfig(
         listen=_listen(node),
         timeouts=_timeouts(node, DEFAULT_TIMEOUTS),
@@ -180,6 +185,8 @@ def server_section(node: Node) -> ServerConfig:
         loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
         slot_cache=caching.slot_cache(node.child("slot_cache"), None),
         rpc_workers=rpc.rpc_workers(node.child("rpc_workers"), budget),
+        node_name=name,
+        peering=peering.peering(node, name),
     )
 
 
@@ -363,9 +370,12 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
 
 
 def models_section(node: Node, server: ServerConfig) -> tuple[ModelConfig, ...]:
-    what = "a non-empty list of model tables"
+    pooled = bool(server.peering.peers)  # a node with peers may serve nothing itself
+    if pooled and not node.exists():
+        return ()
+    what = "a list of model tables" if pooled else "a non-empty list of model tables"
     items = node.items(what)
-    if not items:
+    if not items and not pooled:
         node.fail(f"must be {what}, got an empty table")
     models: list[ModelConfig] = []
     first_index: dict[str, int] = {}
@@ -382,7 +392,7 @@ def models_section(node: Node, server: ServerConfig) -> tuple[ModelConfig, ...]:
     caching.check_shared_dirs(
         [(f"models[{i}] {quote(m.name)}", m.slot_cache) for i, m in enumerate(models, 1) if m.slot_cache is not None]
     )
-    if server.default_model is not None and server.default_model not in first_index:
+    if server.default_model is not None and server.default_model not in first_index and not pooled:
         raise ConfigError(
             f"server.default_model {quote(server.default_model)} is not a model name or alias "
             f"(models: {', '.join(quote(m.name) for m in models)})"

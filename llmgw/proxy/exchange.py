@@ -26,14 +26,13 @@ import json
 import logging
 from typing import Any, Protocol
 
-from llmgw.api import ModelRewriter, Sizing, engine_error_body, stream_error_event
+from llmgw.api import ModelRewriter, Sizing, engine_error_body
 from llmgw.api.endpoints import CHAT
-from llmgw.api.progress import Rewriter
-from llmgw.api.usage import worth_reading
 from llmgw.config import LiveConfig
 from llmgw.errors import ContextTooLarge, EngineUnavailable, GatewayError, TokenCountError
 from llmgw.proxy.counting import TokenCounter, prompt_source
 from llmgw.proxy.feedback import LoadingFeedback, ProgressOf
+from llmgw.proxy.relay import failed, read_all, relay
 from llmgw.proxy.sink import ClientSink, ProxyRequest
 from llmgw.proxy.sizing import CountBounds, Fit, Need, surely_fits
 from llmgw.runtime import RunningEngine
@@ -319,39 +318,20 @@ class Exchange:
     # ------------------------------------------------------------------ relay
 
     async def _relay(self, call: UpstreamCall, status: int, headers: Any, idle: float) -> None:
-        request, sink, feedback = self.request, self.sink, self.feedback
-        rewriter: Rewriter = ModelRewriter(request.requested)
-        stats = request.stats
-        if "text/event-stream" not in headers.get("Content-Type", ""):
-            # JSON answers are small: read them whole so a failure can still be a clean 502.
-            body = await _read_all(call, request.model.name)
-            stats.feed(body)
-            sink.start_response(status, relay_headers(headers))
-            await sink.send_whole(rewriter.body(body))
-            return
-        if feedback is not None and feedback.started:  # our progress came first: the headers are out
-            opening, rewriter = feedback.relay(rewriter)
-            await sink.send(opening)
-        else:
-            sink.start_response(status, relay_headers(headers))
-        try:
-            async for chunk in call.chunks(idle):
-                out = rewriter.chunk(chunk)
-                if out:
-                    if worth_reading(out):
-                        stats.feed(out)
-                    await sink.send(out)
-            rest = rewriter.flush()
-            if rest:
-                stats.feed(rest)
-                await sink.send(rest)
-        except UpstreamError as exc:
-            if sink.gone:
-                return
-            logger.warning("model %r: engine stream broke: %s", request.model.name, exc)
-            error = _engine_failed(request.model.name, exc, " mid-stream")
-            stats.stream_error = error.status
-            await sink.send(rewriter.flush() + stream_error_event(request.endpoint, error))
+        request, feedback = self.request, self.feedback
+        await relay(
+            call,
+            self.sink,
+            status,
+            headers.get("Content-Type", ""),
+            relay_headers(headers),
+            idle=idle,
+            rewriter=ModelRewriter(request.requested),
+            stats=request.stats,
+            endpoint=request.endpoint,
+            source=_engine_of(request.model.name),
+            opening=feedback.relay if feedback is not None and feedback.started else None,
+        )
 
     # ------------------------------------------------------------------ the slot cache
 
@@ -408,16 +388,16 @@ def _abort(call: UpstreamCall | _AfterCount | None) -> None:
         call.abort()
 
 
-def _engine_failed(model_name: str, exc: UpstreamError, when: str = "") -> EngineUnavailable:
-    """``when``: "" or a suffix such as " mid-stream"."""
-    return EngineUnavailable(f"engine of model {model_name!r} failed{when}: {exc}")
+def _engine_of(model_name: str) -> str:
+    return f"engine of model {model_name!r}"
+
+
+def _engine_failed(model_name: str, exc: UpstreamError) -> EngineUnavailable:
+    return failed(_engine_of(model_name), exc)
 
 
 async def _read_all(call: UpstreamCall, model_name: str) -> bytes:
-    try:
-        return await call.read_body()
-    except UpstreamError as exc:
-        raise _engine_failed(model_name, exc) from exc
+    return await read_all(call, _engine_of(model_name))
 
 
 async def _has_exited(engine: RunningEngine, grace: float = 1.0) -> bool:

@@ -22,6 +22,10 @@ class ClientSink(Protocol):
     @property
     def gone(self) -> bool: ...
 
+    @property
+    def started(self) -> bool:
+        """Bytes of the answer went out: its status can no longer change, nor the node that serves it."""
+
     def tie(self, call: UpstreamCall | None) -> None:
         """Abort ``call`` as soon as the client disconnects (None: nothing to abort any more)."""
 

@@ -212,6 +212,23 @@ class Scheduler(Generic[H]):
     def in_flight(self) -> int:
         return sum(record.in_flight for record in self.records)
 
+    def could_start(self, model: ModelConfig, capability: str | None = None) -> str:
+        """Could an engine of ``model`` start now (its smallest variant serving ``capability``)?
+        "fits" beside what runs, "evicts" only idle engines, "waits" (busy or pinned engines
+        are in the way, or its own engine is still there). What a pool's peers read of this node."""
+        try:
+            variant = self.variant_for(model, 0, capability)
+        except ContextTooLarge:
+            return "waits"
+        live = [r for r in self.records if r.state is not EngineState.STOPPING and r.unload_from is None]
+        if any(r.model.name == model.name for r in live):
+            return "waits"
+        wish = _Planned(model, variant, self.memory.need(model, variant), 0)
+        if self.placement.fits_beside(live, wish):
+            return "fits"
+        victims = self.placement.victims(wish, live)
+        return "evicts" if victims is not None and not any(v.busy for v in victims) else "waits"
+
     def phase(self, ticket_id: int) -> Phase | None:
         """What a queued request waits for; None once it has left the queue."""
         return next((t.phase for t in self.queue if t.id == ticket_id), None)

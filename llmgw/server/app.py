@@ -28,6 +28,7 @@ _ROUTES: list[tuple[str, type[web.RequestHandler], str]] = [
     ("/metrics", ops.MetricsHandler, "/metrics"),
     ("/events", observe.EventsHandler, "/events"),
     ("/api/requests", observe.RequestsHandler, "/api/requests"),
+    ("/api/state", info.StateHandler, "/api/state"),
     ("/api/logs", observe.EngineLogsHandler, "/api/logs"),
 ]
 

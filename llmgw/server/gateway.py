@@ -43,6 +43,7 @@ class GatewayServer:
         sockets = listen.bind(config.server.listen) if sockets is None else sockets
         services = self._services = build(config)
         services.guard.start()
+        services.pool.start()
         app = make_app(services)
         self._ticker = asyncio.ensure_future(self._tick())
         self._in_background(services.manager.learn_estimates())
@@ -69,14 +70,21 @@ class GatewayServer:
             task.cancel()
         services = self._services
         if services is not None:
+            # Peers that follow /events hear it before the stream ends, and stop sending requests.
+            services.node.draining = True
+            services.bus.publish("node", draining=True)
+            await asyncio.sleep(0)
             services.bus.close()
+            await services.pool.stop()
             manager = services.manager
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            while manager.in_flight and loop.time() < deadline:
+            # Requests forwarded to peers hold no engine here: their upstream calls are counted too.
+            active = services.proxy.active
+            while (manager.in_flight or active) and loop.time() < deadline:
                 await asyncio.sleep(0.02)
-            if manager.in_flight:
-                logger.warning("shutdown: aborting %d request(s) still in flight", manager.in_flight)
+            if manager.in_flight or active:
+                logger.warning("shutdown: aborting %d request(s) still in flight", max(manager.in_flight, len(active)))
                 services.proxy.abort_all()
             await manager.shutdown()
         for server in self._servers:
@@ -99,6 +107,7 @@ class GatewayServer:
             logger.warning("reload: listen addresses changed; restart the gateway to apply them")
         services.live.current = config
         services.slot_cache.configure(config)
+        services.pool.configure(config.server.peering, config.server.node_name)
         await services.manager.adopt_config(config)
         self._in_background(services.manager.learn_estimates())
         logger.info("reload: configuration %s applied (%d models)", config.path, len(config.models))

@@ -99,6 +99,8 @@ class GatewayMetrics:
         )
         if slot_cache is not None:
             self.registry.register(_SlotCacheCollector(slot_cache))
+        self.peers = _PeerCollector()
+        self.registry.register(self.peers)
         if keys is not None:
             self.registry.register(_KeyCollector(keys))
 
@@ -146,6 +148,10 @@ class GatewayMetrics:
                 self.engine_memory.labels(model=record.model.name, pool=pool).set(mib)
         for ticket in queue:
             self.queued.labels(model=ticket.model.name).inc()
+
+    def refresh_peers(self, views: list[dict[str, Any]]) -> None:
+        """The peers as the pool shows them (names only: never a key or a URL)."""
+        self.peers.views = views
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -196,6 +202,39 @@ class _SlotCacheCollector(Collector):
             files.add_metric([model], count)
             size.add_metric([model], total)
         yield from (restores, saves, evictions, restored, reused, saved, files, size)
+
+
+_BREAKER_STATES = ("closed", "open", "recovering")
+
+
+class _PeerCollector(Collector):
+    """Each peer's breaker and what was sent to it, from the pool's views at the last scrape."""
+
+    def __init__(self) -> None:
+        self.views: list[dict[str, Any]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("llmgw_peer_up", "1 while a peer's breaker lets requests through", labels=["peer"])
+        breaker = GaugeMetricFamily(
+            "llmgw_peer_breaker", "A peer's breaker state (1 for the state it is in)", labels=["peer", "state"]
+        )
+        trips = CounterMetricFamily("llmgw_peer_trips", "Times a peer's breaker tripped", labels=["peer"])
+        forwarded = CounterMetricFamily("llmgw_peer_forwarded", "Requests sent to a peer", labels=["peer"])
+        failures = CounterMetricFamily(
+            "llmgw_peer_failures", "Checks and requests that failed on a peer's side", labels=["peer"]
+        )
+        sent = GaugeMetricFamily("llmgw_peer_in_flight", "Requests sent to a peer, still running", labels=["peer"])
+        for view in self.views:
+            name = str(view["name"])
+            state = view["breaker"]["state"]
+            up.add_metric([name], 1 if state == "closed" else 0)
+            for each in _BREAKER_STATES:
+                breaker.add_metric([name, each], 1 if state == each else 0)
+            trips.add_metric([name], view["breaker"]["trips"])
+            forwarded.add_metric([name], view["forwarded"])
+            failures.add_metric([name], view["failures"])
+            sent.add_metric([name], view["sent"])
+        yield from (up, breaker, trips, forwarded, failures, sent)
 
 
 class _KeyCollector(Collector):

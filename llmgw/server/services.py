@@ -13,7 +13,8 @@ from llmgw.config import Config, LiveConfig
 from llmgw.events import EventBus
 from llmgw.keys import KeyGate
 from llmgw.modelfile import ModelFiles
-from llmgw.proxy import Proxy, TokenCounter
+from llmgw.peers import PeerPool
+from llmgw.proxy import LocalNode, Proxy, Router, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.runtime.rpc import RpcWorkers
 from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
@@ -40,6 +41,9 @@ class Services:
     manager: EngineManager  # which engines run, and who uses them
     status: StatusTracker  # engine and queue events, load progress
     proxy: Proxy  # the request path
+    node: LocalNode  # this node as its peers see it (/api/state)
+    pool: PeerPool  # the peers, their breakers and states
+    router: Router  # where a request goes, on a node with peers
     views: Views  # what the read-only routes show
     files: ModelFiles  # what each model's GGUF header says (the memory estimate), read once per change
 
@@ -73,7 +77,26 @@ def build(config: Config) -> Services:
     files = ModelFiles()
     manager = EngineManager(config, runtime, state, scheduler, hooks, files)
     proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
-    views = Views(live, manager, status, int(time.time()))
+    node = LocalNode(live, manager)
+    pool = PeerPool(config.server.peering, http, config.server.node_name, status.peer_changed)
+    router = Router(live, proxy, pool, node)
+    views = Views(live, manager, status, int(time.time()), node, pool)
     return Services(
-        live, keys, metrics, bus, activity, engine_logs, guard, http, slot_cache, manager, status, proxy, views, files
+        live,
+        keys,
+        metrics,
+        bus,
+        activity,
+        engine_logs,
+        guard,
+        http,
+        slot_cache,
+        manager,
+        status,
+        proxy,
+        node,
+        pool,
+        router,
+        views,
+        files,
     )

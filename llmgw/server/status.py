@@ -108,6 +108,10 @@ class StatusTracker:
             if self.bus.watched:
                 self.bus.publish("queue", queue=self.queue_view(now))
 
+    def peer_changed(self, name: str, state: str) -> None:
+        """A peer's breaker tripped or closed: the page and the watchers hear it."""
+        self.bus.publish("peer", name=name, state=state)
+
     def spawned(self, model: ModelConfig, variant: Variant, pid: int) -> None:
         """The runtime spawned an engine process: its record is now loading."""
         for record in self.scheduler.records:

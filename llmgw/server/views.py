@@ -13,6 +13,8 @@ from typing import Any
 from llmgw.config import LiveConfig, ModelConfig
 from llmgw.errors import BadRequest, EngineNotRunning, ModelNotFound, echo
 from llmgw.keys import Principal
+from llmgw.peers import ModelState, PeerPool
+from llmgw.proxy import LocalNode
 from llmgw.runtime import RunningEngine
 from llmgw.scheduling import EngineManager
 from llmgw.scheduling.scheduler import EngineRecord, EngineState
@@ -20,20 +22,48 @@ from llmgw.server.status import StatusTracker
 
 
 class Views:
-    def __init__(self, live: LiveConfig, manager: EngineManager, status: StatusTracker, created: int) -> None:
+    def __init__(
+        self,
+        live: LiveConfig,
+        manager: EngineManager,
+        status: StatusTracker,
+        created: int,
+        node: LocalNode | None = None,
+        pool: PeerPool | None = None,
+    ) -> None:
         self.live = live
         self.manager = manager
         self.status = status
         self.created = created  # epoch seconds: every model's "created"
+        self.node = node
+        self.pool = pool
+
+    @property
+    def pooled(self) -> bool:
+        return self.pool is not None and bool(self.live.current.server.peering.peers)
+
+    def available(self, key: Principal) -> list[str]:
+        """Every model name ``key`` may use: this node's, then its peers'."""
+        names = [model.name for model in self.models_for(key)]
+        if self.pooled:
+            assert self.pool is not None
+            names += [name for name in sorted(self.pool.serving()) if name not in names and _sees(key, name)]
+        return names
+
+    def not_found(self, name: object, key: Principal) -> ModelNotFound:
+        return ModelNotFound(f"model {echo(name)} does not exist; available: {', '.join(self.available(key))}")
+
+    def peer_model(self, name: str, key: Principal | None = None) -> bool:
+        """A peer lists ``name`` (a request for it is routed, or a 503 while none can take it), and
+        ``key`` (if given) may use it."""
+        return self.pooled and self.pool is not None and self.pool.knows(name) and (key is None or _sees(key, name))
 
     def model(self, name: str, key: Principal) -> ModelConfig:
         """The model called (or aliased) ``name``, if ``key`` may use it; 404 otherwise, the same
         for a model that exists but is not the key's (a key learns nothing of other models)."""
-        config = self.live.current
-        model = config.model(name)
+        model = self.live.current.model(name)
         if model is None or not key.sees(model):
-            available = ", ".join(m.name for m in config.models if key.sees(m))
-            raise ModelNotFound(f"model {echo(name)} does not exist; available: {available}")
+            raise self.not_found(name, key)
         return model
 
     def models_for(self, key: Principal) -> list[ModelConfig]:
@@ -66,13 +96,67 @@ class Views:
             data.append(self.model_entry(model, model.name))
             if config.server.list_aliases:
                 data.extend(self.model_entry(model, alias) for alias in model.aliases)
+        if self.pooled:
+            data = self._with_peers(data, key)
         return {"object": "list", "data": data}
+
+    def _with_peers(self, local: list[dict[str, Any]], key: Principal) -> list[dict[str, Any]]:
+        """Each entry says where it is served from (this node's name, peers' names); models only
+        peers have follow this node's own (those ``key`` may use)."""
+        assert self.pool is not None
+        serving = self.pool.serving()
+        me = self.live.current.server.node_name
+        for entry in local:
+            entry["served_by"] = [me, *(peer for peer, _ in serving.pop(entry["id"], []))]
+        for name, peers in sorted(serving.items()):
+            if _sees(key, name):
+                local.append(self._peer_entry(name, peers))
+        return local
+
+    def _peer_entry(self, name: str, peers: list[tuple[str, ModelState]]) -> dict[str, Any]:
+        contexts = sorted({c for _, model in peers for c in model.contexts})
+        loaded = any(model.loaded for _, model in peers)
+        loading = any(model.loading for _, model in peers)
+        entry: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llmgw",
+            "served_by": [peer for peer, _ in peers],
+            "status": {"value": "loaded" if loaded else "loading" if loading else "unloaded"},
+        }
+        if contexts:
+            entry["context_length"] = contexts[-1]
+            entry["meta"] = {"n_ctx": contexts[-1], "variants": contexts}
+        canonical = {model.name for _, model in peers}
+        if canonical != {name}:
+            entry["alias_of"] = sorted(canonical)[0]
+        return entry
 
     def model_view(self, name: str, key: Principal) -> dict[str, Any]:
         model = self.live.current.model(name)
-        if model is None or not key.sees(model):
-            raise ModelNotFound(f"model {echo(name)} does not exist")
-        return self.model_entry(model, name)
+        if model is not None and key.sees(model):
+            entry = self.model_entry(model, name)
+            if self.pooled:
+                entry = self._with_peers([entry], key)[0]
+            return entry
+        if model is None and self.pooled and _sees(key, name):
+            assert self.pool is not None
+            peers = self.pool.serving().get(name)
+            if peers:
+                return self._peer_entry(name, peers)
+        raise ModelNotFound(f"model {echo(name)} does not exist")
+
+    def api_state(self, key: Principal) -> dict[str, Any]:
+        """GET /api/state: this node's models (those ``key`` may use), engines, queue, memory and
+        draining flag (what its peers route by), and its own peers' breakers."""
+        assert self.node is not None and self.pool is not None
+        state = self.node.state(key.sees).to_json()
+        state["peers"] = [
+            {"name": view["name"], "breaker": view["breaker"]["state"], "draining": view["draining"]}
+            for view in self.pool.views()
+        ]
+        return state
 
     def engine_view(self, record: EngineRecord[RunningEngine], now: float | None = None) -> dict[str, Any]:
         now = asyncio.get_running_loop().time() if now is None else now
@@ -115,17 +199,23 @@ class Views:
             }
             for ticket in manager.waiting
         ]
-        return {
+        running: dict[str, Any] = {
             "engines": [self.engine_view(record, now) for record in manager.engines],
             "queue": queue,
             "in_flight": manager.in_flight,
             "queued": manager.queued,
         }
+        if self.pooled:
+            assert self.pool is not None
+            running["node"] = self.live.current.server.node_name
+            running["peers"] = self.pool.views()
+        return running
 
     def health(self) -> dict[str, Any]:
         manager = self.manager
         ready = sum(1 for record in manager.engines if record.ready)
-        return {"status": "ok", "engines": ready, "in_flight": manager.in_flight, "queued": manager.queued}
+        status = "draining" if self.node is not None and self.node.draining else "ok"
+        return {"status": status, "engines": ready, "in_flight": manager.in_flight, "queued": manager.queued}
 
     def running_engine_for(self, name: str | None, key: Principal) -> str:
         """Base URL of the running engine of ``name`` (default: server.default_model, else the only
@@ -160,3 +250,9 @@ def _idle_unload_in(record: EngineRecord[RunningEngine], now: float) -> float | 
     if idle <= 0 or not record.ready or record.busy or record.draining:
         return None
     return round(max(record.last_used + idle - now, 0.0), 1)
+
+
+def _sees(key: Principal, name: str) -> bool:
+    """Whether ``key`` may use the model a peer calls ``name`` (a key limited to some models names
+    them: a peer's model is the key's only if it is one of those)."""
+    return key.models is None or name in key.models

@@ -76,6 +76,7 @@ async function refresh() {
     state.running = running;
     state.keys = history.keys || [];
     renderModels();
+    renderPeers();
     renderQueue();
     renderKeys();
     renderLogChoices();
@@ -103,6 +104,9 @@ function statusCell(model) {
   return td;
 }
 
+// A model this node serves itself (its name comes first in served_by when peers serve it too).
+function isLocal(model) { return !model.served_by || model.served_by[0] === state.running.node; }
+
 function renderModels() {
   const engines = new Map(state.running.engines.map((e) => [e.model, e]));
   const rows = state.models.map((model) => {
@@ -111,7 +115,9 @@ function renderModels() {
     const loaded = status.value !== "unloaded";
     const name = el("td", {}, el("strong", { text: model.id }));
     if (model.aliases && model.aliases.length) name.append(el("span", { class: "muted", text: " " + model.aliases.join(", ") }));
-    const action = loaded
+    if (model.served_by) name.append(el("span", { class: "muted served-by", text: " on " + model.served_by.join(", ") }));
+    // Only this node's models are loaded or unloaded from here: a peer decides for its own.
+    const action = !isLocal(model) ? null : loaded
       ? el("button", { class: "unload", type: "button", text: "Unload", "data-model": model.id })
       : el("button", { class: "load", type: "button", text: "Load", "data-model": model.id });
     return el("tr", { "data-model": model.id },
@@ -125,6 +131,23 @@ function renderModels() {
       el("td", {}, action));
   });
   fill(document.querySelector("#models tbody"), rows);
+}
+
+function renderPeers() {
+  const peers = state.running.peers || [];
+  document.getElementById("peers-section").hidden = !peers.length;
+  document.getElementById("node-name").textContent = state.running.node ? "(this node: " + state.running.node + ")" : "";
+  fill(document.querySelector("#peers tbody"), peers.map((p) => el("tr", { "data-peer": p.name },
+    el("td", {}, el("strong", { text: p.name })),
+    el("td", {}, el("span", { class: "badge breaker-" + p.breaker.state, text: p.breaker.state + (p.draining ? ", draining" : "") })),
+    el("td", { class: "muted", text: p.url }),
+    el("td", { text: p.models.join(", ") }),
+    el("td", { text: p.loaded.join(", ") }),
+    el("td", { class: "num", text: String(p.in_flight) }),
+    el("td", { class: "num", text: String(p.queued) }),
+    el("td", { class: "num", text: String(p.forwarded) }),
+    el("td", { class: "num", text: String(p.failures) }),
+    el("td", { class: "muted", text: p.breaker.last_error || (p.key_refused ? "refused our api_key" : "") }))));
 }
 
 function renderQueue() {
@@ -222,7 +245,7 @@ async function loadActivity() {
 
 function renderLogChoices() {
   const select = document.getElementById("log-model");
-  const names = state.models.map((m) => m.id);
+  const names = state.models.filter(isLocal).map((m) => m.id);
   if (!state.logModel && names.length) { state.logModel = names[0]; loadLog(); }
   if ([...select.options].map((o) => o.value).join() !== names.join()) {
     select.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
@@ -258,7 +281,7 @@ function setConn(text) {
 
 function handle(kind, data) {
   if (kind === "hello" || kind === "dropped") { refresh(); loadActivity(); loadLog(); }
-  else if (kind === "engine" || kind === "queue") refreshSoon();
+  else if (kind === "engine" || kind === "queue" || kind === "peer") refreshSoon();
   else if (kind === "request_start" || kind === "request_end") {
     remember(data);  // an end replaces its start (same id and start time)
     renderActivity();

@@ -247,19 +247,22 @@ class EngineHTTPClient(AsyncHTTPClient):
         reply = await self.json_exchange(url, payload, timeout)
         return reply.status, reply.data
 
-    async def json_exchange(self, url: str, payload: Any | None = None, timeout: float = 60.0) -> JsonReply:
+    async def json_exchange(
+        self, url: str, payload: Any | None = None, timeout: float = 60.0, headers: dict[str, str] | None = None
+    ) -> JsonReply:
         """Like :meth:`json_call`, keeping the raw body and content type (to relay an engine's error as it is).
 
         These requests are safe to repeat: one that meets a pooled connection the engine closed
-        meanwhile is sent again, once, on a new connection.
+        meanwhile is sent again, once, on a new connection. ``headers``: more to send (a peer's key).
         """
         body = None if payload is None else json.dumps(payload).encode()
+        sent = {"Content-Type": "application/json"} if body is not None else {}
         request = EngineRequest(
             url,
             retry_stale=True,
             method="GET" if body is None else "POST",
             body=body,
-            headers={"Content-Type": "application/json"} if body is not None else None,
+            headers={**sent, **(headers or {})} or None,
             request_timeout=timeout,
             connect_timeout=min(timeout, 10.0),
         )
@@ -314,8 +317,15 @@ class UpstreamCall:
     """
 
     def __init__(
-        self, http: EngineHTTPClient, url: str, body: bytes | None, headers: dict[str, str], method: str = "POST"
+        self,
+        http: EngineHTTPClient,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        method: str = "POST",
+        connect_timeout: float | None = None,
     ) -> None:
+        """``connect_timeout``: the client's default (10 s) unless given (a peer's is its check timeout)."""
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(_STREAM_QUEUE_CHUNKS)
         self._head: asyncio.Future[tuple[int, httputil.HTTPHeaders]] = asyncio.get_running_loop().create_future()
         self._status = 0
@@ -332,6 +342,8 @@ class UpstreamCall:
             headers=headers,
             streaming_callback=self._on_chunk,
         )
+        if connect_timeout:
+            request.connect_timeout = connect_timeout
         self._ended = False  # the exchange is over: once the queue is empty, so is the body
         # fetch() starts the exchange at once (the request is written now when a pooled
         # connection is idle); its future says when it is over.

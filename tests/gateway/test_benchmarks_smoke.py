@@ -27,6 +27,9 @@ FAKE_BENCHMARKS = [
     "starting_fake",
     "stream_fast",
     "swapback",
+    "peer_latency",
+    "routing_decision",
+    "pool_sim",
 ]
 
 
@@ -113,6 +116,22 @@ def test_overhead_shape(smoke_results: dict[str, Any]) -> None:
     assert isinstance(cpu, float) and cpu >= 0
 
 
+def test_peers_shape(smoke_results: dict[str, Any]) -> None:
+    pl = smoke_results["benchmarks"]["peer_latency"]
+    assert pl["all_ok"]  # every request through the first gateway was served by the peer (checked per request)
+    for key in ("peer/via", "peer/direct", "peer_ttft/via", "peer_ttft/direct", "local/pooled", "local/alone"):
+        assert pl["probes"][key]["median"]["median"] > 0, key
+    for name in ("peer", "peer_ttft", "local"):
+        assert isinstance(pl[f"added_{name}_ms"]["median"]["median"], float)
+    assert pl["forwarding_cpu_ms_per_request"] >= 0
+    rd = smoke_results["benchmarks"]["routing_decision"]
+    assert set(rd["peers"]) == {"3", "30"} and all(_positive(v["decision_us"]) for v in rd["peers"].values())
+    sim = smoke_results["benchmarks"]["pool_sim"]
+    assert sim["all_ok"] and sim["failed"] == 0
+    assert 0 <= sim["warm_ratio"] <= 1 and sim["nodes_used"] >= 1 and sim["max_waiting"] >= 0
+    assert sim["per_node_max"] * sim["nodes"] >= sim["requests"]
+
+
 def test_concurrency_and_memory_shape(smoke_results: dict[str, Any]) -> None:
     cc = smoke_results["benchmarks"]["concurrency"]
     assert cc["all_ok"]
@@ -196,6 +215,7 @@ def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
         "## 8. A loaded model while another starts",
         "## 2b. Streaming, source faster",
         "## 9. Swap-back",
+        "## 11. A pool of gateways",
     ):
         assert heading in text
     assert {t["benchmark"] for t in data["targets"]} >= {
@@ -204,6 +224,7 @@ def test_report_renders(smoke_results: dict[str, Any], tmp_path: Path) -> None:
         "5. concurrency",
         "7. alternation (fake engine)",
         "8. while another starts (fake engine)",
+        "11. peers",
     }
     assert "alternate_fake.difference_ms" in report.headlines(data)
     assert "counting" not in report.compare(data, data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,26 @@ def test_render_is_a_table_with_load_progress_memory_and_idle_unload() -> None:
     assert "loading 30%" in lines[2] and "?" in lines[2] and lines[2].endswith("never")
     assert lines[3] == "1 request(s) waiting: embed (starting)"
     assert [line.index("32768") for line in lines[1:2]] == [lines[0].index("CONTEXT")]  # columns line up
+
+
+def test_render_shows_the_peers_and_their_breakers() -> None:
+    peer = {
+        "name": "gpu-box",
+        "breaker": {"state": "open"},
+        "draining": False,
+        "models": ["qwen", "q"],
+        "loaded": ["qwen"],
+        "in_flight": 3,
+        "queued": 1,
+        "forwarded": 12,
+        "failures": 4,
+    }
+    text = ps.render({"engines": [], "queue": [], "node": "laptop", "peers": [peer, {"name": "b", "draining": True}]})
+    lines = text.split("\n")
+    assert lines[2] == "node laptop: 2 peer(s)"
+    assert lines[3].split() == list(" ".join(ps.PEER_COLUMNS).split())
+    assert re.split(r" {3,}", lines[4]) == ["gpu-box", "open", "qwen, q", "qwen", "3", "1", "12", "4"]
+    assert lines[5].startswith("b") and "?, draining" in lines[5]
 
 
 def test_render_without_engines_is_the_header_alone() -> None:

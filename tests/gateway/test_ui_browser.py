@@ -181,3 +181,59 @@ def test_the_page_shows_loading_activity_logs_and_unloads(browser: Any, gateway:
     browser.find_element(By.CSS_SELECTOR, 'button.unload[data-model="demo-model"]').click()
     wait.until(lambda _: status() == "unloaded")
     assert browser.find_elements(By.CSS_SELECTOR, 'button.load[data-model="demo-model"]')
+
+
+def _spawn(tmp_path: Path, name: str, models: list[FakeModel], port: int, **server: Any) -> subprocess.Popen[bytes]:
+    config = tmp_path / f"{name}.lua"
+    write_config(config, models, port, state_dir=str(tmp_path / f"state-{name}"), **server)
+    log = (tmp_path / f"{name}.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(config)], cwd=ROOT, stdout=log, stderr=log)
+    log.close()  # the child has its own copy
+    wait_gateway_ready(f"http://127.0.0.1:{port}", proc)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_page_shows_peers_and_their_breakers(browser: Any, tmp_path: Path) -> None:
+    """A gateway with a peer: the page lists the peer's models (where they are served, no load
+    button: the peer decides for its own) and the peer with its breaker, which opens when the
+    peer goes away."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT, poll_frequency=0.1)
+    port_a, port_b = free_port(), free_port()
+    procs = [_spawn(tmp_path, "b", [FakeModel("remote-model", [4096])], port_b, node_name="box-b")]
+    try:
+        peers = {"box-b": {"url": f"http://127.0.0.1:{port_b}"}}
+        procs.append(
+            _spawn(
+                tmp_path, "a", [], port_a, node_name="box-a", peers=peers, peer_check_interval=0.5, peer_trip_after=1
+            )
+        )
+
+        def text(selector: str) -> str:
+            found = browser.execute_script(
+                "const e = document.querySelector(arguments[0]); return e && e.textContent;", selector
+            )
+            return str(found or "")
+
+        browser.get(f"http://127.0.0.1:{port_a}/ui/")
+        wait.until(lambda _: "on box-b" in text('#models tr[data-model="remote-model"]'))
+        assert not browser.find_elements(By.CSS_SELECTOR, '#models button[data-model="remote-model"]')
+        wait.until(lambda _: text('#peers tr[data-peer="box-b"] .badge') == "closed")
+        assert "this node: box-a" in text("#node-name")
+        _stop(procs[0])  # the peer goes away: its breaker opens, and the page hears it
+        wait.until(lambda _: text('#peers tr[data-peer="box-b"] .badge') in ("open", "recovering"))
+    finally:
+        for proc in procs:
+            _stop(proc)

@@ -219,3 +219,22 @@ async def test_watching_needs_the_api_key_but_the_page_does_not(start_gateway, m
         await watcher.until(has("hello"), "hello with the key")
     finally:
         await watcher.close()
+
+
+async def test_events_of_some_kinds_only(start_gateway, make_model, http) -> None:
+    """``?only=engine,queue`` (what a peer follows): engine changes, not every request's start and end."""
+    gw = await start_gateway([make_model("m", [4096])])
+    only = await EventReader.open(gw, "?only=engine,queue")
+    every = await EventReader.open(gw)
+    try:
+        await only.until(has("hello"), "hello")
+        await every.until(has("hello"), "hello")
+        assert (await post(http, gw.url + CHAT, chat_body("m"))).code == 200
+        await every.until(has("request_end"), "the request's end")
+        await only.until(has("engine", state="ready"), "the engine ready")
+        assert (await post(http, gw.url + CHAT, chat_body("m"))).code == 200
+        await every.until(lambda events: len([k for k, _ in events if k == "request_end"]) == 2, "two ends")
+        assert {kind for kind, _ in only.events} <= {"hello", "engine", "queue"}
+    finally:
+        await only.close()
+        await every.close()

@@ -77,7 +77,7 @@ async def test_a_small_variant_conversation_comes_back_into_the_large_variant(
         answer = json.loads(first.body)["choices"][0]["message"]["content"]
         other = await post(http, url + CHAT, {"model": "b", "messages": [turn("Hi")], "max_tokens": 2})
         assert other.code == 200, other.body  # a's engine stops: its slot is saved
-        saved = gw.slot_cache.stats["a"].saves
+        saved = gw.services.slot_cache.stats["a"].saves
         assert saved == 1
         # Back to a with the conversation and a new turn that needs more than the small context.
         question = "Which items are blue? " + " ".join(f"Item {i} may be blue." for i in range(60))  # ~400 tokens
@@ -85,9 +85,9 @@ async def test_a_small_variant_conversation_comes_back_into_the_large_variant(
         body = {"model": "a", "messages": messages, "max_tokens": 4, "temperature": 0}
         back = await post(http, url + CHAT, body)
         assert back.code == 200, back.body
-        engines = gw.running()["engines"]
+        engines = gw.services.views.running()["engines"]
         assert [e["context"] for e in engines if e["model"] == "a"] == [LARGE]
-        stats = gw.slot_cache.stats["a"]
+        stats = gw.services.slot_cache.stats["a"]
         assert stats.hits == 1 and stats.tokens_restored > 600
         timings = json.loads(back.body)["timings"]
         if swa_full:

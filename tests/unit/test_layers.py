@@ -12,6 +12,7 @@ LAYERS: list[set[str]] = [
     {"__main__"},
     {"server", "ps"},
     {"proxy"},
+    {"peers"},
     {"scheduling"},
     {"agent"},  # python -m llmgw agent: none of the gateway's request path, scheduling or server
     {"runtime"},

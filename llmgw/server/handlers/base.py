@@ -18,6 +18,7 @@ from tornado import web
 from llmgw.api import dialect_of, engine_error_body, error_body
 from llmgw.errors import EngineAnswered, GatewayError, clip
 from llmgw.keys import OPEN, Principal
+from llmgw.peers import SERVED_BY_HEADER
 from llmgw.server.services import Services
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/=+-]{1,128}")
@@ -68,10 +69,11 @@ class GatewayHandler(web.RequestHandler):
         if getattr(self, "live", None) is None:
             return
         self.set_header("X-Request-Id", self.request_id)
+        self.set_header(SERVED_BY_HEADER, self.live.current.server.node_name)
         origin = self._allowed_origin()
         if origin is not None:
             self.set_header("Access-Control-Allow-Origin", origin)
-            self.set_header("Access-Control-Expose-Headers", "X-Request-Id, Retry-After")
+            self.set_header("Access-Control-Expose-Headers", f"X-Request-Id, Retry-After, {SERVED_BY_HEADER}")
             self.set_header("Vary", "Origin")
 
     def _allowed_origin(self) -> str | None:
@@ -146,9 +148,13 @@ class GatewayHandler(web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(payload))
 
+    def known_model(self, name: str) -> bool:
+        """A name the metrics may carry as a label (a configured model's)."""
+        return self.live.current.model(name) is not None
+
     def on_finish(self) -> None:
         model = self.model_name
-        if model and self.live.current.model(model) is None:
+        if model and not self.known_model(model):
             model = "unknown"  # keep label cardinality bounded whatever clients send
         self.metrics.observe_request(self.route, model, self.get_status(), self.request.request_time())
 

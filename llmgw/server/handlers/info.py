@@ -15,7 +15,20 @@ class HealthHandler(GatewayHandler):
         self.views = services.views
 
     def get(self) -> None:
-        self.write_json(self.views.health())
+        health = self.views.health()
+        self.write_json(health, 503 if health["status"] == "draining" else 200)
+
+
+class StateHandler(GatewayHandler):
+    """GET /api/state: what this node's peers route by (read-only)."""
+
+    def initialize(self, services: Services, route: str) -> None:
+        super().initialize(services, route)
+        self.views = services.views
+
+    def get(self) -> None:
+        """Any key may read it (a peer's needs no admin rights): it lists the models that key may use."""
+        self.write_json(self.views.api_state(self.principal))
 
 
 class ModelsHandler(GatewayHandler):

@@ -17,7 +17,8 @@ from llmgw.api import ROUTES
 from llmgw.api.filters import apply_filters
 from llmgw.errors import BadRequest, GatewayError, clip, echo
 from llmgw.keys import Admission
-from llmgw.proxy import ClientGone, ProxyRequest
+from llmgw.peers import HOP_HEADER, conversation_key
+from llmgw.proxy import ClientGone, PooledRequest, ProxyRequest, forwarded_body
 from llmgw.server.activity import RequestRecord
 from llmgw.server.handlers.base import GatewayHandler, problem
 from llmgw.server.json_body import parse_json_object
@@ -34,6 +35,7 @@ class ModelRouteHandler(GatewayHandler):
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.proxy = services.proxy
+        self.router = services.router
         self.views = services.views
         self.activity = services.activity
         self.sink = TornadoSink(self)
@@ -88,7 +90,10 @@ class ModelRouteHandler(GatewayHandler):
         sink = self.sink
         try:
             request = self._proxy_request(body)
-            await sink.serve(self.proxy.forward(request, sink))
+            if isinstance(request, PooledRequest):
+                await sink.serve(self.router.forward(request, sink))
+            else:
+                await sink.serve(self.proxy.forward(request, sink))
         except (ClientGone, asyncio.CancelledError):
             if not sink.gone:
                 raise
@@ -121,8 +126,10 @@ class ModelRouteHandler(GatewayHandler):
         if not sink.finished and not sink.gone:
             await sink.finish()
 
-    def _proxy_request(self, body: bytes) -> ProxyRequest:
-        """Parse and check the request, find its model, apply the model's filters."""
+    def _proxy_request(self, body: bytes) -> ProxyRequest | PooledRequest:
+        """Parse and check the request, find its model, apply the model's filters. On a node with
+        peers (and for a request no peer forwarded here), the request is routed: it may go to a
+        peer, which gets it as the client sent it."""
         endpoint = ROUTES[self.request.path]
         parsed = parse_json_object(body)
         data = parsed.data
@@ -134,32 +141,53 @@ class ModelRouteHandler(GatewayHandler):
                 raise BadRequest("'model' is required (this gateway has no server.default_model)")
         elif not isinstance(requested, str):
             raise BadRequest(f"'model' must be a string, got {echo(requested)}")
-        model = self.views.model(requested, self.principal)
-        self.model_name = model.name
-        if not model.serves(endpoint.capability):
-            serving = [m.name for m in self.views.models_for(self.principal) if m.serves(endpoint.capability)]
+        key = self.principal
+        pooled = self.router.pooled and HOP_HEADER not in self.request.headers
+        model = config.model(requested)
+        if model is not None and not key.sees(model):
+            model = None
+        if (
+            pooled
+            and self.views.peer_model(requested, key)
+            and (model is None or not model.serves(endpoint.capability))
+        ):
+            model = None  # only peers serve it (this route of it, at least)
+        elif model is None:
+            raise self.views.not_found(requested, key)
+        elif not model.serves(endpoint.capability):
+            serving = [m.name for m in self.views.models_for(key) if m.serves(endpoint.capability)]
             raise BadRequest(
                 f"model {model.name!r} does not serve {endpoint.capability} requests "
                 f"({self.request.path}); models that do: {', '.join(serving) or 'none'}"
             )
+        self.model_name = model.name if model is not None else requested
         endpoint.check(data)
-        self._admission = self.keys.admit(self.principal)  # 429 past a limit, before any engine
-        raw = parsed.raw
-        if apply_filters(model, endpoint, data):
-            raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        forward, conversation = parsed.raw, None
+        if pooled:  # before the filters change data: a peer applies its own
+            forward = forwarded_body(data, parsed.raw, requested)
+            conversation = conversation_key(key.name or "", data)
+        self._admission = self.keys.admit(key)  # 429 past a limit, before any engine
         stream = data.get("stream") is True
-        self._record = self.activity.begin(self.request_id, self.request.path, model.name, stream, self.principal.name)
-        return ProxyRequest(
-            endpoint,
-            self.request.path,
-            raw,
-            data,
-            model,
-            requested,
-            self.request_id,
-            self._record.stats,
-            self.principal.priority,
+        record = self._record = self.activity.begin(
+            self.request_id, self.request.path, self.model_name, stream, key.name
         )
+        local = None
+        if model is not None:
+            raw = parsed.raw
+            if apply_filters(model, endpoint, data):
+                raw = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+            path = self.request.path
+            local = ProxyRequest(
+                endpoint, path, raw, data, model, requested, self.request_id, record.stats, key.priority
+            )
+            if not pooled:
+                return local
+        return PooledRequest(
+            requested, endpoint, self.request.path, forward, data, self.request_id, record.stats, conversation, local
+        )
+
+    def known_model(self, name: str) -> bool:
+        return super().known_model(name) or self.views.peer_model(name)
 
     def _admitted_done(self) -> None:
         """The key's place back and the engine's token counts on its usage (once, however it ended)."""

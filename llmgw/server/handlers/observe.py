@@ -34,7 +34,8 @@ def sse(event: Event) -> bytes:
 
 class EventsHandler(GatewayHandler):
     """``GET /events``: engine changes (with load progress), queue changes, request start and end;
-    engine output lines with ``?logs=1`` (every model) or ``?logs=a,b`` (those models)."""
+    engine output lines with ``?logs=1`` (every model) or ``?logs=a,b`` (those models); only some
+    kinds with ``?only=engine,queue`` (what a peer follows)."""
 
     admin_only = True
 
@@ -47,7 +48,9 @@ class EventsHandler(GatewayHandler):
         self.views = services.views
 
     async def get(self) -> None:
-        subscription = self.bus.subscribe(self._logs_wanted())
+        only = self.get_query_argument("only", "")
+        kinds = [kind.strip() for kind in only.split(",") if kind.strip()][:32] if only else None
+        subscription = self.bus.subscribe(self._logs_wanted(), kinds=kinds)
         self._subscription = subscription
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")

@@ -93,9 +93,11 @@ class MetricsHandler(GatewayHandler):
     def initialize(self, services: Services, route: str) -> None:
         super().initialize(services, route)
         self.manager = services.manager
+        self.pool = services.pool
 
     def get(self) -> None:
         manager = self.manager
         self.metrics.refresh(self.live.current.model_names(), manager.engines, manager.waiting)
+        self.metrics.refresh_peers(self.pool.views())
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(self.metrics.render())
