@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psutil
+
+from llmgw.runtime.probe import nvidia_smi
 
 logger = logging.getLogger(__name__)
 
@@ -89,25 +90,8 @@ async def _nvidia_gpus() -> list[dict[str, Any]]:
     tool = shutil.which("nvidia-smi")
     if tool is None:
         return []
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            tool,
-            "--query-gpu=index,name,memory.total,memory.free",
-            "--format=csv,noheader,nounits",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-    except OSError:
-        return []
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), _NVIDIA_TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return []
     gpus = []
-    for line in out.decode(errors="replace").splitlines():
-        cells = [cell.strip() for cell in line.split(",")]
+    for cells in await nvidia_smi(tool, "--query-gpu=index,name,memory.total,memory.free") or []:
         if len(cells) == 4 and cells[0].isdigit():
             try:
                 gpus.append(

@@ -9,12 +9,11 @@ with a pool of ``memory_budget``.
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
+from llmgw.config.reader import POSITIVE_INT_RE, Node, base_url, quote
 from llmgw.config.schema import RPC_FLAGS, RpcWorker
 
 SERVER_KEYS = frozenset({"rpc_workers"})
@@ -76,32 +75,16 @@ def address(node: Node) -> str:
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         node.fail(f"has an invalid port in {quote(text)} (must be 1..65535)")
     try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
+        socket.inet_pton(socket.AF_INET, host)  # socket, not ipaddress: see config/sections.py's _listen_address
+    except OSError:
         if not _HOST_RE.fullmatch(host):
             node.expect(what)
     return f"{host}:{int(port)}"
 
 
 def _agent_url(node: Node) -> str:
-    text = node.string()
     what = "an http:// or https:// URL with host and port like http://10.0.0.2:7790"
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        node.expect(what)
-    if (
-        parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or port is None
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or "@" in parts.netloc
-    ):
-        node.expect(what)
-    return f"{parts.scheme}://{parts.netloc}"
+    return base_url(node, what, ("http", "https"))
 
 
 def device_names(node: Node) -> tuple[str, ...]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 from llmgw.config import budget as budget_keys
 from llmgw.config import caching, peering, rpc, serving
-from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
+from llmgw.config.reader import POSITIVE_INT_RE, Node, base_url, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
     ConfigError,
@@ -192,25 +191,7 @@ def server_section(node: Node) -> ServerConfig:
 
 def _connect(node: Node) -> str:
     """An http:// base URL with host and port, returned without a trailing slash."""
-    text = node.string()
-    what = "an http:// URL with host and port like http://127.0.0.1:7778"
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        node.expect(what)
-    if (
-        parts.scheme != "http"
-        or not parts.hostname
-        or port is None
-        or not 1 <= port <= 65535
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or "@" in parts.netloc
-    ):
-        node.expect(what)
-    return f"http://{parts.netloc}"
+    return base_url(node, "an http:// URL with host and port like http://127.0.0.1:7778")
 
 
 def _arg(node: Node) -> str:
