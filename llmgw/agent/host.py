@@ -24,7 +24,6 @@ from llmgw.runtime.probe import nvidia_smi
 logger = logging.getLogger(__name__)
 
 _MIB = 1024 * 1024
-_NVIDIA_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
