@@ -11,7 +11,19 @@ import pstats
 from pathlib import Path
 from typing import Any
 
-from benchmarks import concurrency, counting, multi, overhead, peers, router, stream_fast, streaming, swapback, switch
+from benchmarks import (
+    concurrency,
+    counting,
+    multi,
+    overhead,
+    peers,
+    router,
+    rpc,
+    stream_fast,
+    streaming,
+    swapback,
+    switch,
+)
 from benchmarks.common import Benchmark, Results
 from benchmarks.stats import table
 
@@ -28,6 +40,7 @@ MODULES: tuple[Benchmark, ...] = (
     multi,
     swapback,
     router,
+    rpc,
     peers,
 )
 NAMES = tuple(name for module in MODULES for name in module.NAMES)

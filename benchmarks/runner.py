@@ -27,6 +27,7 @@ from benchmarks.multi import AlternateParams, StartingParams
 from benchmarks.overhead import OverheadParams
 from benchmarks.peers import DecisionParams, PeerLatencyParams, PoolSimParams
 from benchmarks.router import RouterParams
+from benchmarks.rpc import RpcParams
 from benchmarks.stream_fast import FastStreamParams
 from benchmarks.streaming import StreamParams
 from benchmarks.swapback import SwapbackParams
@@ -51,6 +52,7 @@ class Plan:
     stream_fast: FastStreamParams = field(default_factory=lambda: FastStreamParams(chunks=10000, repeats=15))
     swapback: SwapbackParams = field(default_factory=lambda: SwapbackParams(rounds=3))
     router_real: RouterParams = field(default_factory=lambda: RouterParams(rounds=7, small_pairs=20, launches=2))
+    rpc_real: RpcParams = field(default_factory=lambda: RpcParams(rounds=3))
     peer_latency: PeerLatencyParams = field(default_factory=PeerLatencyParams)
     routing_decision: DecisionParams = field(default_factory=DecisionParams)
     pool_sim: PoolSimParams = field(default_factory=PoolSimParams)
@@ -71,6 +73,7 @@ QUICK = Plan(
     stream_fast=FastStreamParams(chunks=10000, repeats=3, hangups=2),
     swapback=SwapbackParams(rounds=1),
     router_real=RouterParams(rounds=1, small_pairs=6, launches=1),
+    rpc_real=RpcParams(rounds=1, tokens=64),
     peer_latency=PeerLatencyParams(requests=100, repeats=2),
     routing_decision=DecisionParams(iterations=2000, repeats=3),
     pool_sim=PoolSimParams(requests=600),

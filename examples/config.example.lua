@@ -66,7 +66,8 @@ server = {
   -- Memory in MiB the engines may use together: one number (the engines' RSS plus their GPU
   -- memory), or named pools: gpuN = NVIDIA device N's memory, ram = the engines' RSS.
   -- Absent: only max_engines counts. A variant that declares no `memory` is measured once it
-  -- runs; until then it counts as needing its pools whole.
+  -- runs; until then it counts for the estimate from its GGUF file's header (-m), else for its
+  -- pools whole.
   memory_budget = { gpu0 = 24000, ram = 48000 },
   -- Where measured figures are kept across restarts (default: $XDG_STATE_HOME/llmgw, else
   -- ~/.local/state/llmgw).
@@ -77,6 +78,15 @@ server = {
   -- --slot-save-path itself. max_mb: disk budget in MiB (default 4096), least recently used
   -- files go first. Off when absent; a model may set its own, or slot_cache = false.
   slot_cache = { dir = os.getenv("HOME") .. "/.cache/llmgw/slots", max_mb = 4096 },
+  -- Hosts lending their devices over llama.cpp's RPC backend (README: "Several machines"), each
+  -- running `python -m llmgw agent`. A variant lists them in `rpc = { "box2" }` (optionally with
+  -- `tensor_split` and `local_devices`); a worker serves one engine at a time. memory: MiB it
+  -- lends, a memory pool named after the worker. The RPC protocol has no authentication: keep
+  -- workers on a private link.
+  -- rpc_workers = {
+  --   box2 = { address = "10.8.0.2:50052", agent = "http://10.8.0.2:7790", api_key = "...",
+  --            devices = { "CUDA0" }, memory = 24000 },
+  -- },
 
   -- Several machines (README, "Several machines"): other gateways requests may go to. Each
   -- stays the only authority over its own engines; this one routes to where a model is warm.

@@ -1,4 +1,5 @@
-"""Entry point: ``python -m llmgw --config config.lua``; ``python -m llmgw ps``: what a gateway has loaded.
+"""Entry point: ``python -m llmgw --config config.lua``; ``python -m llmgw ps``: what a gateway has loaded;
+``python -m llmgw agent --config agent.lua``: on a host lending its devices to gateways over RPC.
 
 A launch reads the configuration and opens its listening sockets first, then imports the rest
 (Tornado, the services: most of the start-up time): clients that connect meanwhile are served
@@ -22,7 +23,10 @@ logger = logging.getLogger("llmgw")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="llmgw", description=__doc__, epilog="python -m llmgw ps --help: what a running gateway has loaded"
+        prog="llmgw",
+        description=__doc__,
+        epilog="python -m llmgw ps --help: what a running gateway has loaded; "
+        "python -m llmgw agent --help: on a host lending its devices over llama.cpp RPC",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("-c", "--config", help="Lua configuration file")
@@ -85,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from llmgw import ps
 
         return ps.main(given[1:])
+    if given[:1] == ["agent"]:  # on a host lending its devices over RPC; imported only then
+        from llmgw.agent.main import main as agent_main
+
+        return agent_main(given[1:])
     args = parse_args(argv)
     if args.demo:
         from llmgw.demo import DemoUnavailable, demo_config_path, demo_environment

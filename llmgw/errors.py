@@ -109,6 +109,26 @@ class EngineStartError(GatewayError):
     code = "engine_start_failed"
 
 
+class WorkerUnavailable(GatewayError):
+    """An RPC worker an engine needs is down, unreachable, or held by another client: the engine
+    is not started (its start would fail, or hang on the worker); try again later."""
+
+    status = 503
+    error_type = "server_error"
+    code = "rpc_worker_unavailable"
+
+    def __init__(self, message: str, retry_after: float = 10.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WorkerBuildMismatch(EngineStartError):
+    """An RPC worker runs another llama.cpp build than the engine's: the RPC protocol changes with
+    every build, so the engine is never started against it."""
+
+    code = "rpc_build_mismatch"
+
+
 class EngineStartTimeout(GatewayError):
     status = 504
     error_type = "server_error"

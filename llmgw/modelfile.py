@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ Value = str | int | float | bool | list[Any]
 
 _KEEP_ARRAY = 64  # items of an array kept (a vocabulary is only counted)
 _MODEL_FLAGS = ("-m", "--model")
+_BLOCK = re.compile(r"blk\.([0-9]{1,6})\.")
+_MAX_LAYERS = 4096  # a block index past this is not a layer (a hostile file must not make a huge tuple)
 
 
 class ModelFileError(Exception):
@@ -44,6 +47,10 @@ class ModelFile:
     tensor_bytes: int  # the weights, as stored
     parameters: int  # elements of every tensor
     tensor_types: Mapping[str, int] = field(default_factory=dict)  # quantization name -> tensors of that type
+    # Bytes of the tensors of each repeated block (``blk.N.*``), by N: what a device holding layer N
+    # stores; and the bytes of every other tensor by name (token_embd, output, output_norm...).
+    layer_bytes: tuple[int, ...] = ()
+    other_bytes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -79,16 +86,18 @@ class ModelFile:
 
 
 def model_path(args: Sequence[str]) -> str | None:
-    """The GGUF file in an engine's arguments (``-m PATH``, ``--model PATH`` or ``--model=PATH``)."""
+    """The GGUF file in an engine's arguments (``-m PATH``, ``--model PATH`` or ``--model=PATH``;
+    the last one, as llama-server reads them)."""
     items = list(args)
+    found = None
     for i, arg in enumerate(items):
         name, has_value, value = arg.partition("=")
         if name in _MODEL_FLAGS:
             if has_value:
-                return value
-            if i + 1 < len(items):
-                return items[i + 1]
-    return None
+                found = value
+            elif i + 1 < len(items):
+                found = items[i + 1]
+    return found
 
 
 def read(path: str) -> ModelFile:
@@ -249,8 +258,10 @@ class _Header:
         quant_types = self._gguf.GGMLQuantizationType
         tensor_bytes = parameters = 0
         kinds: dict[str, int] = {}
+        layers: dict[int, int] = {}
+        others: dict[str, int] = {}
         for _ in range(n_tensors):
-            self._string()  # name
+            name = self._string()
             dims = self._unpack("<I")
             elements = 1
             for _ in range(dims):
@@ -258,11 +269,21 @@ class _Header:
             kind = self._unpack("<I")
             self._unpack("<Q")  # offset
             block, type_size = quant_sizes[quant_types(kind)]
-            tensor_bytes += elements // block * type_size
+            nbytes = elements // block * type_size
+            tensor_bytes += nbytes
             parameters += elements
-            name = quant_types(kind).name
-            kinds[name] = kinds.get(name, 0) + 1
-        return ModelFile(path, size, mtime, version, metadata, lengths, tensor_bytes, parameters, kinds)
+            type_name = quant_types(kind).name
+            kinds[type_name] = kinds.get(type_name, 0) + 1
+            layer = _BLOCK.match(name)
+            if layer is not None and int(layer.group(1)) < _MAX_LAYERS:
+                index = int(layer.group(1))
+                layers[index] = layers.get(index, 0) + nbytes
+            else:
+                others[name] = others.get(name, 0) + nbytes
+        per_layer = tuple(layers.get(i, 0) for i in range(max(layers) + 1)) if layers else ()
+        return ModelFile(
+            path, size, mtime, version, metadata, lengths, tensor_bytes, parameters, kinds, per_layer, others
+        )
 
 
 def _file_type_name(file_type: int) -> str:

@@ -91,6 +91,8 @@ def _state(engine: dict[str, Any]) -> str:
 def _memory(engine: dict[str, Any]) -> str:
     memory = engine.get("memory_mib") or {}
     shown = ", ".join(f"{pool} {mib:.0f} MiB" for pool, mib in memory.items())
+    if shown and engine.get("memory_source") == "estimated":
+        shown = "~" + shown  # from the model file's header, not measured yet
     return shown or "?"
 
 

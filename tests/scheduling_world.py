@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmgw.config import Config, ModelConfig, Priority, ServerConfig, Timeouts, Variant
+from llmgw.config import Config, ModelConfig, Priority, RpcWorker, ServerConfig, Timeouts, Variant
 from llmgw.errors import EngineStartError, GatewayError
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.placement import Placement
@@ -35,6 +35,7 @@ def variant(
     pools: tuple[str, ...] = (),
     idle: float = 0.0,
     args: tuple[str, ...] = (),
+    rpc: tuple[RpcWorker, ...] = (),
 ) -> Variant:
     return Variant(
         index=index,
@@ -45,6 +46,7 @@ def variant(
         timeouts=Timeouts(TIMEOUTS.health_check, TIMEOUTS.engine_startup, idle, TIMEOUTS.engine_stop),
         pools=pools,
         memory=None if memory is None else tuple(sorted(memory.items())),
+        rpc=rpc,
     )
 
 
@@ -59,10 +61,11 @@ def model(
     exclusive: bool = False,
     idle: float = 0.0,
     args: tuple[str, ...] = (),
+    rpc: tuple[RpcWorker, ...] = (),
 ) -> ModelConfig:
     memories = memory if isinstance(memory, list) else [memory] * len(contexts)
     variants = tuple(
-        variant(i, ctx, port, memory=mem, pools=pools, idle=idle, args=args)
+        variant(i, ctx, port, memory=mem, pools=pools, idle=idle, args=args, rpc=rpc)
         for i, (ctx, mem) in enumerate(zip(contexts, memories, strict=True), 1)
     )
     return ModelConfig(name=name, engine="llama.cpp", variants=variants, pinned=pinned, exclusive=exclusive)
@@ -73,6 +76,7 @@ def config(
     *,
     max_engines: int = 1,
     budget: dict[str, float] | None = None,
+    workers: tuple[RpcWorker, ...] = (),
     batch_overtakes: int = ServerConfig.batch_overtakes,
 ) -> Config:
     server = ServerConfig(
@@ -81,6 +85,7 @@ def config(
         queue_timeout=60.0,
         max_engines=max_engines,
         memory_budget=tuple(sorted((budget or {}).items())),
+        rpc_workers=workers,
         batch_overtakes=batch_overtakes,
     )
     return Config(path="test.lua", server=server, models=tuple(models))
@@ -101,7 +106,7 @@ class World:
 
     @classmethod
     def of(cls, cfg: Config, measured: dict[str, dict[str, float]] | None = None) -> World:
-        return cls(Scheduler(cfg, MemoryBook(dict(cfg.server.memory_budget), measured)))
+        return cls(Scheduler(cfg, MemoryBook(dict(cfg.server.pools), measured)))
 
     # -- driving --------------------------------------------------------------------------
 
@@ -186,6 +191,8 @@ class World:
         assert len(names) == len(set(names)), f"two engines of one model: {names}"
         addresses = [s.variant.address for s in records]
         assert len(addresses) == len(set(addresses)), f"two engines on one address: {addresses}"
+        workers = [w.name for s in records if s.state is not EngineState.STOPPING for w in s.variant.rpc]
+        assert len(workers) == len(set(workers)), f"two engines on one RPC worker: {workers}"
         assert all(s.in_flight >= 0 for s in records)
 
 

@@ -18,6 +18,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from .. import fake_rpc
 from .counter import Router, run_http_side
 from .options import Options, UsageError, parse_args
 from .routes import NotFoundHandler, route_table
@@ -122,6 +123,12 @@ async def serve(
     # Written, not just allocated, so the pages count in the process's RSS like loaded weights.
     ballast = b"\x01" * (max(0, options.fake_memory_mb) << 20)
     engine = Engine(options, port, sockets, started=started, helper=None if counter is None else counter.pid)
+    if options.rpc:
+        links = fake_rpc.connect(options.rpc, options.device)
+        if isinstance(links, str):
+            log(links)
+            return 1
+        engine.rpc = links
     app = make_app(engine)
     server: tornado.httpserver.HTTPServer | None = None
     router: Router | None = None
@@ -171,8 +178,13 @@ async def serve(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The fake llama-server's command line (see README.md); returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in args:  # as llama-server: the build on stderr, then exit
+        log(f"version: 1 ({parse_args([a for a in args if a != '--version']).fake_build})")
+        log("built with fake_llama_server.py")
+        return 0
     try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
+        options = parse_args(args)
     except UsageError as exc:
         log(str(exc))
         return 1

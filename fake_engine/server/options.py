@@ -63,6 +63,9 @@ class Options:
     fake_crash_linger: float = 0.0
     fake_strict_json: bool = False
     fake_count_process: bool = False
+    rpc: str | None = None  # --rpc host:port,...: fake_rpc workers to connect to
+    device: str | None = None  # --device: which of them must be there (RPC0, RPC1...)
+    fake_build: str = "fake000"  # the commit --version prints
     fake_reasoning: int = 0
     fake_tool_calls: bool = False
 
@@ -134,6 +137,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--fake-crash-linger",), "fake_crash_linger", float),
     Flag(("--fake-strict-json",), "fake_strict_json", None),
     Flag(("--fake-count-process",), "fake_count_process", None),
+    Flag(("--rpc",), "rpc", str),
+    Flag(("--device", "-dev"), "device", str),
+    Flag(("--fake-build",), "fake_build", str),
     Flag(("--fake-reasoning",), "fake_reasoning", int),
     Flag(("--fake-tool-calls",), "fake_tool_calls", None),
 )

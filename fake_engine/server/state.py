@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from .. import fake_rpc
 from ..fake_llama_tokenize import piece_id
 from . import shapes
 from .options import Options
@@ -136,6 +137,8 @@ class Metrics:
 
 class Engine:
     """State shared by all handlers of one fake server."""
+
+    rpc: fake_rpc.Links | None = None  # the workers of --rpc
 
     def __init__(
         self,

@@ -112,13 +112,7 @@ class ConfigLoader:
 
     def load(self) -> Config:
         """Run the config with Lua and build a validated :class:`Config`; any problem is a ConfigError."""
-        if not os.path.isfile(self.path):
-            raise ConfigError(f"config file not found: {self.path}")
-        lua, output = self._run_lua()
-        unsupported, printed = _split_output(output)
-        for line in printed:
-            logger.debug("config output: %s", line)
-        reader = Reader(lua, unsupported)
+        reader = self.reader()
         try:
             server_node = Node(reader, "server", "server")
             server = server_section(server_node)
@@ -135,7 +129,18 @@ class ConfigLoader:
             raise ConfigError(f"cannot validate {self.path}: {type(exc).__name__}: {exc}") from exc
         return Config(path=self.path, server=server, models=models)
 
-    def _run_lua(self) -> tuple[Any, str]:
+    def reader(self, exports: tuple[str, ...] = _EXPORTS) -> Reader:
+        """Run the file with Lua and give typed access to the globals ``exports`` (for another
+        file of the same kind: ``python -m llmgw agent`` reads its ``agent`` this way)."""
+        if not os.path.isfile(self.path):
+            raise ConfigError(f"config file not found: {self.path}")
+        lua, output = self._run_lua(exports)
+        unsupported, printed = _split_output(output)
+        for line in printed:
+            logger.debug("config output: %s", line)
+        return Reader(lua, unsupported)
+
+    def _run_lua(self, exports: tuple[str, ...]) -> tuple[Any, str]:
         """Run PyLuaHelper and return it with the output it printed (Lua's prints and error messages).
 
         PyLuaHelper raises a bare RuntimeError on failure and prints the interpreter's stderr
@@ -150,7 +155,7 @@ class ConfigLoader:
             try:
                 lua = PyLuaHelper(
                     lua_config_script=config_path,
-                    export_vars=list(_EXPORTS),
+                    export_vars=list(exports),
                     pre_script=str(_PRE_SCRIPT),
                     work_dir=os.path.dirname(config_path),
                 )

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from llmgw.config.schema import ConfigError
 
@@ -214,3 +215,26 @@ class Node:
     def get_seconds(self, name: str, default: float, allow_zero: bool = False) -> float:
         node = self.child(name)
         return node.seconds(allow_zero) if node.exists() else default
+
+
+def base_url(node: Node, what: str, schemes: tuple[str, ...] = ("http",)) -> str:
+    """A base URL (scheme, host and port; no path, query, fragment or credentials), returned
+    without a trailing slash: engines, peers and agents are all addressed so."""
+    text = node.string()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        node.expect(what)
+    if (
+        parts.scheme not in schemes
+        or not parts.hostname
+        or port is None
+        or not 1 <= port <= 65535
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+    ):
+        node.expect(what)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -129,6 +129,22 @@ class SlotCache:
 _NO_CACHE_FLAGS = frozenset({"--embedding", "--embeddings", "--reranking", "--rerank"})
 
 
+@dataclass(frozen=True)
+class RpcWorker:
+    """A host that lends its devices to engines over llama.cpp's RPC backend (``server.rpc_workers``):
+    a ``ggml-rpc-server`` at ``address``, supervised by an llmgw agent at ``agent``."""
+
+    name: str
+    address: str  # host:port of its ggml-rpc-server, as llama-server's --rpc takes it
+    devices: tuple[str, ...] = ("CPU",)  # the worker's devices (its -d), one RPC device each at the coordinator
+    agent: str | None = None  # base URL of its llmgw agent (None: only a TCP probe before a start)
+    api_key: str | None = field(default=None, repr=False)  # the agent's key
+    memory: float | None = None  # MiB the worker lends (a memory pool named after the worker); None: not counted
+
+
+# Flags the gateway sets itself on a variant that uses RPC workers (config.rpc refuses them in args).
+RPC_FLAGS = frozenset({"--rpc", "--device", "-dev", "--tensor-split", "-ts"})
+
 _PARALLEL_FLAGS = ("-np", "--parallel")
 _UNIFIED_FLAGS = ("-kvu", "--kv-unified")
 
@@ -160,17 +176,41 @@ class Variant:
     memory: tuple[tuple[str, float], ...] | None = None
     endpoints: tuple[str, ...] | None = None  # route families it serves (None: all); see config.serving
     slot_cache: SlotCache | None = None  # set on generation variants of a model with slot_cache
+    rpc: tuple[RpcWorker, ...] = ()  # the RPC workers the engine spreads the model over (exclusively)
+    tensor_split: tuple[float, ...] | None = None  # share of each device (local ones, then the workers')
+    local_devices: tuple[str, ...] = ()  # the coordinator's own llama.cpp devices used besides the workers'
 
     def serves(self, capability: str | None) -> bool:
         return capability is None or self.endpoints is None or capability in self.endpoints
 
     @property
     def launch_args(self) -> tuple[str, ...]:
-        """The arguments the engine is started with: ``args``, plus ``--slot-save-path`` (the
-        gateway saves and restores slots there) when the variant's model has a slot cache."""
+        """The arguments the engine is started with: ``args``, plus the RPC workers and devices
+        (:attr:`rpc_args`), plus ``--slot-save-path`` (the gateway saves and restores slots there)
+        when the variant's model has a slot cache."""
+        args = (*self.args, *self.rpc_args)
         if self.slot_cache is None:
-            return self.args
-        return (*self.args, "--slot-save-path", self.slot_cache.dir)
+            return args
+        return (*args, "--slot-save-path", self.slot_cache.dir)
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """The devices the engine offloads to, as ``--device`` names them: its local devices, then
+        ``RPC0``.. for each device of each worker in order (llama.cpp numbers them so)."""
+        count = sum(len(worker.devices) for worker in self.rpc)
+        return (*self.local_devices, *(f"RPC{i}" for i in range(count)))
+
+    @property
+    def rpc_args(self) -> tuple[str, ...]:
+        """``--rpc`` and an explicit ``--device`` list (without it llama-server drops a worker it
+        cannot reach and loads everything elsewhere; with it, it fails at once), and
+        ``--tensor-split``; empty for a variant without workers."""
+        if not self.rpc:
+            return ()
+        args = ["--rpc", ",".join(worker.address for worker in self.rpc), "--device", ",".join(self.devices)]
+        if self.tensor_split is not None:
+            args += ["--tensor-split", ",".join(f"{share:g}" for share in self.tensor_split)]
+        return tuple(args)
 
     @property
     def caches_slots(self) -> bool:
@@ -180,7 +220,7 @@ class Variant:
     @property
     def fingerprint(self) -> str:
         """Short stable id of the launch (binary, args, environment): state is remembered per launch."""
-        launch = json.dumps([self.binary, self.args, self.env])
+        launch = json.dumps([self.binary, self.args, self.env, *([self.rpc_args] if self.rpc else [])])
         import hashlib  # here: the config is read before the gateway's other imports (see llmgw.listen)
 
         return hashlib.sha256(launch.encode()).hexdigest()[:16]
@@ -260,6 +300,18 @@ class ServerConfig:
     # which every switch would wait for. True: SIGTERM, then SIGKILL after engine_stop_timeout.
     graceful_stop: bool = False
     slot_cache: SlotCache | None = None  # the default of every model (None: off)
+    rpc_workers: tuple[RpcWorker, ...] = ()  # hosts lending devices over llama.cpp RPC
+
+    @property
+    def pools(self) -> tuple[tuple[str, float], ...]:
+        """Every memory pool placement counts: ``memory_budget``'s, and one per RPC worker that
+        declares its ``memory`` (named after the worker)."""
+        workers = tuple((worker.name, worker.memory) for worker in self.rpc_workers if worker.memory is not None)
+        return (*self.memory_budget, *workers)
+
+    def rpc_worker(self, name: str) -> RpcWorker | None:
+        return next((worker for worker in self.rpc_workers if worker.name == name), None)
+
     node_name: str = field(default_factory=default_node_name)  # X-Llmgw-Served-By, /api/state
     peering: Peering = field(default_factory=Peering)
     # What GET /api/version says: Ollama clients gate features on it (GitHub Copilot Chat wants >= 0.6.4).
@@ -346,6 +398,13 @@ class Config:
             lines.append(
                 "note: sliding-window models (gemma-2/3, ...) reuse a restored slot only with --swa-full in args"
             )
+        for worker in server.rpc_workers:
+            agent = f"agent {worker.agent}" if worker.agent else "no agent: TCP probe only, no build check"
+            lends = f"; lends {_mib(worker.memory)}" if worker.memory is not None else ""
+            users = [m.name for m in self.models if any(worker in v.rpc for v in m.variants)]
+            used = f"; used by {', '.join(map(repr, users))}, one engine at a time" if users else "; unused"
+            devices = ", ".join(worker.devices)
+            lines.append(f"rpc worker {worker.name!r} at {worker.address} (devices {devices}; {agent}{lends}{used})")
         keys = server.all_keys()
         if keys:
             admin = [key.name for key in keys if key.admin]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 from llmgw.config import budget as budget_keys
-from llmgw.config import caching, peering, serving
-from llmgw.config.reader import POSITIVE_INT_RE, Node, quote
+from llmgw.config import caching, peering, rpc, serving
+from llmgw.config.reader import POSITIVE_INT_RE, Node, base_url, quote
 from llmgw.config.schema import (
     KNOWN_ENGINES,
     ConfigError,
@@ -57,6 +56,7 @@ _SERVER_KEYS = (
         "ollama_version",
     }
     | peering.POOL_KEYS
+    | rpc.SERVER_KEYS
 )
 _MODEL_KEYS = _TIMEOUT_KEYS | {
     "name",
@@ -76,9 +76,11 @@ _MODEL_KEYS = _TIMEOUT_KEYS | {
     "strict_context",
     "loading_feedback",
     "slot_cache",
+    *rpc.VARIANT_KEYS,
 }
 _MODEL_IGNORED_KEYS = frozenset({"primary"})  # LLM-GW key, meaningless here: accepted silently
 _VARIANT_KEYS = _TIMEOUT_KEYS | {"binary", "args", "context", "connect", "env", "memory", "devices", "endpoints"}
+_VARIANT_KEYS |= rpc.VARIANT_KEYS
 _TOKENIZATION_KEYS = frozenset({"binary", "base_args", "extra_args", "extra_tokens_per_message", "extra_tokens"})
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 _VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){1,3}")
@@ -162,6 +164,7 @@ def server_section(node: Node) -> ServerConfig:
         api_keys = tuple(item.string(secret=True) for item in items)
     state_dir = node.child("state_dir")
     default_model = node.child("default_model")
+    budget = budget_keys.memory_budget(node.child("memory_budget"))
     name = peering.node_name(node.child("node_name"))
     return ServerConfig(
         listen=_listen(node),
@@ -173,7 +176,7 @@ def server_section(node: Node) -> ServerConfig:
         api_keys=api_keys,
         batch_overtakes=node.get_int("batch_overtakes", 0, ServerConfig.batch_overtakes),
         max_engines=node.get_int("max_engines", 1, ServerConfig.max_engines),
-        memory_budget=budget_keys.memory_budget(node.child("memory_budget")),
+        memory_budget=budget,
         state_dir=state_dir.string() if state_dir.exists() else None,
         default_model=default_model.string() if default_model.exists() else None,
         list_aliases=node.get_bool("list_aliases", True),
@@ -182,6 +185,7 @@ def server_section(node: Node) -> ServerConfig:
         strict_context=node.get_bool("strict_context", False),
         loading_feedback=serving.loading_feedback(node.child("loading_feedback")) or ServerConfig.loading_feedback,
         slot_cache=caching.slot_cache(node.child("slot_cache"), None),
+        rpc_workers=rpc.rpc_workers(node.child("rpc_workers"), budget),
         node_name=name,
         peering=peering.peering(node, name),
         ollama_version=_ollama_version(node.child("ollama_version")),
@@ -200,25 +204,7 @@ def _ollama_version(node: Node) -> str:
 
 def _connect(node: Node) -> str:
     """An http:// base URL with host and port, returned without a trailing slash."""
-    text = node.string()
-    what = "an http:// URL with host and port like http://127.0.0.1:7778"
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        node.expect(what)
-    if (
-        parts.scheme != "http"
-        or not parts.hostname
-        or port is None
-        or not 1 <= port <= 65535
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or "@" in parts.netloc
-    ):
-        node.expect(what)
-    return f"http://{parts.netloc}"
+    return base_url(node, "an http:// URL with host and port like http://127.0.0.1:7778")
 
 
 def _arg(node: Node) -> str:
@@ -268,8 +254,11 @@ def _variant(
     model_connect: str | None,
     base: Timeouts,
     model_devices: tuple[str, ...] | None,
-    budget: tuple[tuple[str, float], ...],
+    server: ServerConfig,
+    inherited: rpc.RpcKeys,
 ) -> Variant:
+    """``inherited``: the model's RPC keys, which the variant's own replace."""
+    budget = server.memory_budget
     node.table("a variant table")
     node.warn_unknown(node.label, _VARIANT_KEYS)
     connect_node = node.child("connect")
@@ -281,18 +270,26 @@ def _variant(
         connect_node.fail("is required (set connect on the variant or on its model)")
     env_node = node.child("env")
     chosen = budget_keys.devices(node.child("devices"), budget)
+    args = _args(node.child("args"))
+    keys = rpc.keys(node, inherited, server.rpc_workers)
+    rpc.check_variant(node, args, keys)
+    # A worker that declares memory is a pool of its own, which only its variants count in.
     pools = budget_keys.variant_pools(chosen if chosen is not None else model_devices, budget)
+    pools += tuple(worker.name for worker in keys.workers if worker.memory is not None)
     return Variant(
         index=index,
         binary=node.child("binary").string(),
-        args=_args(node.child("args")),
+        args=args,
         context=node.child("context").integer(1),
         connect=connect,
         timeouts=_timeouts(node, base),
         env=_env(env_node) if env_node.exists() else (),
         pools=pools,
-        memory=budget_keys.declared_memory(node.child("memory"), pools, budget),
+        memory=budget_keys.declared_memory(node.child("memory"), pools, server.pools),
         endpoints=serving.endpoints(node.child("endpoints")),
+        rpc=keys.workers,
+        tensor_split=keys.split,
+        local_devices=keys.local,
     )
 
 
@@ -320,8 +317,9 @@ def _model(node: Node, server: ServerConfig) -> ModelConfig:
     items = variants_node.items("a non-empty list of variant tables")
     if not items:
         variants_node.fail("must be a non-empty list of variant tables, got an empty table")
+    inherited = rpc.keys(model, rpc.RpcKeys(), server.rpc_workers)
     variants = [
-        _variant(item, index, model_connect, timeouts, model_devices, server.memory_budget)
+        _variant(item, index, model_connect, timeouts, model_devices, server, inherited)
         for index, item in enumerate(items, 1)
     ]
     by_context: dict[int, Variant] = {}

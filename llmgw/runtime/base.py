@@ -19,10 +19,12 @@ from llmgw.upstream.client import EngineClient
 
 @dataclass(frozen=True)
 class Usage:
-    """Memory an engine was seen using: RSS of its process tree, GPU memory per device index (MiB)."""
+    """Memory an engine was seen using: RSS of its process tree, GPU memory per device index (MiB),
+    and what each RPC worker it uses holds for it (the worker's RSS plus GPU, as its agent reports)."""
 
     rss_mib: float
     gpu_mib: Mapping[int, float] = field(default_factory=dict)
+    remote: Mapping[str, float] = field(default_factory=dict)  # worker name -> MiB
 
 
 class ProcessView(Protocol):
@@ -53,6 +55,7 @@ class RunningEngine:
     client: EngineClient
     n_ctx: int  # context per request as the engine reports it (may differ from variant.context)
     started_at: float = field(default_factory=time.time)
+    workers: Mapping[str, int | None] = field(default_factory=dict)  # RPC worker -> its pid at the start
 
 
 class Runtime(Protocol):

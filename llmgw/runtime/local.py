@@ -22,6 +22,7 @@ from llmgw.runtime.base import RunningEngine, Usage
 from llmgw.runtime.engine_process import EngineProcess, EngineStatus
 from llmgw.runtime.guard import ProcessGuard
 from llmgw.runtime.probe import SystemProbe
+from llmgw.runtime.rpc import RpcWorkers
 from llmgw.slotcache import SlotCache
 from llmgw.upstream.client import EngineClient
 from llmgw.upstream.http import EngineHTTPClient, UpstreamError
@@ -51,6 +52,7 @@ class ProcessRuntime:
         slot_cache: SlotCache | None = None,
         on_spawned: Callable[[ModelConfig, Variant, int], None] | None = None,
         on_output: Callable[[ModelConfig, Variant, str], None] | None = None,
+        rpc: RpcWorkers | None = None,
     ) -> None:
         """``on_spawned`` hears of each engine process spawned (its pid), ``on_output`` of each line
         an engine prints (the status tracker, the engine log book): plain callables, as the manager's."""
@@ -60,10 +62,12 @@ class ProcessRuntime:
         self.slot_cache = slot_cache  # slots are saved there before a stop
         self.on_spawned = on_spawned
         self.on_output = on_output
+        self.rpc = rpc or RpcWorkers()  # the RPC workers of variants that use them
         self._closed = False
 
     def close(self) -> None:
         self._closed = True
+        self.rpc.close()
 
     async def start(self, model: ModelConfig, variant: Variant, on_crash: Callable[[], None]) -> RunningEngine:
         if model.engine != LLAMACPP:
@@ -72,6 +76,7 @@ class ProcessRuntime:
             raise ShuttingDown("the gateway is shutting down")
         client = LlamaCppClient(variant.connect, self.http, variant.timeouts.stream_idle)
         await self._check_port_free(model, variant)
+        workers = await self.rpc.prepare(model, variant) if variant.rpc else {}
 
         def exited(process: EngineProcess) -> None:
             if process.status is EngineStatus.CRASHED:
@@ -81,7 +86,7 @@ class ProcessRuntime:
             variant.binary,
             variant.launch_args,
             name=f"{model.name}#{variant.index}",
-            env=dict(variant.env),
+            env=_engine_env(variant),
             on_exit=exited,
             guard=self.guard,
             on_line=None if self.on_output is None else functools.partial(self.on_output, model, variant),
@@ -126,7 +131,7 @@ class ProcessRuntime:
             n_ctx,
             process.pid,
         )
-        return RunningEngine(model, variant, process, client, n_ctx)
+        return RunningEngine(model, variant, process, client, n_ctx, workers=workers)
 
     async def stop(self, engine: RunningEngine, kill: bool = False, hung: bool = False) -> None:
         assert isinstance(engine.process, EngineProcess)
@@ -150,11 +155,15 @@ class ProcessRuntime:
             await self.http.json_call(engine.client.base_url + "/health", timeout=timeout)
         except UpstreamError:
             return False
-        return True
+        # Over RPC, /health stays 200 while the engine waits on a worker that vanished for ever.
+        return not engine.variant.rpc or await self.rpc.still_there(engine.variant, engine.workers, timeout)
 
     async def measure(self, engine: RunningEngine) -> Usage | None:
         pid = engine.process.pid
-        return None if pid is None else await self.probe.measure(pid)
+        usage = None if pid is None else await self.probe.measure(pid)
+        if usage is None or not engine.variant.rpc:
+            return usage
+        return Usage(usage.rss_mib, usage.gpu_mib, await self.rpc.usage(engine.variant))
 
     async def _check_port_free(self, model: ModelConfig, variant: Variant) -> None:
         """Something already answering on the engine's address would pass for our engine: refuse."""
@@ -228,3 +237,12 @@ class ProcessRuntime:
             finally:
                 for w in waits:
                     w.cancel()
+
+
+def _engine_env(variant: Variant) -> dict[str, str]:
+    """The variant's environment; over RPC, without ggml's crash backtrace unless the variant asks
+    for it: losing a worker aborts the engine, and gdb's backtrace (a second or more) would only
+    delay the restart that follows."""
+    if not variant.rpc:
+        return dict(variant.env)
+    return {"GGML_NO_BACKTRACE": "1", **dict(variant.env)}

@@ -59,30 +59,37 @@ class SystemProbe:
         return usage
 
     async def _query(self, query: str) -> list[list[str]]:
-        """Rows of ``nvidia-smi QUERY --format=csv,noheader,nounits``; [] when it fails."""
+        """Rows of ``nvidia-smi QUERY``; [] when it fails."""
         if self._nvidia_smi is None:  # it could not run before: GPU memory is not measured
             return []
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                self._nvidia_smi,
-                query,
-                "--format=csv,noheader,nounits",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            logger.warning("nvidia-smi cannot run (%s); GPU memory is not measured", exc)
+        rows = await nvidia_smi(self._nvidia_smi, query)
+        if rows is None:
             self._nvidia_smi = None
             return []
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), _NVIDIA_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            logger.warning("nvidia-smi did not answer within %.0f s", _NVIDIA_TIMEOUT)
-            return []
-        if proc.returncode != 0:
-            return []
-        return [
-            [cell.strip() for cell in line.split(",")] for line in out.decode(errors="replace").splitlines() if line
-        ]
+        return rows
+
+
+async def nvidia_smi(tool: str, query: str) -> list[list[str]] | None:
+    """Rows of ``nvidia-smi QUERY --format=csv,noheader,nounits``, cells stripped; [] when it fails
+    this time (a timeout, an error status), None when it cannot run at all."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            tool,
+            query,
+            "--format=csv,noheader,nounits",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        logger.warning("nvidia-smi cannot run (%s); GPU memory is not measured", exc)
+        return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), _NVIDIA_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        logger.warning("nvidia-smi did not answer within %.0f s", _NVIDIA_TIMEOUT)
+        return []
+    if proc.returncode != 0:
+        return []
+    return [[cell.strip() for cell in line.split(",")] for line in out.decode(errors="replace").splitlines() if line]

@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from llmgw.config import Config, ModelConfig, Priority, Variant
 from llmgw.errors import EngineStartError, GatewayError, QueueTimeout
+from llmgw.modelfile import ModelFiles, model_path
 from llmgw.runtime import RunningEngine, Runtime
+from llmgw.scheduling.estimate import pool_figures, variant_estimate
 from llmgw.scheduling.memory import MemoryBook
 from llmgw.scheduling.scheduler import (
     Effect,
@@ -62,7 +65,7 @@ class ManagerHooks:
 
 def new_scheduler(config: Config, state: StateStore) -> Scheduler[RunningEngine]:
     """The scheduler an engine manager drives, with the memory figures kept in ``state``."""
-    return Scheduler(config, MemoryBook(dict(config.server.memory_budget), state.section(_MEMORY_SECTION)))
+    return Scheduler(config, MemoryBook(dict(config.server.pools), state.section(_MEMORY_SECTION)))
 
 
 class EngineManager:
@@ -73,9 +76,11 @@ class EngineManager:
         state: StateStore | None = None,
         scheduler: Scheduler[RunningEngine] | None = None,
         hooks: ManagerHooks | None = None,
+        files: ModelFiles | None = None,
     ) -> None:
         """``scheduler``: one made with :func:`new_scheduler` when others read it too (the status
-        tracker); else the manager makes its own."""
+        tracker); else the manager makes its own. ``files``: where model files' headers are read
+        (for the memory estimate; None: no estimates)."""
         self.config = config
         self.runtime = runtime
         self.state = state or StateStore(None)
@@ -88,6 +93,7 @@ class EngineManager:
         self._measured_at: dict[int, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._probed: set[int] = set()  # engines whose health is probed while they serve requests
+        self.files = files
 
     # ----------------------------------------------------------------- queries
 
@@ -227,6 +233,45 @@ class EngineManager:
             if record.id in stopping:
                 logger.info("reload: model %r changed; its engine stops once its requests are done", record.model.name)
         await self._apply_and_wait_gone(stopping, effects)
+
+    async def learn_estimates(self) -> None:
+        """Estimate the memory of every variant that declares none from its model file's header
+        (read in a thread, once per change of the file), so a variant never measured is placed
+        by its estimate instead of taking its pools whole. Measured figures still win."""
+        if self.files is None:
+            return
+        changed = False
+        wanted = [
+            (model, variant, path)
+            for model in self.config.models
+            for variant in model.variants
+            if variant.memory is None and (path := model_path(variant.args)) is not None
+        ]
+        # Only local files (not -hf, nor a fake engine's model name): nothing to read otherwise.
+        present = await asyncio.to_thread(lambda: {path for _, _, path in wanted if os.path.isfile(path)})
+        for model, variant, path in wanted:
+            info = await self.files.get(path) if path in present else None
+            if info is None:
+                continue
+            try:
+                figures = pool_figures(info, variant)
+                parts = variant_estimate(info, variant)
+            except (ArithmeticError, ValueError, IndexError):  # a header too odd to reason about
+                logger.warning("model %r variant %d: no memory estimate from %s", model.name, variant.index, path)
+                continue
+            if self.memory.estimated(model, variant, figures):
+                changed = True
+                shown = ", ".join(f"{pool} {mib:g} MiB" for pool, mib in figures.items())
+                logger.info(
+                    "model %r variant %d: memory estimated from %s: %s (%s)",
+                    model.name,
+                    variant.index,
+                    os.path.basename(path),
+                    shown,
+                    parts,
+                )
+        if changed:
+            self._apply(self.scheduler.estimated(self._now()))
 
     async def shutdown(self) -> None:
         """Refuse new leases, fail queued ones, stop every engine (starting ones included)."""

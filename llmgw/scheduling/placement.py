@@ -4,7 +4,8 @@ Pure functions of the config and a list of engines (the scheduler's records, or 
 start). The rules:
 
 * at most ``max_engines`` engines, and per memory pool at most the budget;
-* two variants of one model never run together, nor two engines on one address;
+* two variants of one model never run together, nor two engines on one address, nor two
+  engines on one RPC worker (a ``ggml-rpc-server`` serves one client at a time);
 * an exclusive model runs alone;
 * to make room, idle engines go first (least recently used first), then busy ones, which the
   scheduler lets drain before it stops them; pinned engines are never chosen (only an
@@ -45,10 +46,16 @@ class Placed(Protocol):
     def id(self) -> int: ...
 
 
+def shared_workers(a: Variant, b: Variant) -> list[str]:
+    """The RPC workers both variants use (each worker serves one engine at a time)."""
+    theirs = {worker.name for worker in b.rpc}
+    return [worker.name for worker in a.rpc if worker.name in theirs]
+
+
 class Placement:
     def __init__(self, config: Config) -> None:
         self.max_engines = config.server.max_engines
-        self.budget = dict(config.server.memory_budget)
+        self.budget = dict(config.server.pools)
 
     @staticmethod
     def conflict(a: Placed, b: Placed) -> bool:
@@ -57,6 +64,7 @@ class Placement:
             or a.variant.address == b.variant.address
             or a.model.exclusive
             or b.model.exclusive
+            or bool(shared_workers(a.variant, b.variant))
         )
 
     def within_budget(self, engines: Sequence[Placed]) -> bool:

@@ -50,7 +50,7 @@ from typing import Generic, TypeVar, Union
 from llmgw.config import Config, ModelConfig, Priority, Variant
 from llmgw.errors import ContextTooLarge, GatewayError, ModelNotFound, ShuttingDown
 from llmgw.scheduling.memory import MemoryBook
-from llmgw.scheduling.placement import Placed, Placement
+from llmgw.scheduling.placement import Placed, Placement, shared_workers
 
 H = TypeVar("H")  # what the runtime gives for a ready engine (RunningEngine); opaque here
 
@@ -375,6 +375,13 @@ class Scheduler(Generic[H]):
         record.need = self.memory.need(record.model, record.variant)
         return self._rebalance(now, "over the memory budget (measured)") + self._pump(now)
 
+    def estimated(self, now: float) -> list[Effect[H]]:
+        """The memory book learned estimates: engines that counted for their pools whole (never
+        measured) count for the estimate now, which may leave room for queued starts."""
+        for record in self.records:
+            record.need = self.memory.need(record.model, record.variant)
+        return self._rebalance(now, "over the memory budget (estimated)") + self._pump(now)
+
     def idle_expired(self, record_id: int, now: float) -> list[Effect[H]]:
         record = self.record(record_id)
         if record is None or not record.ready or record.busy or record.draining:
@@ -415,7 +422,7 @@ class Scheduler(Generic[H]):
         requests that arrived before the reload are done."""
         self.config = config
         self.placement = Placement(config)
-        self.memory.budget = dict(config.server.memory_budget)
+        self.memory.budget = dict(config.server.pools)
         mark = next(self._arrivals)
         for record in self.records:
             model = config.model(record.model.name)
@@ -611,12 +618,26 @@ class Scheduler(Generic[H]):
         return []
 
     def _blocker(self, wish: _Planned, live: list[Placed]) -> str:
+        budget = self.placement.budget
+        over = [(pool, mib) for pool, mib in wish.need.items() if pool in budget and mib > budget[pool] + 1e-6]
+        if over:
+            pool, mib = over[0]
+            source = self.memory.source(wish.model, wish.variant)
+            name, limit = wish.model.name, budget[pool]
+            return f"{name!r} needs {mib:g} MiB on {pool} ({source}), more than its budget ({limit:g} MiB)"
         starting = [e.model.name for e in live if not e.ready]
         if starting:
             return f"waiting for {', '.join(map(repr, starting))} to finish starting"
+        held = [
+            (name, e.model.name) for e in live if e.model.pinned for name in shared_workers(wish.variant, e.variant)
+        ]
+        if held:
+            worker, holder = held[0]
+            return f"RPC worker {worker!r} is held by the pinned model {holder!r}"
         pinned = [e.model.name for e in live if e.model.pinned]
         if pinned:
-            unknown = "" if wish.variant.memory is not None else " (its memory was never measured: declare `memory`)"
+            source = self.memory.source(wish.model, wish.variant)
+            unknown = " (its memory was never measured: declare `memory`)" if source == "unknown" else ""
             return f"pinned model(s) {', '.join(map(repr, pinned))} leave no room for {wish.model.name!r}{unknown}"
         return f"no room for {wish.model.name!r}"
 

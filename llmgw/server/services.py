@@ -16,6 +16,7 @@ from llmgw.modelfile import ModelFiles
 from llmgw.peers import PeerPool
 from llmgw.proxy import LocalNode, Proxy, Router, TokenCounter
 from llmgw.runtime import ProcessGuard, ProcessRuntime
+from llmgw.runtime.rpc import RpcWorkers
 from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
 from llmgw.server.activity import EngineLogs, RequestLog
 from llmgw.server.metrics import GatewayMetrics
@@ -45,6 +46,7 @@ class Services:
     pool: PeerPool  # the peers, their breakers and states
     router: Router  # where a request goes, on a node with peers
     views: Views  # what the read-only routes show
+    files: ModelFiles  # each model's GGUF header (memory estimate, Ollama's details), read once per change
     ollama: Ollama  # Ollama's native API (/api/...)
 
 
@@ -63,18 +65,26 @@ def build(config: Config) -> Services:
     http = EngineHTTPClient.create()
     scheduler = new_scheduler(config, state)
     status = StatusTracker(scheduler, bus, state)
-    runtime = ProcessRuntime(http, guard, slot_cache=slot_cache, on_spawned=status.spawned, on_output=engine_logs.add)
+    runtime = ProcessRuntime(
+        http,
+        guard,
+        slot_cache=slot_cache,
+        on_spawned=status.spawned,
+        on_output=engine_logs.add,
+        rpc=RpcWorkers(live),
+    )
     hooks = ManagerHooks(
         engine_started=metrics.observe_start, engine_stopped=metrics.observe_stop, changed=status.changed
     )
-    manager = EngineManager(config, runtime, state, scheduler, hooks)
+    files = ModelFiles()
+    manager = EngineManager(config, runtime, state, scheduler, hooks, files)
     proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
     node = LocalNode(live, manager)
     pool = PeerPool(config.server.peering, http, config.server.node_name, status.peer_changed)
     router = Router(live, proxy, pool, node)
     started = int(time.time())
     views = Views(live, manager, status, started, node, pool)
-    ollama = Ollama(live, manager, ModelFiles(), started)
+    ollama = Ollama(live, manager, files, started)
     return Services(
         live,
         keys,
@@ -92,5 +102,6 @@ def build(config: Config) -> Services:
         pool,
         router,
         views,
+        files,
         ollama,
     )

@@ -170,6 +170,8 @@ class Views:
             "state": record.state.value,
             "memory_mib": {pool: round(mib, 1) for pool, mib in memory.items()},
             "memory_source": source,
+            "memory_estimate_mib": _rounded(self.manager.memory.estimate_of(record.model, record.variant)),
+            "memory_measured_mib": _rounded(self.manager.memory.measured_of(record.model, record.variant)),
             "in_flight": record.in_flight,
             "last_used": round(time.time() - (now - record.last_used), 3) if record.last_used else None,
             "uptime": round(handle.process.uptime, 3) if handle is not None else 0.0,
@@ -234,6 +236,11 @@ class Views:
             f"model {model.name!r} is not running (it is not started just to answer this; "
             "send it a request or POST /load first)"
         )
+
+
+def _rounded(figures: dict[str, float]) -> dict[str, float] | None:
+    """MiB per pool for a view; None when nothing is known."""
+    return {pool: round(mib, 1) for pool, mib in figures.items()} or None
 
 
 def _idle_unload_in(record: EngineRecord[RunningEngine], now: float) -> float | None:

@@ -14,6 +14,7 @@ LAYERS: list[set[str]] = [
     {"proxy"},
     {"peers"},
     {"scheduling"},
+    {"agent"},  # python -m llmgw agent: none of the gateway's request path, scheduling or server
     {"runtime"},
     {"slotcache"},
     {"keys"},

@@ -78,6 +78,7 @@ def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
         (["--model=/c.gguf"], "/c.gguf"),
         (["-c", "8", "-m"], None),
         (["-hf", "org/repo"], None),
+        (["-m", "/first.gguf", "--model", "/last.gguf"], "/last.gguf"),
     ],
 )
 def test_the_model_file_is_found_in_the_engine_arguments(args: list[str], path: str | None) -> None:

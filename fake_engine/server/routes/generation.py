@@ -114,6 +114,8 @@ class GenerationHandler(BaseHandler):
         return Plan(request, [run], fmt, shapes.generation_settings(request, run))
 
     async def post(self) -> None:
+        if self.engine.rpc is not None:
+            self.engine.rpc.check()  # a worker gone: abort, as llama-server does at its next generation
         body = self.json_body()
         plan = self.plan(body)
         request = plan.request
