@@ -115,6 +115,7 @@ class ProgressStream:
     """Comment lines; the base of the reasoning shapes (which override what differs)."""
 
     reasoning = False
+    content_type = "text/event-stream"  # of the answer it opens
 
     def __init__(self, endpoint: Endpoint, model: str) -> None:
         self.endpoint = endpoint

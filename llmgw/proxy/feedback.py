@@ -20,8 +20,18 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from llmgw.api import Sizing
-from llmgw.api.progress import LOAD_PHASES, Progress, ProgressStream, Rewriter, headline, progress_stream, tick
+from llmgw.api import Dialect, Sizing
+from llmgw.api.ollama.progress import OllamaThinking
+from llmgw.api.progress import (
+    LOAD_PHASES,
+    REASONING,
+    Progress,
+    ProgressStream,
+    Rewriter,
+    headline,
+    progress_stream,
+    tick,
+)
 from llmgw.api.usage import AnswerStats
 from llmgw.errors import GatewayError
 from llmgw.proxy.sink import ClientSink, ProxyRequest
@@ -58,14 +68,14 @@ class LoadingFeedback:
 
     @classmethod
     def for_request(cls, request: ProxyRequest, sink: ClientSink, mode: str, progress: ProgressOf) -> LoadingFeedback:
-        # A translated answer (the Ollama routes) has no place for progress: its clients would take
-        # it for the answer, or fail to read it.
-        streaming = (
-            request.data.get("stream") is True
-            and request.endpoint.sizing is Sizing.GENERATE
-            and request.translate is None
-        )
-        stream = progress_stream(request.endpoint, mode, request.requested) if streaming else None
+        streaming = request.data.get("stream") is True and request.endpoint.sizing is Sizing.GENERATE
+        stream: ProgressStream | None = None
+        if streaming and request.dialect is Dialect.OLLAMA:
+            # Only as thinking lines, and only when asked: any other line would break an Ollama stream.
+            if mode == REASONING:
+                stream = OllamaThinking(request.endpoint, request.requested, chat=request.path == "/api/chat")
+        elif streaming:
+            stream = progress_stream(request.endpoint, mode, request.requested)
         return cls(stream, sink, progress, request.stats)
 
     # ------------------------------------------------------------------ the exchange's calls
@@ -129,7 +139,7 @@ class LoadingFeedback:
                 if progress is None:  # granted or failed meanwhile: the exchange takes over
                     return
                 if not self.started:
-                    self._sink.start_response(200, [("Content-Type", "text/event-stream")])
+                    self._sink.start_response(200, [("Content-Type", self._stream.content_type)])
                     self.started = True
                     await self._send(self._stream.open())
                 await self._send(self._stream.text(self._render(progress)))

@@ -417,15 +417,28 @@ async def test_an_engine_failing_mid_stream_ends_the_stream_with_an_error_line(s
     assert caught.value.status_code == 502 and isinstance(caught.value.error, str)
 
 
-async def test_loading_progress_never_enters_an_ollama_stream(start_gateway, make_model) -> None:
-    model = make_model(
-        "m", [2048], extra_args=["--fake-load-delay", "1.5", "--fake-tokens", "2"],
-        model_extra={"loading_feedback": "reasoning"},
-    )  # fmt: skip
-    gw = await start_gateway([model])
-    parts = [p async for p in await client(gw).chat(model="m", messages=HI, stream=True)]
-    assert [p.message.content for p in parts] == ["tok0", " tok1", ""]
+async def test_loading_progress_enters_an_ollama_stream_only_as_thinking_when_asked(start_gateway, make_model) -> None:
+    slow = ["--fake-load-delay", "1.5", "--fake-tokens", "2"]  # the engine answers 503 "Loading model" at first
+    quiet = make_model("quiet", [2048], extra_args=slow)  # loading_feedback: the default, "comments"
+    asked = make_model("asked", [2048], extra_args=slow, model_extra={"loading_feedback": "reasoning"})
+    gw = await start_gateway([quiet, asked], max_engines=2)
+    c = client(gw)
+    parts = [p async for p in await c.chat(model="quiet", messages=HI, stream=True)]
+    assert [p.message.content for p in parts] == ["tok0", " tok1", ""]  # nothing but the answer
     assert all(p.message.thinking is None for p in parts)
+
+    parts = [p async for p in await c.chat(model="asked", messages=HI, stream=True)]  # valid chunks, every one
+    progress = [p for p in parts if p.message.thinking]
+    assert progress and parts[: len(progress)] == progress  # first, before the answer
+    assert "Loading model 'asked'" in progress[0].message.thinking and "Ready after" in progress[-1].message.thinking
+    assert all(p.message.content == "" and not p.done for p in progress)
+    assert [p.message.content for p in parts[len(progress) :]] == ["tok0", " tok1", ""]
+    await c.generate(model="asked", keep_alive=0)
+    generated = [p async for p in await c.generate(model="asked", prompt="a b", stream=True)]
+    assert generated[0].thinking and generated[0].response == "" and generated[-1].done
+    await c.generate(model="asked", keep_alive=0)
+    one = await c.chat(model="asked", messages=HI)  # one object: no progress, ever
+    assert one.message.content == "tok0 tok1" and one.message.thinking is None
 
 
 async def test_tagged_names_work_on_the_openai_routes_too(start_gateway, make_model, http) -> None:
