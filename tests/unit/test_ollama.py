@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 import pytest
@@ -373,3 +374,13 @@ def test_a_huge_keep_alive_is_refused_at_once() -> None:
     for text in ("5" * 1_000_000 + "x", "1s" * 500_000, "." * 1_000_000):
         with pytest.raises(BadRequest, match="invalid duration"):
             parse_keep_alive(text)
+
+
+def test_load_duration_leaves_out_the_engines_own_time() -> None:
+    """A whole answer's head comes once the engine is done: its prompt and generation times are
+    not load time (a stream's head comes before them)."""
+    call = requests.chat({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": False})
+    arrived = time.monotonic_ns() - 50_000_000
+    answer = json.loads(answers.translator(call, arrived, AnswerStats()).body(WHOLE))
+    engine = answer["prompt_eval_duration"] + answer["eval_duration"]
+    assert answer["load_duration"] + engine <= answer["total_duration"]  # not the whole wait for the head

@@ -12,9 +12,9 @@ answer.
 * :class:`EmbeddingAnswer`: ``/v1/embeddings`` as /api/embed's ``embeddings`` (cut to
   ``dimensions``) or /api/embeddings' single ``embedding``.
 
-``load_duration`` is the time from the request's arrival to the engine's first answer byte (what
-a load, a switch or the queue cost it, counting included); ``total_duration`` runs from arrival to
-the last line.
+``load_duration`` is the time from the request's arrival to the engine's answer head, less the
+engine's own time already in that wait (what a load, a switch or the queue cost it, counting
+included); ``total_duration`` runs from arrival to the last line.
 """
 
 from __future__ import annotations
@@ -65,9 +65,12 @@ class _Clock:
         self.arrived = arrived_ns
         self.answered = time.monotonic_ns()
 
-    def durations(self) -> dict[str, int]:
+    def durations(self, engine_ns: int = 0) -> dict[str, int]:
+        """``engine_ns``: the engine's own time already in the wait for the answer's head (a whole
+        answer's head comes after the generation; a stream's before the prompt is processed)."""
         now = time.monotonic_ns()
-        return {"total_duration": max(now - self.arrived, 1), "load_duration": max(self.answered - self.arrived, 0)}
+        load = max(self.answered - self.arrived - engine_ns, 0)
+        return {"total_duration": max(now - self.arrived, 1), "load_duration": load}
 
 
 class GenerationAnswer:
@@ -285,8 +288,10 @@ class GenerationAnswer:
             out = b""
             final = self._chunk("".join(self._content), "".join(self._thinking), calls)
         final.update(done=True, done_reason="length" if self._finish == "length" else "stop")
-        final.update(self._clock.durations())
-        final.update(self._metrics())
+        metrics = self._metrics()
+        engine = 0 if self._stream else metrics["prompt_eval_duration"] + metrics["eval_duration"]
+        final.update(self._clock.durations(engine))
+        final.update(metrics)
         return out + (line(final) if self._stream else document(final))
 
     def _metrics(self) -> dict[str, int]:
