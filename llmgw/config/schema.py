@@ -126,7 +126,11 @@ class SlotCache:
 
 
 # Variants started with these flags serve embeddings or rerank: their slots hold nothing worth keeping.
-_NO_CACHE_FLAGS = frozenset({"--embedding", "--embeddings", "--reranking", "--rerank"})
+_EMBEDDING_FLAGS = frozenset({"--embedding", "--embeddings"})
+_RERANK_FLAGS = frozenset({"--reranking", "--rerank"})
+_NO_CACHE_FLAGS = _EMBEDDING_FLAGS | _RERANK_FLAGS
+# The route families of a generating llama-server (config.serving.CAPABILITIES but embeddings and rerank).
+_GENERATION_ENDPOINTS = frozenset({"chat", "completions", "responses", "messages", "infill", "tokenize"})
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,24 @@ class Variant:
     local_devices: tuple[str, ...] = ()  # the coordinator's own llama.cpp devices used besides the workers'
 
     def serves(self, capability: str | None) -> bool:
-        return capability is None or self.endpoints is None or capability in self.endpoints
+        """Whether the variant serves a route family: its ``endpoints``, else what its launch flags
+        let llama-server serve (:attr:`default_endpoints`)."""
+        if capability is None:
+            return True
+        return capability in (self.endpoints if self.endpoints is not None else self.default_endpoints)
+
+    @property
+    def default_endpoints(self) -> frozenset[str]:
+        """What llama-server 0.10068 serves by its flags: it always generates (and tokenizes);
+        embeddings only with ``--embeddings`` and rerank only with ``--reranking``, else it answers
+        them with a 501, which the gateway turns into a 400 naming the models that do serve them."""
+        flags = {arg.partition("=")[0] for arg in self.args}
+        served = set(_GENERATION_ENDPOINTS)
+        if flags & _EMBEDDING_FLAGS:
+            served.add("embeddings")
+        if flags & _RERANK_FLAGS:
+            served.add("rerank")
+        return frozenset(served)
 
     @property
     def launch_args(self) -> tuple[str, ...]:

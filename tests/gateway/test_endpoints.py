@@ -108,8 +108,11 @@ async def test_a_long_prompt_lands_on_the_larger_variant_on_every_route(
     assert resp.code == 200, resp.body[:300]
     # The small variant started to count, then the large one for the request.
     assert await started_contexts(m) == [2048, 8192]
-    resp = await post(http, gw.url + path, {**GENERATION_ROUTES[path], **({"prompt": "a"} if "prompt" in
-                                                                             GENERATION_ROUTES[path] else {})})
+    resp = await post(
+        http,
+        gw.url + path,
+        {**GENERATION_ROUTES[path], **({"prompt": "a"} if "prompt" in GENERATION_ROUTES[path] else {})},
+    )
     assert resp.code == 200 and await started_contexts(m) == [2048, 8192]  # a big enough engine is kept
 
 
@@ -189,9 +192,7 @@ async def test_set_and_strip_filters(start_gateway, make_model, http) -> None:
     assert answer["tokens_predicted"] == 8  # max_tokens was stripped: the fake's default length
 
 
-async def test_embeddings_take_the_variant_whose_batch_holds_the_longest_input(
-    start_gateway, make_model, http
-) -> None:
+async def test_embeddings_take_the_variant_whose_batch_holds_the_longest_input(start_gateway, make_model, http) -> None:
     # The small variant keeps llama-server's default physical batch (512); the large one has 2048.
     m = make_model("emb", [1024, 4096], extra_args=["--embeddings"],
                    variant_extra={4096: {"args": ["-b", "2048", "-ub", "2048"]}})  # fmt: skip
@@ -210,6 +211,7 @@ async def test_embeddings_take_the_variant_whose_batch_holds_the_longest_input(
 
 
 # ----------------------------------------------------------------------------- protocols
+
 
 async def test_anthropic_errors_are_anthropic_shaped(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048])
@@ -278,8 +280,14 @@ async def test_answers_carry_the_name_the_client_asked_for(start_gateway, make_m
     gw = await start_gateway([m])
     for asked in ("real-name", "alias-a"):
         for path, body in {**BODIES, **STREAMS}.items():
-            if path not in STREAMS and path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                                                    "/v1/messages", "/v1/responses", "/completion"):
+            if path not in STREAMS and path not in (
+                "/v1/chat/completions",
+                "/v1/completions",
+                "/v1/embeddings",
+                "/v1/messages",
+                "/v1/responses",
+                "/completion",
+            ):
                 continue  # fmt: skip
             resp = await post(http, gw.url + path, {**body, "model": asked})
             assert resp.code == 200, (path, resp.body[:200])
@@ -291,6 +299,7 @@ async def test_answers_carry_the_name_the_client_asked_for(start_gateway, make_m
 
 
 # ----------------------------------------------------------------------------- names, defaults, capabilities
+
 
 async def test_default_model_serves_requests_without_model(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048])
@@ -342,6 +351,7 @@ async def test_a_variant_can_serve_its_own_routes(start_gateway, make_model, htt
 
 # ----------------------------------------------------------------------------- props and slots
 
+
 async def test_props_and_slots_answer_from_a_running_engine_only(start_gateway, make_model, http) -> None:
     a, b = make_model("a", [2048]), make_model("b", [2048])
     gw = await start_gateway([a, b], max_engines=2)
@@ -359,6 +369,7 @@ async def test_props_and_slots_answer_from_a_running_engine_only(start_gateway, 
 
 
 # ----------------------------------------------------------------------------- CORS and request ids
+
 
 async def test_cors_preflight_and_origin(start_gateway, make_model, http) -> None:
     m = make_model("m", [2048])
@@ -397,10 +408,23 @@ async def test_every_answer_carries_a_request_id(start_gateway, make_model, http
         assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-Id"]), resp.headers.get("X-Request-Id")
 
 
-async def test_an_engines_refusal_of_a_route_is_relayed(start_gateway, make_model, http) -> None:
-    m = make_model("m", [2048])  # no --embeddings: llama-server answers 501
-    gw = await start_gateway([m])
+async def test_a_route_the_launch_flags_do_not_serve_is_a_400_before_any_engine(
+    start_gateway, make_model, http
+) -> None:
+    m = make_model("m", [2048])  # no --embeddings: llama-server would answer 501
+    e = make_model("e", [2048], extra_args=["--embeddings"])
+    gw = await start_gateway([m, e])
     resp = await post(http, gw.url + "/v1/embeddings", {"model": "m", "input": "x"})
+    error = assert_error(resp, 400)
+    assert "does not serve embeddings" in error["message"] and "models that do: e" in error["message"]
+    assert (await running(http, gw))["engines"] == []  # nothing started for it
+    assert (await post(http, gw.url + "/v1/embeddings", {"model": "e", "input": "x"})).code == 200
+
+
+async def test_an_engines_refusal_of_a_route_is_relayed(start_gateway, make_model, http) -> None:
+    m = make_model("m", [2048])  # no FIM tokens (the fake without --fake-infill): llama-server answers 501
+    gw = await start_gateway([m])
+    resp = await post(http, gw.url + "/infill", {"model": "m", "input_prefix": "a", "input_suffix": "b"})
     assert resp.code == 501 and json.loads(resp.body)["error"]["type"] == "not_supported_error"
     assert [e["model"] for e in (await running(http, gw))["engines"]] == ["m"]
 
