@@ -154,11 +154,15 @@ async def serve(
     log(f"main: HTTP server is listening, hostname: {options.host}, port: {port}, http threads: {threads}")
     log(f"main: loading model '{options.model}'")
     if not options.fake_never_healthy:
-        loop.call_later(
-            max(0.0, engine.ready_at - time.monotonic()),
-            log,
-            f"main: server is listening on http://{options.host}:{port} - starting the main loop",
-        )
+
+        def loaded() -> None:
+            # As llama-server 0.10068 logs its slots once the model is loaded (the gateway reads the
+            # per-slot context there), then that it listens.
+            slots, n_ctx = len(engine.slots), engine.reported_n_ctx
+            log(f"srv    load_model: initializing, n_slots = {slots}, n_ctx_slot = {n_ctx}, kv_unified = 'false'")
+            log(f"main: server is listening on http://{options.host}:{port} - starting the main loop")
+
+        loop.call_later(max(0.0, engine.ready_at - time.monotonic()), loaded)
     await shutdown.stopped.wait()
     del ballast
     if server is not None:

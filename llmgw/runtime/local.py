@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -39,6 +40,9 @@ _EARLY_PROBE = 0.01
 # then on it answers within a few ms, so the probes come every 2 ms (not the 20 ms of the load), for
 # at most a second (an engine that says so and never answers is probed at the usual pace again).
 _READY_MARK = "listening on"
+# llama-server logs each slot's context as it loads ("initializing, n_slots = 4, n_ctx_slot = 2048"):
+# read there, it spares a /props round trip between ready and the first request.
+_SLOT_CONTEXT = re.compile(r"\bn_ctx_slot = (\d+)")
 _IMMINENT_PROBE = 0.002
 _IMMINENT_FOR = 1.0
 
@@ -105,7 +109,7 @@ class ProcessRuntime:
             await self._wait_for_engine_ready(
                 model, process, client, variant.timeouts.engine_startup, variant.timeouts.health_check
             )
-            n_ctx = await client.context_size()
+            n_ctx = _logged_slot_context(process) or await client.context_size()
         except BaseException:
             await process.stop(timeout=variant.timeouts.engine_stop)
             self.http.forget(variant.connect)
@@ -246,3 +250,10 @@ def _engine_env(variant: Variant) -> dict[str, str]:
     if not variant.rpc:
         return dict(variant.env)
     return {"GGML_NO_BACKTRACE": "1", **dict(variant.env)}
+
+
+def _logged_slot_context(process: EngineProcess) -> int | None:
+    """The per-slot context the engine logged while loading (the last such line); None if it did not."""
+    found = _SLOT_CONTEXT.findall(process.stderr_tail(40))
+    n_ctx = int(found[-1]) if found else 0
+    return n_ctx if n_ctx > 0 else None

@@ -203,6 +203,27 @@ async def test_other_model_switches(io_loop: Any, harness: Harness, make_model: 
     assert kinds(b) == ["start"]
 
 
+async def test_the_slot_context_is_read_from_the_engine_s_log_without_a_props_call(
+    io_loop: Any, harness: Harness, make_model: MakeModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llama-server logs n_ctx_slot as it loads: reading it there spares a round trip before the first request."""
+    caplog.set_level(logging.INFO)
+    a = make_model("a", [4096], extra_args=["-np", "2"])
+    manager = harness.manager([a])
+    async with manager.lease(model_of(manager, a)) as engine:
+        assert engine.n_ctx == 2048
+        # A barrier: the fake logs each request once answered, in order; once this one's line is
+        # in, a /props call made before it would be too.
+        assert (await engine.client.http.json_call(engine.client.base_url + "/health?barrier", timeout=HANG))[0] == 200
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("llmgw.engine.output.a")]
+
+    await wait_for(lambda: any("/health?barrier" in line for line in lines()), what="the engine's log of the barrier")
+    assert any("n_ctx_slot = 2048" in line for line in lines())
+    assert not any("/props" in line for line in lines()), "the engine was asked its context over HTTP"
+
+
 async def test_parallel_slots_context_is_learned(io_loop: Any, harness: Harness, make_model: MakeModel) -> None:
     a = make_model("a", [4096, 8192], extra_args=["-np", "2"])
     manager = harness.manager([a])
