@@ -65,6 +65,7 @@ class Proxy:
         slot_cache: SlotCache | None = None,
         progress: ProgressOf | None = None,
         counts: CountObserver | None = None,
+        bounds: CountBounds | None = None,
     ) -> None:
         self.live = live
         self.manager = manager
@@ -72,7 +73,7 @@ class Proxy:
         self.slot_cache = slot_cache
         self.progress = progress  # where a waiting request stands (loading feedback); None: no feedback
         self.counts = counts
-        self.bounds = CountBounds()
+        self.bounds = bounds or CountBounds()
         self.active: set[UpstreamCall] = set()
 
     async def forward(self, request: ProxyRequest, sink: ClientSink) -> None:

@@ -18,6 +18,7 @@ really gives, once an engine reported it), so tests drive every rule directly.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Protocol
 from llmgw.api import Endpoint, Sizing
 from llmgw.config import ModelConfig, Variant
 from llmgw.errors import BadRequest, ContextTooLarge
+from llmgw.state import StateStore
 
 # llama-server's defaults for the logical and physical batch (-b / -ub).
 _DEFAULT_BATCH, _DEFAULT_UBATCH = 2048, 512
@@ -89,9 +91,24 @@ class CountBounds:
     """
 
     MARGIN = 16  # tokens beyond the largest excess seen (BOS/EOS and the like)
+    SECTION = "count_bounds"  # in the state file: a gateway that restarts keeps what it learned
 
-    def __init__(self) -> None:
+    def __init__(self, state: StateStore | None = None) -> None:
+        self._state = state
         self._excess: dict[tuple[str, str, str], int] = {}
+        for name, excess in (state.section(self.SECTION) if state is not None else {}).items():
+            try:
+                key = json.loads(name)
+            except ValueError:
+                continue
+            if (
+                isinstance(key, list)
+                and len(key) == 3
+                and all(isinstance(part, str) for part in key)
+                and isinstance(excess, int)
+                and not isinstance(excess, bool)
+            ):
+                self._excess[(key[0], key[1], key[2])] = excess
 
     def learn(self, key: tuple[str, str, str], body_bytes: int, prompt_tokens: int) -> None:
         """An exact count (or the engine's own figure) of a request of ``body_bytes`` bytes."""
@@ -99,6 +116,8 @@ class CountBounds:
         known = self._excess.get(key)
         if known is None or excess > known:
             self._excess[key] = excess
+            if self._state is not None:  # rare: only a new largest excess is written
+                self._state.put(self.SECTION, {json.dumps(list(k)): v for k, v in self._excess.items()})
 
     def bound(self, key: tuple[str, str, str], body_bytes: int) -> int | None:
         """At least the prompt tokens of a request of ``body_bytes`` bytes; None: nothing learned yet."""

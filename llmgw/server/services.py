@@ -15,6 +15,7 @@ from llmgw.keys import KeyGate
 from llmgw.modelfile import ModelFiles
 from llmgw.peers import PeerPool
 from llmgw.proxy import LocalNode, Proxy, Router, TokenCounter
+from llmgw.proxy.sizing import CountBounds
 from llmgw.runtime import ProcessGuard, ProcessRuntime
 from llmgw.runtime.rpc import RpcWorkers
 from llmgw.scheduling import EngineManager, ManagerHooks, new_scheduler
@@ -78,7 +79,7 @@ def build(config: Config) -> Services:
     )
     files = ModelFiles()
     manager = EngineManager(config, runtime, state, scheduler, hooks, files)
-    proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics)
+    proxy = Proxy(live, manager, TokenCounter(), slot_cache, status.progress, metrics, CountBounds(state))
     node = LocalNode(live, manager)
     pool = PeerPool(config.server.peering, http, config.server.node_name, status.peer_changed)
     router = Router(live, proxy, pool, node)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from scheduling_world import model
 
@@ -9,6 +11,7 @@ from llmgw.api.endpoints import CHAT, EMBEDDINGS
 from llmgw.config import ModelConfig, Variant
 from llmgw.errors import BadRequest, ContextTooLarge
 from llmgw.proxy.sizing import CountBounds, Fit, Need, batch_capacity, physical_batch, surely_fits
+from llmgw.state import StateStore
 
 
 class Contexts:
@@ -106,3 +109,16 @@ def test_the_bound_is_the_bytes_plus_the_largest_excess_seen() -> None:
     bounds.learn(key, 400, 120)  # a smaller excess does not lower it
     assert bounds.bound(key, 500) == 500 + 80 + CountBounds.MARGIN
     assert bounds.bound(("m", "v", "messages"), 500) is None  # per route (and model and variant)
+
+
+def test_what_was_learned_survives_a_restart_and_odd_entries_are_ignored(tmp_path: Path) -> None:
+    key = ("m", "0123abcd", "chat")
+    first = CountBounds(StateStore(tmp_path))
+    first.learn(key, 100, 150)
+    again = CountBounds(StateStore(tmp_path))
+    assert again.bound(key, 500) == 500 + 50 + CountBounds.MARGIN
+    store = StateStore(tmp_path)
+    store.put(CountBounds.SECTION, {"not json": 5, '["a", "b"]': 3, '["a", "b", "c"]': "x", '["m", "v", "chat"]': 7})
+    odd = CountBounds(StateStore(tmp_path))
+    assert odd.bound(("m", "v", "chat"), 10) == 10 + 7 + CountBounds.MARGIN
+    assert odd.bound(("a", "b", "c"), 10) is None
