@@ -86,9 +86,7 @@ class Traffic:
 
     async def _hang_up(self, path: str, body: bytes) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
-        )
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
         with contextlib.suppress(TimeoutError, ConnectionError):
             await asyncio.wait_for(reader.read(self.rng.choice([1, 300])), self.rng.choice([0.001, 0.05, 0.3]))

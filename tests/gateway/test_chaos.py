@@ -77,6 +77,7 @@ async def test_chaos(
                 if time.monotonic() >= until:
                     return
                 await asyncio.wait_for(traffic.one(), 120)  # a hung request fails the test
+
         await asyncio.gather(*(loop() for _ in range(CLIENTS)))
 
     async def engines() -> list[dict[str, object]]:

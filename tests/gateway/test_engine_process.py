@@ -129,8 +129,12 @@ async def test_llama_server_level_tags_are_honoured(
     finally:
         await process.stop(timeout=1.0)
     levels = {r.getMessage().split("] ", 1)[1]: r.levelno for r in output_records(caplog, "lv#1")}
-    assert levels == {lines[0]: logging.INFO, lines[1]: logging.WARNING, lines[2]: logging.ERROR,
-                      "plain": logging.WARNING}
+    assert levels == {
+        lines[0]: logging.INFO,
+        lines[1]: logging.WARNING,
+        lines[2]: logging.ERROR,
+        "plain": logging.WARNING,
+    }
     assert process.stderr_tail().splitlines() == lines  # the tail keeps every stderr line
 
 

@@ -27,8 +27,9 @@ json_values = st.recursive(
 
 
 @pytest.fixture
-def fuzz_gateway(io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]],
-                 make_model: Callable[..., FakeModel]) -> Gateway:
+def fuzz_gateway(
+    io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]], make_model: Callable[..., FakeModel]
+) -> Gateway:
     model = make_model("alpha", [128, 512], extra_args=["--embeddings", "--reranking", "--fake-infill"])
     return io_loop.run_sync(lambda: start_gateway([model], max_body_size=200_000))
 
@@ -41,19 +42,22 @@ KEYS = {
 
 
 @pytest.fixture
-def keyed_gateway(io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]],
-                  make_model: Callable[..., FakeModel]) -> Gateway:
+def keyed_gateway(
+    io_loop: Any, start_gateway: Callable[..., Awaitable[Gateway]], make_model: Callable[..., FakeModel]
+) -> Gateway:
     models = [make_model("alpha", [128, 512]), make_model("beta", [256])]
     return io_loop.run_sync(lambda: start_gateway(models, keys=KEYS, api_keys=["old-key"], max_body_size=200_000))
 
 
-def _request(io_loop: Any, gateway: Gateway, method: str, path: str, body: bytes | None,
-             headers: dict[str, str]) -> tuple[int, bytes]:
+def _request(
+    io_loop: Any, gateway: Gateway, method: str, path: str, body: bytes | None, headers: dict[str, str]
+) -> tuple[int, bytes]:
     async def go() -> tuple[int, bytes]:
         client = AsyncHTTPClient(force_instance=True)
         try:
-            response = await client.fetch(gateway.url + path, method=method, body=body, headers=headers,
-                                          raise_error=False, request_timeout=30)
+            response = await client.fetch(
+                gateway.url + path, method=method, body=body, headers=headers, raise_error=False, request_timeout=30
+            )
             return response.code, response.body
         finally:
             client.close()
@@ -65,8 +69,9 @@ def _post(io_loop: Any, gateway: Gateway, body: bytes, path: str = "/v1/chat/com
     async def go() -> tuple[int, bytes]:
         client = AsyncHTTPClient(force_instance=True)
         try:
-            response = await client.fetch(gateway.url + path, method="POST", body=body,
-                                          raise_error=False, request_timeout=30)
+            response = await client.fetch(
+                gateway.url + path, method="POST", body=body, raise_error=False, request_timeout=30
+            )
             return response.code, response.body
         finally:
             client.close()
@@ -111,8 +116,10 @@ def test_random_bytes(io_loop: Any, fuzz_gateway: Gateway, body: bytes) -> None:
 
 
 @FUZZ
-@given(path=st.sampled_from(["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/api/pull"]),
-       body=st.binary(max_size=300))
+@given(
+    path=st.sampled_from(["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/api/pull"]),
+    body=st.binary(max_size=300),
+)
 def test_random_bytes_on_the_ollama_routes(io_loop: Any, fuzz_gateway: Gateway, path: str, body: bytes) -> None:
     _assert_clean(*_post(io_loop, fuzz_gateway, body, path), path)
 
@@ -124,8 +131,9 @@ def test_random_bytes_on_the_ollama_routes(io_loop: Any, fuzz_gateway: Gateway, 
     field=st.sampled_from(["max_tokens", "max_completion_tokens", "stream", "tools", "temperature", "stop"]),
     value=json_values,
 )
-def test_wrong_types_in_fields(io_loop: Any, fuzz_gateway: Gateway, model: Any, messages: Any, field: str,
-                               value: Any) -> None:
+def test_wrong_types_in_fields(
+    io_loop: Any, fuzz_gateway: Gateway, model: Any, messages: Any, field: str, value: Any
+) -> None:
     body = {"model": model, "messages": messages, field: value}
     if field not in ("max_tokens", "max_completion_tokens"):
         body["max_tokens"] = 4
@@ -190,22 +198,47 @@ def test_random_json_bodies_on_every_route(io_loop: Any, fuzz_gateway: Gateway, 
 ollama_values = st.one_of(
     json_values,
     st.sampled_from([0, 0.0, -1, "5m", "-1s", "0s", "1h30m", "json", "high", True, False, [], {}, "", "300"]),
-    st.dictionaries(st.sampled_from(["num_ctx", "num_predict", "temperature", "top_k", "stop", "seed", "num_keep"]),
-                    json_values, max_size=3),
-    st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "tool", "SYSTEM"]),
-                                    "content": json_values}), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["num_ctx", "num_predict", "temperature", "top_k", "stop", "seed", "num_keep"]),
+        json_values,
+        max_size=3,
+    ),
+    st.lists(
+        st.fixed_dictionaries(
+            {"role": st.sampled_from(["user", "assistant", "tool", "SYSTEM"]), "content": json_values}
+        ),
+        max_size=3,
+    ),
 )
 
 
 @FUZZ
 @given(
     path=st.sampled_from(OLLAMA_PATHS),
-    field=st.sampled_from(["model", "messages", "prompt", "input", "options", "keep_alive", "format", "think",
-                           "stream", "tools", "images", "suffix", "raw", "dimensions", "context"]),
+    field=st.sampled_from(
+        [
+            "model",
+            "messages",
+            "prompt",
+            "input",
+            "options",
+            "keep_alive",
+            "format",
+            "think",
+            "stream",
+            "tools",
+            "images",
+            "suffix",
+            "raw",
+            "dimensions",
+            "context",
+        ]
+    ),
     value=ollama_values,
 )
-def test_ollama_fields_with_values_clients_send_and_any_other(io_loop: Any, fuzz_gateway: Gateway, path: str,
-                                                              field: str, value: Any) -> None:
+def test_ollama_fields_with_values_clients_send_and_any_other(
+    io_loop: Any, fuzz_gateway: Gateway, path: str, field: str, value: Any
+) -> None:
     body = {**ROUTE_FIELDS[path][0], field: value}
     _assert_clean(*_post(io_loop, fuzz_gateway, json.dumps(body).encode(), path), path)
 
@@ -227,14 +260,25 @@ raw_values = st.one_of(
 @FUZZ
 @given(
     field=st.sampled_from(
-        ["model", "messages", "max_tokens", "max_completion_tokens", "n_predict", "stream", "stream_options", "tools",
-         "temperature", "seed"]
+        [
+            "model",
+            "messages",
+            "max_tokens",
+            "max_completion_tokens",
+            "n_predict",
+            "stream",
+            "stream_options",
+            "tools",
+            "temperature",
+            "seed",
+        ]
     ),
     value=raw_values,
     first=st.booleans(),
 )
-def test_hostile_raw_values_and_duplicate_keys(io_loop: Any, fuzz_gateway: Gateway, field: str, value: bytes,
-                                               first: bool) -> None:
+def test_hostile_raw_values_and_duplicate_keys(
+    io_loop: Any, fuzz_gateway: Gateway, field: str, value: bytes, first: bool
+) -> None:
     """The field goes in as raw JSON text, before or after the valid body's own keys (a duplicate
     for model, messages and max_tokens: the last one wins)."""
     valid = json.dumps(chat_body("alpha", 3, max_tokens=2)).encode()
@@ -249,8 +293,9 @@ def test_hostile_raw_values_and_duplicate_keys(io_loop: Any, fuzz_gateway: Gatew
     content=st.text(min_size=1, max_size=200),
 )
 def test_bodies_in_other_encodings(io_loop: Any, fuzz_gateway: Gateway, encoding: str, content: str) -> None:
-    text = json.dumps({"model": "alpha", "messages": [{"role": "user", "content": content}], "max_tokens": 2},
-                      ensure_ascii=False)
+    text = json.dumps(
+        {"model": "alpha", "messages": [{"role": "user", "content": content}], "max_tokens": 2}, ensure_ascii=False
+    )
     try:
         body = text.encode(encoding)
     except UnicodeEncodeError:
@@ -305,8 +350,9 @@ def test_random_disconnect_points(io_loop: Any, fuzz_gateway: Gateway) -> None:
         writer.close()
 
     async def storm() -> None:
-        await asyncio.gather(*(vanish(rng.randrange(1, len(request) + 1), rng.choice([0, 0.005, 0.05]))
-                               for _ in range(40)))
+        await asyncio.gather(
+            *(vanish(rng.randrange(1, len(request) + 1), rng.choice([0, 0.005, 0.05])) for _ in range(40))
+        )
 
     io_loop.run_sync(storm, timeout=60)
     _still_serves(io_loop, fuzz_gateway)
@@ -352,8 +398,15 @@ OLLAMA_KEYED_ROUTES = [("GET", "/api/tags"), ("GET", "/api/ps"), ("POST", "/api/
     x_api_key=st.none() | header_values,
     model=st.sampled_from(["alpha", "beta", "nope"]) | json_values,
 )
-def test_odd_keys_on_every_route(io_loop: Any, keyed_gateway: Gateway, route: tuple[str, str], scheme: str,
-                                 auth: str | None, x_api_key: str | None, model: Any) -> None:
+def test_odd_keys_on_every_route(
+    io_loop: Any,
+    keyed_gateway: Gateway,
+    route: tuple[str, str],
+    scheme: str,
+    auth: str | None,
+    x_api_key: str | None,
+    model: Any,
+) -> None:
     """Any Authorization or x-api-key, any model, on the model routes and the operations routes
     of a gateway with keys (allow-lists, limits, admin): 2xx or 4xx in the route's shape, never 5xx."""
     _odd_key(io_loop, keyed_gateway, route, scheme, auth, x_api_key, model)
@@ -367,14 +420,28 @@ def test_odd_keys_on_every_route(io_loop: Any, keyed_gateway: Gateway, route: tu
     x_api_key=st.none() | header_values,
     model=st.sampled_from(["alpha", "alpha:latest", "beta", "nope"]) | json_values,
 )
-def test_odd_keys_on_the_ollama_routes(io_loop: Any, keyed_gateway: Gateway, route: tuple[str, str], scheme: str,
-                                       auth: str | None, x_api_key: str | None, model: Any) -> None:
+def test_odd_keys_on_the_ollama_routes(
+    io_loop: Any,
+    keyed_gateway: Gateway,
+    route: tuple[str, str],
+    scheme: str,
+    auth: str | None,
+    x_api_key: str | None,
+    model: Any,
+) -> None:
     """The same on Ollama's routes: 2xx or 4xx in Ollama's shape, never 5xx."""
     _odd_key(io_loop, keyed_gateway, route, scheme, auth, x_api_key, model)
 
 
-def _odd_key(io_loop: Any, gateway: Gateway, route: tuple[str, str], scheme: str, auth: str | None,
-             x_api_key: str | None, model: Any) -> None:
+def _odd_key(
+    io_loop: Any,
+    gateway: Gateway,
+    route: tuple[str, str],
+    scheme: str,
+    auth: str | None,
+    x_api_key: str | None,
+    model: Any,
+) -> None:
     method, path = route
     headers = {"Content-Type": "application/json"}
     if auth is not None:

@@ -413,8 +413,9 @@ ODD_AUTH: list[tuple[bytes, int]] = [
 
 
 @pytest.mark.parametrize(("header", "status"), ODD_AUTH, ids=[repr(h[:40]) for h, _ in ODD_AUTH])
-async def test_odd_authorization_headers_with_keys(start_gateway: Any, make_model: Any, header: bytes,
-                                                   status: int) -> None:
+async def test_odd_authorization_headers_with_keys(
+    start_gateway: Any, make_model: Any, header: bytes, status: int
+) -> None:
     m = make_model("m", [2048])
     keys = {"k1": {"key": "k1", "models": ["m"], "requests_per_minute": 1000}, "k2": {"key": "k2", "admin": True}}
     gateway = await start_gateway([m], keys=keys)
@@ -514,6 +515,8 @@ async def test_pipelining_expect_continue_and_old_http_versions(gw: tuple[Gatewa
         assert [r.status for r in await exchange(gateway, line)] == [400], line
     await assert_still_serves(gateway)
     assert len(events_of(m, "request")) == 7
+
+
 # ----------------------------------------------------------------------------- Ollama's routes
 
 OLLAMA_BODIES = {

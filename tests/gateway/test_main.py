@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_llmgw(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "llmgw", *args], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "llmgw", *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
 def test_check_config_prints_summary(tmp_path: Path) -> None:
@@ -57,8 +56,13 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_gateway_and_engine(tmp_path: Path) -> None:
     port = free_port()
     write_config(tmp_path / "c.lua", [FakeModel("alpha", [1024])], port)
-    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(tmp_path / "c.lua")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmgw", "-c", str(tmp_path / "c.lua")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_gateway_ready(url, proc)
@@ -92,8 +96,13 @@ def test_engine_and_its_children_die_with_a_sigkilled_gateway(tmp_path: Path) ->
     events = tmp_path / "events.jsonl"
     model = FakeModel("alpha", [1024], extra_args=["--fake-spawn-child"], events=events)
     write_config(tmp_path / "c.lua", [model], port)
-    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(tmp_path / "c.lua")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmgw", "-c", str(tmp_path / "c.lua")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_gateway_ready(url, proc)

@@ -31,9 +31,11 @@ elif query.startswith("--query-compute-apps"):
 
 
 def sleeper(*extra: str) -> subprocess.Popen[bytes]:
-    code = "import subprocess, sys, time; " + (
-        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); " if extra else ""
-    ) + "time.sleep(30)"
+    code = (
+        "import subprocess, sys, time; "
+        + ("subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); " if extra else "")
+        + "time.sleep(30)"
+    )
     return subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
 
 

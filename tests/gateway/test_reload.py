@@ -31,8 +31,9 @@ def test_sighup_keeps_unchanged_engine_refuses_broken_config_and_applies_changes
     alpha = FakeModel("alpha", [1024, 4096])
     write_config(config, [alpha], port)
     log = (tmp_path / "gateway.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(config)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmgw", "-c", str(config)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_gateway_ready(url, proc)
@@ -56,8 +57,10 @@ def test_sighup_keeps_unchanged_engine_refuses_broken_config_and_applies_changes
         write_config(config, [FakeModel("alpha", [1024, 4096], port=alpha.port, extra_args=["-np", "1"])], port)
         proc.send_signal(signal.SIGHUP)
         _wait_for(lambda: only_engine(get_json(url + "/running")) is None, "the changed engine to be unloaded")
-        _wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                  "the old engine to exit")
+        _wait_for(
+            lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+            "the old engine to exit",
+        )
         assert [m["id"] for m in get_json(url + "/v1/models")["data"]] == ["alpha"]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -88,8 +91,9 @@ def test_sighup_reads_key_files_again_through_python_m_llmgw(tmp_path: Path) -> 
     write_config(config, [FakeModel("alpha", [1024]), FakeModel("beta", [1024])], port, keys=keys)
     log_path = tmp_path / "gateway.log"
     log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "llmgw", "-c", str(config)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmgw", "-c", str(config)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(lambda: proc.poll() is not None or _up(url), "the gateway to listen")

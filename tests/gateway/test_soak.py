@@ -62,8 +62,12 @@ async def test_soak(start_gateway: Callable[..., Awaitable[Gateway]], make_model
     assert set(outcomes) <= {"ok", "too_large", "disconnected"}, outcomes  # no error event either
     assert outcomes["ok"] > 50 and outcomes["disconnected"] > 5, outcomes
     assert gateway.server.services.manager.in_flight == 0 and gateway.server.services.manager.queued == 0
-    starts = sum(s.value for m in gateway.server.services.metrics.engine_starts.collect() for s in m.samples
-                 if s.name.endswith("_total"))
+    starts = sum(
+        s.value
+        for m in gateway.server.services.metrics.engine_starts.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
     assert starts > 3  # models really alternated
     assert_no_growth(before, after)
     print(f"soak: {dict(outcomes)}; before {before}; after {after}")

@@ -22,8 +22,9 @@ def _starts(model: FakeModel) -> list[int]:
 async def _chat(gateway: Gateway, body: dict[str, object]) -> tuple[int, dict[str, object]]:
     client = AsyncHTTPClient(force_instance=True)
     try:
-        response = await client.fetch(gateway.url + "/v1/chat/completions", method="POST", body=json.dumps(body),
-                                      raise_error=False)
+        response = await client.fetch(
+            gateway.url + "/v1/chat/completions", method="POST", body=json.dumps(body), raise_error=False
+        )
         return response.code, json.loads(response.body)
     finally:
         client.close()

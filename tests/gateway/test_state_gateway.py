@@ -8,9 +8,7 @@ from pathlib import Path
 from conftest import chat_body, post, running
 
 
-async def test_the_gateway_serves_with_a_corrupt_state_file(
-    start_gateway, make_model, http, tmp_path: Path
-) -> None:
+async def test_the_gateway_serves_with_a_corrupt_state_file(start_gateway, make_model, http, tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     (state / "state.json").write_bytes(b'{"version": 1, "memory": {"a/')

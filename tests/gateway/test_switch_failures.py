@@ -48,4 +48,3 @@ async def test_queued_requests_for_a_failing_engine_share_its_error(
     finally:
         await manager.shutdown()
         http.close()
-

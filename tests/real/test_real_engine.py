@@ -27,8 +27,19 @@ def real_config(tmp_path: Path, files: RealEngine, gateway_port: int, engine_por
     variants = [
         {
             "binary": files.binary,
-            "args": ["-m", files.model, "--host", "127.0.0.1", "--port", str(engine_port), "-c", str(ctx), "-np", "1",
-                     "--no-webui"],
+            "args": [
+                "-m",
+                files.model,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(engine_port),
+                "-c",
+                str(ctx),
+                "-np",
+                "1",
+                "--no-webui",
+            ],
             "context": ctx,
             "env": files.env,
         }
@@ -57,15 +68,20 @@ def long_prompt_body(words: int = 600) -> dict[str, Any]:
     }
 
 
-async def test_real_engine_starts_counts_exactly_and_stops(io_loop: Any, tmp_path: Path,
-                                                           engine_files: RealEngine) -> None:
+async def test_real_engine_starts_counts_exactly_and_stops(
+    io_loop: Any, tmp_path: Path, engine_files: RealEngine
+) -> None:
     config = real_config(tmp_path, engine_files, free_port(), free_port())
     http = EngineHTTPClient.create()
     manager = EngineManager(config, ProcessRuntime(http))
     model = config.model("gemma")
     assert model is not None
-    body = {"messages": [{"role": "system", "content": "Be brief."},
-                         {"role": "user", "content": "What is the capital of France?"}]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]
+    }
     try:
         async with manager.lease(model) as engine:
             pid = engine.process.pid
@@ -76,9 +92,10 @@ async def test_real_engine_starts_counts_exactly_and_stops(io_loop: Any, tmp_pat
             counted = await client.count_prompt_tokens(body)
             # The direct way: template the messages, tokenize with the special tokens.
             _, templated = await http.json_call(client.base_url + "/apply-template", body)
-            _, tokens = await http.json_call(client.base_url + "/tokenize",
-                                             {"content": templated["prompt"], "add_special": True,
-                                              "parse_special": True})
+            _, tokens = await http.json_call(
+                client.base_url + "/tokenize",
+                {"content": templated["prompt"], "add_special": True, "parse_special": True},
+            )
             assert counted == len(tokens["tokens"]) > 10
             assert await client.count_prompt_tokens({**body, "max_tokens": 100}) == counted
     finally:
@@ -89,8 +106,9 @@ async def test_real_engine_starts_counts_exactly_and_stops(io_loop: Any, tmp_pat
         os.kill(pid, 0)
 
 
-async def test_long_prompt_goes_to_larger_variant_through_gateway(io_loop: Any, tmp_path: Path,
-                                                                  engine_files: RealEngine) -> None:
+async def test_long_prompt_goes_to_larger_variant_through_gateway(
+    io_loop: Any, tmp_path: Path, engine_files: RealEngine
+) -> None:
     gateway_port, engine_port = free_port(), free_port()
     config = real_config(tmp_path, engine_files, gateway_port, engine_port)
     gateway = GatewayServer(config)
@@ -101,14 +119,19 @@ async def test_long_prompt_goes_to_larger_variant_through_gateway(io_loop: Any, 
         # Load the small variant, then send the same long request straight to it: it overflows.
         response = await client.fetch(url + "/load", method="POST", body=json.dumps({"model": "gemma"}))
         assert json.loads(response.body)["engine"]["context"] == SMALL
-        direct = await client.fetch(f"http://127.0.0.1:{engine_port}/v1/chat/completions", method="POST",
-                                    body=json.dumps(long_prompt_body()), raise_error=False)
+        direct = await client.fetch(
+            f"http://127.0.0.1:{engine_port}/v1/chat/completions",
+            method="POST",
+            body=json.dumps(long_prompt_body()),
+            raise_error=False,
+        )
         assert direct.code == 400
         assert json.loads(direct.body)["error"]["type"] == "exceed_context_size_error"
 
         # Through the gateway the same request succeeds, on the larger variant.
-        via = await client.fetch(url + "/v1/chat/completions", method="POST", body=json.dumps(long_prompt_body()),
-                                 raise_error=False)
+        via = await client.fetch(
+            url + "/v1/chat/completions", method="POST", body=json.dumps(long_prompt_body()), raise_error=False
+        )
         assert via.code == 200, via.body
         answer = json.loads(via.body)
         assert answer["usage"]["prompt_tokens"] > SMALL
@@ -116,8 +139,9 @@ async def test_long_prompt_goes_to_larger_variant_through_gateway(io_loop: Any, 
         assert [engine["context"] for engine in running["engines"]] == [LARGE]
 
         # Streaming works on the real engine too, and ends with [DONE].
-        stream = await client.fetch(url + "/v1/chat/completions", method="POST",
-                                    body=json.dumps({**long_prompt_body(20), "stream": True}))
+        stream = await client.fetch(
+            url + "/v1/chat/completions", method="POST", body=json.dumps({**long_prompt_body(20), "stream": True})
+        )
         assert stream.headers["Content-Type"].startswith("text/event-stream")
         assert stream.body.rstrip().endswith(b"data: [DONE]")
     finally:
@@ -125,8 +149,9 @@ async def test_long_prompt_goes_to_larger_variant_through_gateway(io_loop: Any, 
         await gateway.stop(grace=1.0)
 
 
-async def test_cold_stream_gets_loading_feedback_and_real_timings(io_loop: Any, tmp_path: Path,
-                                                                  engine_files: RealEngine) -> None:
+async def test_cold_stream_gets_loading_feedback_and_real_timings(
+    io_loop: Any, tmp_path: Path, engine_files: RealEngine
+) -> None:
     gateway_port = free_port()
     config = real_config(tmp_path, engine_files, gateway_port, free_port(), state_dir=str(tmp_path / "state"))
     gateway = GatewayServer(config)

@@ -33,8 +33,22 @@ def config(tmp_path: Path, files: RealEngine, port: int, swa_full: bool) -> Any:
             "variants": [
                 {
                     "binary": files.binary,
-                    "args": ["-m", files.model, "--host", "127.0.0.1", "--port", str(engine_port), "-c", str(ctx),
-                             "-np", "1", "-t", "1", "--no-webui", *extra],
+                    "args": [
+                        "-m",
+                        files.model,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(engine_port),
+                        "-c",
+                        str(ctx),
+                        "-np",
+                        "1",
+                        "-t",
+                        "1",
+                        "--no-webui",
+                        *extra,
+                    ],
                     "context": ctx,
                     "env": files.env,
                 }

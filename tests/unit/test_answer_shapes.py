@@ -211,4 +211,3 @@ def test_errors_after_progress_in_each_protocol() -> None:
     ]
     responses = events(engine_error_event(RESPONSES, 500, b"<html>oops</html>"))
     assert responses[0][0] == "error" and responses[0][1]["message"] == "<html>oops</html>"
-

@@ -20,12 +20,12 @@ GOOD = {"version": 1, "memory": {"a/0123": {"total": 512.0}}}
 @pytest.mark.parametrize(
     "content",
     [
-        b"{\"version\": 1, \"memory\": {\"a/0123\": {\"total\": 5",  # truncated mid-write by a crash
+        b'{"version": 1, "memory": {"a/0123": {"total": 5',  # truncated mid-write by a crash
         b"\x00\x01\x02 not json",
         b"[1, 2, 3]",
         b'{"version": 99, "memory": {}}',
         b"",
-        "{\"version\": 1, \"memory\": {\"\udce9\": 1}}".encode("utf-8", "surrogateescape"),  # not UTF-8
+        '{"version": 1, "memory": {"\udce9": 1}}'.encode("utf-8", "surrogateescape"),  # not UTF-8
     ],
 )
 def test_a_bad_state_file_is_logged_and_ignored(
